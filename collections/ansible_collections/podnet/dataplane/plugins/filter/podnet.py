@@ -1,0 +1,69 @@
+# Copyright: podnet contributors
+# Apache License 2.0
+"""Filters that plan and render podnet's per-node state on the controller (no host access)."""
+from __future__ import annotations
+
+from ansible.errors import AnsibleFilterError
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan import (
+    CLUSTER_KEYS,
+    NODE_KEYS,
+    PlanError,
+    plan_cluster,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.render import node_commands
+
+def _node_vars(hostvars, host: str) -> dict:
+    """Only the variables podnet reads, templated now, as plain data."""
+    source = hostvars[host]
+    out = {}
+    for key in CLUSTER_KEYS + NODE_KEYS:
+        if key in source:
+            out[key] = source[key]
+    return out
+
+
+def plan(hostvars, hosts, leases=None) -> dict:
+    """{{ hostvars | podnet.dataplane.plan(groups['podnet_nodes'], leases) }}"""
+    hosts = list(hosts or [])
+    try:
+        return plan_cluster(hosts, {h: _node_vars(hostvars, h) for h in hosts}, leases or {})
+    except PlanError as exc:
+        raise AnsibleFilterError(str(exc)) from None
+
+
+def commands(node_state: dict) -> list[str]:
+    """{{ podnet_node | podnet.dataplane.commands }}: the node's exact commands, one per line."""
+    return node_commands(node_state)
+
+
+def pod_sources(cluster: dict, host: str) -> list[dict]:
+    """This node's pods as pod_ping sources."""
+    return [{"name": f"{host}/{pod['name']}", "netns": pod["netns"]} for pod in cluster["nodes"][host]["pods"]]
+
+
+def pod_targets(cluster: dict, host: str) -> list[dict]:
+    """Every pod on the other nodes, as pod_ping targets."""
+    return [{"name": f"{other}/{pod['name']}", "address": pod["address"].split("/")[0]}
+            for other, node in cluster["nodes"].items() if other != host for pod in node["pods"]]
+
+
+def ping_matrix(results: list) -> str:
+    """Format pod_ping results of all nodes as a source x target table (ok / LOSS)."""
+    pairs = [r for result in results if result for r in result.get("results", [])]
+    sources = sorted({r["source"] for r in pairs})
+    targets = sorted({r["target"] for r in pairs} | set(sources))
+    cell = {(r["source"], r["target"]): "ok" if r["ok"] else "LOSS" for r in pairs}
+    width = max([len(t) for t in targets] + [6])
+    lines = [" " * width + " | " + " ".join(t.ljust(width) for t in targets)]
+    for source in sources:
+        row = [cell.get((source, t), "-").ljust(width) for t in targets]
+        lines.append(source.ljust(width) + " | " + " ".join(row))
+    lost = sum(1 for v in cell.values() if v != "ok")
+    lines.append(f"{len(cell)} pairs, {lost} without answer")
+    return "\n".join(lines)
+
+
+class FilterModule:
+    def filters(self):
+        return {"plan": plan, "commands": commands, "pod_sources": pod_sources, "pod_targets": pod_targets,
+                "ping_matrix": ping_matrix}

@@ -1,0 +1,142 @@
+# Copyright: podnet contributors
+# Apache License 2.0
+"""Turn the plain-data shapes that modules take (and the planner emits) into kernel objects.
+
+Modules and the render filters both go through these functions, so what `render.yml` prints is by
+construction what a module run writes.
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import shlex
+from typing import Any
+
+from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
+    PODNET_RTPROTO,
+    Address,
+    FdbEntry,
+    KObject,
+    Link,
+    Neighbour,
+    Route,
+    Sysctl,
+    VxlanInfo,
+    owner_alias,
+)
+
+VXLAN_OVERHEAD = 50
+POD_ALIAS_ROLE = "pod"
+
+
+def normalize_mac(mac: str) -> str:
+    return mac.strip().lower()
+
+
+def host_veth_name(netns: str, interface: str = "eth0") -> str:
+    """Stable host-side veth name for a pod, `veth` + 8 hex digits like the CNI bridge plugin's
+    (15-character limit), derived from the pod's namespace so every run picks the same name."""
+    return "veth" + hashlib.sha256(f"{netns}/{interface}".encode()).hexdigest()[:8]
+
+
+def vtep_objects(vtep: dict[str, Any]) -> list[KObject]:
+    """The VXLAN device and its /32 address.  `underlay_interface`/`mtu` may be None when rendering
+    without host access: the kernel then derives the MTU from the underlay device as `ip` would."""
+    link = Link(
+        name=vtep["name"],
+        kind="vxlan",
+        mtu=vtep.get("mtu"),
+        mac=normalize_mac(vtep["mac"]) if vtep.get("mac") else None,
+        up=True,
+        alias=owner_alias("vtep"),
+        vxlan=VxlanInfo(vni=vtep["vni"], port=vtep["port"], local=vtep.get("local"),
+                        underlay=vtep.get("underlay_interface"), learning=bool(vtep.get("learning"))),
+    )
+    objs: list[KObject] = [link]
+    if vtep.get("address"):
+        objs.append(Address(dev=vtep["name"], cidr=str(ipaddress.ip_interface(vtep["address"]))))
+    return objs
+
+
+def vxlan_peer_objects(device: str, peers: list[dict[str, Any]]) -> list[KObject]:
+    """Per peer: a permanent neighbour for its VTEP address and a static fdb entry for its MAC."""
+    objs: list[KObject] = []
+    for peer in peers:
+        mac = normalize_mac(peer["mac"])
+        objs.append(Neighbour(dev=device, dst=peer["vtep_ip"], mac=mac))
+        objs.append(FdbEntry(dev=device, mac=mac, dst=peer["node_ip"]))
+    return objs
+
+
+def route_objects(routes: list[dict[str, Any]], netns: str | None = None) -> list[KObject]:
+    return [
+        Route(dst=str(ipaddress.ip_network(r["dst"] if r["dst"] != "default" else "0.0.0.0/0")),
+              via=r.get("via"), dev=r.get("dev"), onlink=bool(r.get("onlink")) or None,
+              proto=PODNET_RTPROTO, netns=netns)
+        for r in routes
+    ]
+
+
+def bridge_objects(bridge: dict[str, Any], mtu: int | None) -> list[KObject]:
+    return [
+        Link(name=bridge["name"], kind="bridge", mtu=mtu, up=True, alias=owner_alias("bridge")),
+        Address(dev=bridge["name"], cidr=str(ipaddress.ip_interface(bridge["address"]))),
+    ]
+
+
+def pod_objects(pod: dict[str, Any], bridge: str | None, mtu: int | None) -> tuple[list[KObject], list[KObject]]:
+    """A lab pod wired as seed 003 does it: a veth from the node (on the bridge) into the pod's
+    namespace, the pod's address and its default route.  Returns (node objects, pod objects)."""
+    netns = pod["netns"]
+    interface = pod.get("interface") or "eth0"
+    host_if = pod.get("host_interface") or host_veth_name(netns, interface)
+    node_side: list[KObject] = [
+        Link(name=host_if, kind="veth", peer=interface, peer_netns=netns, mtu=mtu, up=True,
+             master=bridge, alias=owner_alias(f"{POD_ALIAS_ROLE}:{pod['name']}")),
+    ]
+    pod_side: list[KObject] = [
+        Link(name="lo", kind="device", up=True, netns=netns),
+        Link(name=interface, kind="veth", mtu=mtu, up=True, netns=netns),
+        Address(dev=interface, cidr=str(ipaddress.ip_interface(pod["address"])), netns=netns),
+        Route(dst="0.0.0.0/0", via=pod["gateway"], proto=PODNET_RTPROTO, netns=netns),
+    ]
+    return node_side, pod_side
+
+
+def pod_network_commands(bridge: dict[str, Any] | None, pods: list[dict[str, Any]], mtu: int | None) -> list[str]:
+    """The bridge and pods as typed on a fresh host (pod namespaces already exist)."""
+    lines = [c for o in bridge_objects(bridge, mtu) for c in o.add_commands()] if bridge else []
+    for pod in pods:
+        host_side, pod_side = pod_objects(pod, bridge["name"] if bridge else None, mtu)
+        lines += [c for o in host_side for c in o.add_commands()]
+        for obj in pod_side:  # the pod's end of the veth already exists: only configure it
+            lines += obj.update_commands(["mtu", "up"]) if isinstance(obj, Link) else obj.add_commands()
+    return lines
+
+
+def sysctl_objects(sysctls: dict[str, Any]) -> list[KObject]:
+    return [Sysctl(name=name, value=str(int(value) if isinstance(value, bool) else value))
+            for name, value in sysctls.items()]
+
+
+# Rules podnet adds carry a comment "podnet:<id>" (id derived from table, chain and arguments): how a
+# later run finds its own rules, and only those.
+RULE_COMMENT = "podnet"
+
+
+def iptables_rule_tag(rule: dict[str, Any]) -> str:
+    digest = hashlib.sha256("\0".join([rule["table"], rule["chain"], *rule["rule"]]).encode()).hexdigest()
+    return f"{RULE_COMMENT}:{digest[:12]}"
+
+
+def iptables_rule_args(rule: dict[str, Any]) -> list[str]:
+    """The rule's match/target arguments as podnet installs them, ownership comment included."""
+    args = list(rule["rule"])
+    at = args.index("-j") if "-j" in args else len(args)
+    return args[:at] + ["-m", "comment", "--comment", iptables_rule_tag(rule)] + args[at:]
+
+
+def iptables_command(table: str, action: str, chain: str, args: list[str]) -> str:
+    # "!" needs no quoting outside an interactive shell; keep the line as a person types it.
+    words = ["iptables", "-t", table, action, chain, *args]
+    return " ".join(w if w == "!" else shlex.quote(w) for w in words)

@@ -1,0 +1,300 @@
+# Copyright: podnet contributors
+# Apache License 2.0
+"""Typed kernel objects: podnet's desired state is a list of these.
+
+Each object knows its identity key (what makes two objects "the same thing" in the kernel), which of
+its fields matter when comparing with what the kernel has, and how a person would type it with
+`ip` / `bridge` / `sysctl`.  The netlink engine turns them into messages; rendering, check mode and
+`--diff` print them.  Fields left as None are "don't care" in comparisons.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, fields, replace
+from typing import Any, ClassVar
+
+# Routes podnet installs carry this protocol number, so podnet can tell them from everyone else's
+# (kernel = 2, boot = 3, static = 4, bird = 12, calico/felix = 80).  Shown by `ip route` as
+# "proto 152"; /etc/iproute2/rt_protos.d/podnet.conf may name it.
+PODNET_RTPROTO = 152
+
+# Devices podnet created carry this prefix in their alias (IFLA_IFALIAS, `ip link show` "alias ..."),
+# which is how a later run, `reset.yml` or `overridden` knows they are podnet's to change or remove.
+OWNER_ALIAS = "podnet"
+
+MAIN_TABLE = 254
+NUD_PERMANENT = 0x80
+RTNH_F_ONLINK = 0x04
+
+
+def owner_alias(role: str) -> str:
+    return f"{OWNER_ALIAS}:{role}"
+
+
+def is_owned_alias(alias: str | None) -> bool:
+    return bool(alias) and (alias == OWNER_ALIAS or alias.startswith(OWNER_ALIAS + ":"))
+
+
+def _in_netns(netns: str | None, argv: str) -> str:
+    return f"ip netns exec {netns} {argv}" if netns else argv
+
+
+@dataclass(frozen=True)
+class KObject:
+    """Base of every kernel object.  `netns` is None for the node itself, or a pod namespace name."""
+
+    def key(self) -> tuple:
+        raise NotImplementedError
+
+    # Fields that identify the object or only decide where it lives: not compared as attributes.
+    identity_fields: ClassVar[tuple[str, ...]] = ()
+
+    def differing_fields(self, have: KObject) -> list[str]:
+        """Fields this (wanted) object specifies that the existing one does not match."""
+        out = []
+        for f in fields(self):
+            if f.name in self.identity_fields or f.name == "netns":
+                continue
+            want = getattr(self, f.name)
+            if want is None:
+                continue
+            if getattr(have, f.name) != want:
+                out.append(f.name)
+        return out
+
+    def add_commands(self) -> list[str]:
+        raise NotImplementedError
+
+    def delete_commands(self) -> list[str]:
+        raise NotImplementedError
+
+    def update_commands(self, changed: list[str]) -> list[str]:
+        """Commands that bring an existing object in line; default: replace it in one step."""
+        return self.delete_commands() + self.add_commands()
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {"kind": type(self).__name__.lower()}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                data[f.name] = value if not isinstance(value, KObject) else value.as_dict()
+        return data
+
+
+@dataclass(frozen=True)
+class VxlanInfo(KObject):
+    vni: int = 1
+    port: int = 8472
+    local: str | None = None
+    underlay: str | None = None
+    learning: bool = False
+
+    def key(self) -> tuple:
+        return ("vxlan",)
+
+
+@dataclass(frozen=True)
+class Link(KObject):
+    name: str = ""
+    kind: str = ""  # vxlan | bridge | veth
+    mtu: int | None = None
+    mac: str | None = None
+    up: bool | None = True
+    master: str | None = None
+    alias: str | None = None
+    vxlan: VxlanInfo | None = None
+    peer: str | None = None  # veth only: the peer's name
+    peer_netns: str | None = None  # veth only: where the peer is created
+    netns: str | None = None
+    identity_fields = ("name", "kind", "peer", "peer_netns")
+
+    def key(self) -> tuple:
+        return ("link", self.netns, self.name)
+
+    def needs_recreate(self, have: Link) -> bool:
+        """VNI, port, local address and underlay device cannot be changed on a live VXLAN device."""
+        if self.kind != have.kind:
+            return True
+        if self.vxlan is not None and have.vxlan is not None:
+            return self.vxlan != have.vxlan
+        return False
+
+    def add_commands(self) -> list[str]:
+        if self.kind == "vxlan" and self.vxlan is not None:
+            v = self.vxlan
+            parts = [f"ip link add {self.name} type vxlan id {v.vni}"]
+            if v.local:
+                parts.append(f"local {v.local}")
+            if v.underlay:
+                parts.append(f"dev {v.underlay}")
+            parts.append(f"dstport {v.port}")
+            if not v.learning:
+                parts.append("nolearning")
+            cmds = [" ".join(parts)]
+        elif self.kind == "veth":
+            peer = f" peer name {self.peer}" if self.peer else ""
+            if self.peer_netns:
+                peer += f" netns {self.peer_netns}"
+            cmds = [f"ip link add {self.name} type veth{peer}"]
+        else:
+            cmds = [f"ip link add {self.name} type {self.kind}"]
+        cmds = [_in_netns(self.netns, c) for c in cmds]
+        return cmds + self.update_commands([f for f in ("mac", "mtu", "master", "alias", "up")
+                                            if getattr(self, f) is not None])
+
+    def delete_commands(self) -> list[str]:
+        return [_in_netns(self.netns, f"ip link del {self.name}")]
+
+    def update_commands(self, changed: list[str]) -> list[str]:
+        if "vxlan" in changed or "kind" in changed:
+            return self.delete_commands() + self.add_commands()
+        words = []
+        if "mac" in changed and self.mac:
+            words.append(f"address {self.mac}")
+        if "mtu" in changed and self.mtu:
+            words.append(f"mtu {self.mtu}")
+        if "master" in changed and self.master:
+            words.append(f"master {self.master}")
+        if "alias" in changed and self.alias:
+            words.append(f"alias {self.alias}")
+        if "up" in changed and self.up is not None:
+            words.append("up" if self.up else "down")
+        if not words:
+            return []
+        return [_in_netns(self.netns, f"ip link set {self.name} {' '.join(words)}")]
+
+
+@dataclass(frozen=True)
+class Address(KObject):
+    dev: str = ""
+    cidr: str = ""  # "10.244.0.0/32"
+    netns: str | None = None
+    identity_fields = ("dev", "cidr")
+
+    def key(self) -> tuple:
+        return ("address", self.netns, self.dev, self.cidr)
+
+    def add_commands(self) -> list[str]:
+        return [_in_netns(self.netns, f"ip addr add {self.cidr} dev {self.dev}")]
+
+    def delete_commands(self) -> list[str]:
+        return [_in_netns(self.netns, f"ip addr del {self.cidr} dev {self.dev}")]
+
+
+@dataclass(frozen=True)
+class Neighbour(KObject):
+    """A permanent IPv4 neighbour entry, e.g. a peer VTEP's X.0 address and MAC."""
+
+    dev: str = ""
+    dst: str = ""
+    mac: str | None = None
+    permanent: bool | None = True
+    netns: str | None = None
+    identity_fields = ("dev", "dst")
+
+    def key(self) -> tuple:
+        return ("neigh", self.netns, self.dev, self.dst)
+
+    def add_commands(self) -> list[str]:
+        return [_in_netns(self.netns, f"ip neigh add {self.dst} dev {self.dev} lladdr {self.mac}")]
+
+    def delete_commands(self) -> list[str]:
+        return [_in_netns(self.netns, f"ip neigh del {self.dst} dev {self.dev}")]
+
+    def update_commands(self, changed: list[str]) -> list[str]:
+        return [_in_netns(self.netns, f"ip neigh replace {self.dst} dev {self.dev} lladdr {self.mac}")]
+
+
+@dataclass(frozen=True)
+class FdbEntry(KObject):
+    """A permanent forwarding entry on a VXLAN device (NTF_SELF): peer VTEP MAC -> peer node IP."""
+
+    dev: str = ""
+    mac: str = ""
+    dst: str | None = None
+    netns: str | None = None
+    identity_fields = ("dev", "mac")
+
+    def key(self) -> tuple:
+        return ("fdb", self.netns, self.dev, self.mac)
+
+    def add_commands(self) -> list[str]:
+        return [_in_netns(self.netns, f"bridge fdb add {self.mac} dst {self.dst} dev {self.dev}")]
+
+    def delete_commands(self) -> list[str]:
+        dst = f" dst {self.dst}" if self.dst else ""
+        return [_in_netns(self.netns, f"bridge fdb del {self.mac}{dst} dev {self.dev}")]
+
+    def update_commands(self, changed: list[str]) -> list[str]:
+        return [_in_netns(self.netns, f"bridge fdb replace {self.mac} dst {self.dst} dev {self.dev}")]
+
+
+@dataclass(frozen=True)
+class Route(KObject):
+    """An IPv4 route in the main table.  Identity is the destination; everything else is compared."""
+
+    dst: str = ""  # "10.244.2.0/24", "10.244.0.3/32" or "0.0.0.0/0"
+    via: str | None = None
+    dev: str | None = None
+    onlink: bool | None = None
+    proto: int | None = PODNET_RTPROTO
+    netns: str | None = None
+    identity_fields = ("dst",)
+
+    def key(self) -> tuple:
+        return ("route", self.netns, self.dst)
+
+    def _spec(self) -> str:
+        net = ipaddress.ip_network(self.dst)
+        if net.prefixlen == 0:
+            dst = "default"
+        elif net.prefixlen == 32:
+            dst = str(net.network_address)
+        else:
+            dst = str(net)
+        words = [dst]
+        if self.via:
+            words.append(f"via {self.via}")
+        if self.dev:
+            words.append(f"dev {self.dev}")
+        if self.onlink:
+            words.append("onlink")
+        return " ".join(words)
+
+    def add_commands(self) -> list[str]:
+        return [_in_netns(self.netns, f"ip route add {self._spec()}")]
+
+    def delete_commands(self) -> list[str]:
+        return [_in_netns(self.netns, f"ip route del {self._spec()}")]
+
+    def update_commands(self, changed: list[str]) -> list[str]:
+        return [_in_netns(self.netns, f"ip route replace {self._spec()}")]
+
+
+@dataclass(frozen=True)
+class Sysctl(KObject):
+    name: str = ""  # dotted, e.g. "net.ipv4.ip_forward"
+    value: str = ""
+    netns: str | None = None
+    identity_fields = ("name",)
+
+    def key(self) -> tuple:
+        return ("sysctl", self.netns, self.name)
+
+    @property
+    def path(self) -> str:
+        # sysctl(8) spells a dot inside a component (flannel.1) as "/": swap the two, as it does.
+        return "/proc/sys/" + self.name.translate(str.maketrans("./", "/."))
+
+    def add_commands(self) -> list[str]:
+        return [_in_netns(self.netns, f"sysctl -w {self.name}={self.value}")]
+
+    def delete_commands(self) -> list[str]:
+        return []  # a sysctl is never removed; podnet leaves the value in place
+
+    def update_commands(self, changed: list[str]) -> list[str]:
+        return self.add_commands()
+
+
+def with_fields(obj: KObject, **changes: Any) -> KObject:
+    return replace(obj, **changes)

@@ -1,0 +1,408 @@
+# Copyright: podnet contributors
+# Apache License 2.0
+"""Validate the inventory, allocate pod subnets, and compute every node's desired network state.
+
+Pure Python, no host access: the `podnet.dataplane.plan` filter runs this once per play on the
+controller, before any task reaches a node, so bad input stops the run while every host is still
+untouched.  All problems are collected and reported together, each naming the host and the variable.
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ansible_collections.podnet.dataplane.plugins.module_utils.builders import (
+    VXLAN_OVERHEAD,
+    host_veth_name,
+    normalize_mac,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.validate import (
+    check_interface_name,
+    check_mac,
+)
+
+POD_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+
+FLANNEL_BACKENDS = ("flannel-vxlan", "flannel-host-gw")
+KNOWN_BACKENDS = FLANNEL_BACKENDS + ("calico-bgp", "calico-ipip", "calico-vxlan", "canal")
+IMPLEMENTED_BACKENDS = FLANNEL_BACKENDS
+
+DEFAULTS: dict[str, Any] = {
+    "podnet_backend": "flannel-vxlan",
+    "podnet_cluster_cidr": "10.244.0.0/16",
+    "podnet_subnet_prefix": 24,
+    "podnet_vxlan_vni": 1,
+    "podnet_vxlan_port": 8472,
+    "podnet_mtu": None,
+    "podnet_underlay_mtu": 1500,
+    "podnet_ipmasq": True,
+    "podnet_bridge": "cni0",
+    "podnet_pod_netns_prefix": "",
+}
+CLUSTER_KEYS = ("podnet_backend", "podnet_cluster_cidr", "podnet_subnet_prefix", "podnet_vxlan_vni",
+                "podnet_vxlan_port", "podnet_mtu", "podnet_underlay_mtu", "podnet_ipmasq", "podnet_bridge")
+NODE_KEYS = ("podnet_node_ip", "podnet_pod_subnet", "podnet_vtep_mac", "podnet_underlay_interface",
+             "podnet_pods", "podnet_pod_netns_prefix")
+
+
+class PlanError(ValueError):
+    """Invalid inventory.  `problems` lists every problem found, each naming host and variable."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("podnet: invalid inventory:\n  - " + "\n  - ".join(problems))
+
+
+@dataclass
+class _Problems:
+    items: list[str]
+
+    def add(self, host: str, var: str, message: str) -> None:
+        self.items.append(f"host {host}: {var}: {message}")
+
+    def extend(self, host: str, messages: list[str]) -> None:
+        self.items.extend(f"host {host}: {m}" for m in messages)
+
+
+def vtep_mac_for(node_ip: str) -> str:
+    """A stable VTEP MAC per node: locally administered, unicast, derived from the node IP, so it
+    survives reboots and re-runs and never depends on systemd's MAC policy."""
+    digest = bytearray(hashlib.sha256(f"podnet-vtep/{node_ip}".encode()).digest()[:6])
+    digest[0] = (digest[0] & 0xFC) | 0x02
+    return ":".join(f"{b:02x}" for b in digest)
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _bool(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+        return value.lower() in ("true", "yes", "on", "1")
+    return None
+
+
+def _check_ifname(problems: _Problems, host: str, var: str, name: Any) -> None:
+    problems.extend(host, check_interface_name(var, name))
+
+
+def _check_mac(problems: _Problems, host: str, var: str, mac: Any) -> str | None:
+    found = check_mac(var, mac)
+    problems.extend(host, found)
+    return None if found else normalize_mac(mac)
+
+
+def _cluster_settings(hosts: list[str], hostvars: dict[str, dict], problems: _Problems) -> dict[str, Any]:
+    """Cluster-wide variables must agree on every node (they are group vars in a sane inventory)."""
+    settings: dict[str, Any] = {}
+    for key in CLUSTER_KEYS:
+        values = {}
+        for host in hosts:
+            value = hostvars[host].get(key, DEFAULTS[key])
+            values[host] = DEFAULTS[key] if value is None and DEFAULTS[key] is not None else value
+        distinct = {repr(v) for v in values.values()}
+        if len(distinct) > 1:
+            detail = ", ".join(f"{h}={v!r}" for h, v in values.items())
+            problems.add(hosts[0], key, f"must be the same on every node of podnet_nodes, got {detail}")
+        settings[key] = values[hosts[0]] if hosts else DEFAULTS[key]
+    first = hosts[0] if hosts else "(all)"
+
+    backend = settings["podnet_backend"]
+    if backend not in KNOWN_BACKENDS:
+        problems.add(first, "podnet_backend", f"unknown backend {backend!r}; choose one of "
+                                              f"{', '.join(KNOWN_BACKENDS)}")
+    elif backend not in IMPLEMENTED_BACKENDS:
+        problems.add(first, "podnet_backend", f"backend {backend!r} is not available in this podnet "
+                                              f"release; available: {', '.join(IMPLEMENTED_BACKENDS)}")
+    try:
+        cidr = ipaddress.IPv4Network(str(settings["podnet_cluster_cidr"]), strict=True)
+        settings["podnet_cluster_cidr"] = cidr
+    except ValueError as exc:
+        problems.add(first, "podnet_cluster_cidr", f"{settings['podnet_cluster_cidr']!r} is not an IPv4 "
+                                                   f"network ({exc})")
+        settings["podnet_cluster_cidr"] = None
+    prefix = _int(settings["podnet_subnet_prefix"])
+    cidr = settings["podnet_cluster_cidr"]
+    if prefix is None or not 1 <= prefix <= 30:
+        problems.add(first, "podnet_subnet_prefix", f"{settings['podnet_subnet_prefix']!r} must be an "
+                                                    "integer between 1 and 30")
+        prefix = None
+    elif cidr is not None and prefix < cidr.prefixlen:
+        problems.add(first, "podnet_subnet_prefix", f"/{prefix} is larger than the cluster CIDR {cidr}")
+        prefix = None
+    settings["podnet_subnet_prefix"] = prefix
+    vni = _int(settings["podnet_vxlan_vni"])
+    if vni is None or not 1 <= vni <= 16777215:
+        problems.add(first, "podnet_vxlan_vni", f"{settings['podnet_vxlan_vni']!r} is out of range; a VXLAN "
+                                                "network identifier is 1..16777215")
+    settings["podnet_vxlan_vni"] = vni
+    port = _int(settings["podnet_vxlan_port"])
+    if port is None or not 1 <= port <= 65535:
+        problems.add(first, "podnet_vxlan_port", f"{settings['podnet_vxlan_port']!r} is not a UDP port "
+                                                 "(1..65535)")
+    settings["podnet_vxlan_port"] = port
+    for key, low in (("podnet_mtu", 576), ("podnet_underlay_mtu", 576 + VXLAN_OVERHEAD)):
+        if settings[key] is None:
+            continue
+        value = _int(settings[key])
+        if value is None or not low <= value <= 65535:
+            problems.add(first, key, f"{settings[key]!r} must be an integer between {low} and 65535")
+        settings[key] = value
+    ipmasq = _bool(settings["podnet_ipmasq"])
+    if ipmasq is None:
+        problems.add(first, "podnet_ipmasq", f"{settings['podnet_ipmasq']!r} is not a boolean")
+    settings["podnet_ipmasq"] = ipmasq
+    _check_ifname(problems, first, "podnet_bridge", settings["podnet_bridge"])
+    if vni is not None:
+        _check_ifname(problems, first, "podnet_vxlan_vni", f"flannel.{vni}")
+    return settings
+
+
+def _allocate(names: list[str], explicit: dict[str, ipaddress.IPv4Network],
+              leases: dict[str, str], cidr: ipaddress.IPv4Network, prefix: int,
+              problems: _Problems) -> dict[str, ipaddress.IPv4Network]:
+    """Explicit subnets win; otherwise a node keeps its lease; new nodes take the lowest free subnet
+    in inventory order.  No node's subnet ever depends on which other nodes exist."""
+    taken: list[ipaddress.IPv4Network] = list(explicit.values())
+    result = dict(explicit)
+    pending = []
+    for name in names:
+        if name in explicit:
+            continue
+        lease = leases.get(name)
+        try:
+            net = ipaddress.IPv4Network(lease) if lease else None
+        except ValueError:
+            net = None
+        if (net is not None and net.prefixlen == prefix and net.subnet_of(cidr)
+                and not any(net.overlaps(t) for t in taken)):
+            result[name] = net
+            taken.append(net)
+        else:
+            pending.append(name)
+    if pending:
+        free = (s for s in cidr.subnets(new_prefix=prefix) if not any(s.overlaps(t) for t in taken))
+        for name in pending:
+            net = next(free, None)
+            if net is None:
+                problems.add(name, "podnet_pod_subnet", f"no free /{prefix} left in {cidr} to allocate")
+                continue
+            result[name] = net
+            taken.append(net)
+    return result
+
+
+def plan_cluster(hosts: list[str], hostvars: dict[str, dict], leases: dict[str, str] | None = None
+                 ) -> dict[str, Any]:
+    """Return {"settings": ..., "nodes": {host: node_state}, "leases": {host: subnet}}."""
+    problems = _Problems([])
+    leases = dict(leases or {})
+    if not hosts:
+        raise PlanError(["group podnet_nodes: no hosts; add nodes with podnet_node_ip"])
+    settings = _cluster_settings(hosts, hostvars, problems)
+    cidr: ipaddress.IPv4Network | None = settings["podnet_cluster_cidr"]
+    prefix: int | None = settings["podnet_subnet_prefix"]
+
+    node_ips: dict[str, str] = {}
+    explicit: dict[str, ipaddress.IPv4Network] = {}
+    macs: dict[str, str] = {}
+    for host in hosts:
+        hv = hostvars[host]
+        raw_ip = hv.get("podnet_node_ip")
+        if raw_ip in (None, ""):
+            problems.add(host, "podnet_node_ip", "is required (the node's underlay IPv4 address)")
+        else:
+            try:
+                ip = ipaddress.IPv4Address(str(raw_ip))
+                if ip.is_multicast or ip.is_unspecified or ip.is_loopback or str(ip).endswith(".255"):
+                    problems.add(host, "podnet_node_ip", f"{ip} cannot be a node's unicast address")
+                for other, other_ip in node_ips.items():
+                    if other_ip == str(ip):
+                        problems.add(host, "podnet_node_ip", f"{ip} is also the node IP of {other}")
+                node_ips[host] = str(ip)
+            except ValueError:
+                problems.add(host, "podnet_node_ip", f"{raw_ip!r} is not an IPv4 address")
+        raw_subnet = hv.get("podnet_pod_subnet")
+        if raw_subnet not in (None, ""):
+            try:
+                net = ipaddress.IPv4Network(str(raw_subnet), strict=True)
+            except ValueError as exc:
+                problems.add(host, "podnet_pod_subnet", f"{raw_subnet!r} is not an IPv4 network ({exc})")
+            else:
+                if cidr is not None and not net.subnet_of(cidr):
+                    problems.add(host, "podnet_pod_subnet", f"{net} is outside podnet_cluster_cidr {cidr}")
+                elif net.prefixlen > 30:
+                    problems.add(host, "podnet_pod_subnet", f"{net} is too small for a pod subnet")
+                for other, other_net in explicit.items():
+                    if net.overlaps(other_net):
+                        problems.add(host, "podnet_pod_subnet", f"{net} overlaps {other_net} of {other}")
+                explicit[host] = net
+        raw_mac = hv.get("podnet_vtep_mac")
+        if raw_mac not in (None, ""):
+            mac = _check_mac(problems, host, "podnet_vtep_mac", raw_mac)
+            if mac:
+                for other, other_mac in macs.items():
+                    if other_mac == mac:
+                        problems.add(host, "podnet_vtep_mac", f"{mac} is also the VTEP MAC of {other}")
+                macs[host] = mac
+        underlay = hv.get("podnet_underlay_interface")
+        if underlay not in (None, ""):
+            _check_ifname(problems, host, "podnet_underlay_interface", underlay)
+
+    subnets: dict[str, ipaddress.IPv4Network] = {}
+    if cidr is not None and prefix is not None and not problems.items:
+        subnets = _allocate(hosts, explicit, leases, cidr, prefix, problems)
+
+    nodes: dict[str, dict[str, Any]] = {}
+    if not problems.items:
+        for host in hosts:
+            macs.setdefault(host, vtep_mac_for(node_ips[host]))
+        for host in hosts:
+            nodes[host] = _node_state(host, hosts, hostvars, settings, node_ips, subnets, macs, problems)
+    if problems.items:
+        raise PlanError(problems.items)
+    new_leases = {h: str(subnets[h]) for h in hosts if h not in explicit}
+    public = {k: (str(v) if isinstance(v, ipaddress.IPv4Network) else v) for k, v in settings.items()}
+    return {"settings": public, "nodes": nodes, "leases": new_leases}
+
+
+def _pods(host: str, hv: dict, subnet: ipaddress.IPv4Network, gateway: ipaddress.IPv4Address,
+          problems: _Problems) -> list[dict[str, Any]]:
+    raw = hv.get("podnet_pods") or []
+    if not isinstance(raw, list):
+        problems.add(host, "podnet_pods", "must be a list of {name, address} mappings")
+        return []
+    netns_prefix = hv.get("podnet_pod_netns_prefix") or ""
+    used = {gateway}
+    pods: list[dict[str, Any]] = []
+    names: set[str] = set()
+    for index, item in enumerate(raw):
+        if not isinstance(item, dict) or not item.get("name"):
+            problems.add(host, f"podnet_pods[{index}]", "each pod needs at least a name")
+            continue
+        name = str(item["name"])
+        if not POD_NAME_RE.match(name) or len(name) > 63:
+            problems.add(host, f"podnet_pods[{index}].name", f"{name!r} must be lowercase letters, digits "
+                                                             "and '-' (at most 63)")
+        if name in names:
+            problems.add(host, f"podnet_pods[{index}].name", f"duplicate pod name {name!r}")
+        names.add(name)
+        address = None
+        if item.get("address"):
+            try:
+                address = ipaddress.IPv4Address(str(item["address"]).split("/")[0])
+            except ValueError:
+                problems.add(host, f"podnet_pods[{index}].address", f"{item['address']!r} is not an IPv4 "
+                                                                    "address")
+                continue
+            if address not in subnet or address in (subnet.network_address, subnet.broadcast_address):
+                problems.add(host, f"podnet_pods[{index}].address", f"{address} is not a usable address of "
+                                                                    f"this node's subnet {subnet}")
+                continue
+            if address in used:
+                problems.add(host, f"podnet_pods[{index}].address", f"{address} is already used on this node")
+                continue
+            used.add(address)
+        pods.append({"name": name, "netns": item.get("netns") or f"{netns_prefix}{name}", "address": address,
+                     "interface": item.get("interface") or "eth0",
+                     "host_interface": item.get("host_interface")})
+    free = (a for a in subnet.hosts() if a not in used)
+    for pod in pods:
+        if pod["address"] is None:
+            pod["address"] = next(free, None)
+            if pod["address"] is None:
+                problems.add(host, "podnet_pods", f"subnet {subnet} has no free address for pod {pod['name']}")
+                continue
+            used.add(pod["address"])
+        pod["address"] = f"{pod['address']}/{subnet.prefixlen}"
+        pod["gateway"] = str(gateway)
+        pod["host_interface"] = pod["host_interface"] or host_veth_name(pod["netns"], pod["interface"])
+        for field in ("interface", "host_interface"):
+            _check_ifname(problems, host, f"podnet_pods[{pod['name']}].{field}", pod[field])
+    return pods
+
+
+def _node_state(host: str, hosts: list[str], hostvars: dict[str, dict], settings: dict[str, Any],
+                node_ips: dict[str, str], subnets: dict[str, ipaddress.IPv4Network], macs: dict[str, str],
+                problems: _Problems) -> dict[str, Any]:
+    backend = settings["podnet_backend"]
+    cluster_cidr = str(settings["podnet_cluster_cidr"])
+    subnet = subnets[host]
+    hv = hostvars[host]
+    underlay = hv.get("podnet_underlay_interface") or None
+    gateway = next(subnet.hosts())
+    vtep_name = f"flannel.{settings['podnet_vxlan_vni']}"
+    # Render-time MTU; at apply time the module derives it from the real underlay device instead.
+    mtu = settings["podnet_mtu"] or (settings["podnet_underlay_mtu"] - (VXLAN_OVERHEAD
+                                                                         if backend == "flannel-vxlan" else 0))
+    peers = [
+        {"name": other, "node_ip": node_ips[other], "subnet": str(subnets[other]),
+         "vtep_ip": str(subnets[other].network_address), "mac": macs[other]}
+        for other in hosts if other != host
+    ]
+    state: dict[str, Any] = {
+        "name": host,
+        "backend": backend,
+        "node_ip": node_ips[host],
+        "subnet": str(subnet),
+        "cluster_cidr": cluster_cidr,
+        "underlay_interface": underlay,
+        "mtu": settings["podnet_mtu"],
+        "render_mtu": mtu,
+        "bridge": {"name": settings["podnet_bridge"], "address": f"{gateway}/{subnet.prefixlen}"},
+        "pods": _pods(host, hv, subnet, gateway, problems),
+        "sysctls": {"net.ipv4.ip_forward": 1},
+        "peers": peers,
+        "vtep": None,
+    }
+    if backend == "flannel-vxlan":
+        state["vtep"] = {
+            "name": vtep_name,
+            "vni": settings["podnet_vxlan_vni"],
+            "port": settings["podnet_vxlan_port"],
+            "local": node_ips[host],
+            "underlay_interface": underlay,
+            "mac": macs[host],
+            "mtu": settings["podnet_mtu"],
+            "address": f"{subnet.network_address}/32",
+            "learning": False,
+            # exactly the vxlan_fdb module's `peers` shape
+            "peers": [{"vtep_ip": p["vtep_ip"], "mac": p["mac"], "node_ip": p["node_ip"]} for p in peers],
+        }
+        state["routes"] = [{"dst": p["subnet"], "via": p["vtep_ip"], "dev": vtep_name, "onlink": True}
+                           for p in peers]
+    else:  # flannel-host-gw: plain routes via the peer's node IP; peers must share the L2 segment
+        state["routes"] = [{"dst": p["subnet"], "via": p["node_ip"], "dev": underlay, "onlink": False}
+                           for p in peers]
+    state["iptables"] = flannel_ipmasq_rules(cluster_cidr, str(subnet)) \
+        if settings["podnet_ipmasq"] else []
+    state["subnet_env"] = {
+        "FLANNEL_NETWORK": cluster_cidr,
+        "FLANNEL_SUBNET": f"{gateway}/{subnet.prefixlen}",
+        "FLANNEL_MTU": mtu,
+        "FLANNEL_IPMASQ": "true" if settings["podnet_ipmasq"] else "false",
+    }
+    return state
+
+
+def flannel_ipmasq_rules(cluster_cidr: str, node_subnet: str) -> list[dict[str, Any]]:
+    """flannel's masquerade and forward rules (seed 000), in flannel's order."""
+    c = str(cluster_cidr)
+    return [
+        {"table": "nat", "chain": "POSTROUTING", "rule": ["-s", c, "-d", c, "-j", "RETURN"]},
+        {"table": "nat", "chain": "POSTROUTING", "rule": ["-s", c, "!", "-d", "224.0.0.0/4", "-j", "MASQUERADE"]},
+        {"table": "nat", "chain": "POSTROUTING", "rule": ["!", "-s", c, "-d", node_subnet, "-j", "RETURN"]},
+        {"table": "nat", "chain": "POSTROUTING", "rule": ["!", "-s", c, "-d", c, "-j", "MASQUERADE"]},
+        {"table": "filter", "chain": "FORWARD", "rule": ["-s", c, "-j", "ACCEPT"]},
+        {"table": "filter", "chain": "FORWARD", "rule": ["-d", c, "-j", "ACCEPT"]},
+    ]

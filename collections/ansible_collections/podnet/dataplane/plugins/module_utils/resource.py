@@ -1,0 +1,32 @@
+# Copyright: podnet contributors
+# Apache License 2.0
+"""What every podnet module shares: the resource-module states and the result shape
+(changed, commands, changes, diff)."""
+from __future__ import annotations
+
+from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import Change, EngineError
+
+STATES = ["merged", "replaced", "overridden", "deleted", "gathered", "rendered"]
+
+
+def result_for(changes: list[Change], **extra) -> dict:
+    commands = [cmd for change in changes for cmd in change.commands]
+    before = [cmd for c in changes if c.have is not None for cmd in c.have.add_commands()]
+    after = [cmd for c in changes if c.want is not None for cmd in c.want.add_commands()]
+    out = {
+        "changed": bool(changes),
+        "commands": commands,
+        "changes": [c.as_dict() for c in changes],
+        "diff": {"before": "".join(f"{line}\n" for line in before),
+                 "after": "".join(f"{line}\n" for line in after)},
+    }
+    out.update(extra)
+    return out
+
+
+def fail_on_engine_error(module, func, *args, **kwargs):
+    """Run func, turning engine failures into a clean module failure that names the command."""
+    try:
+        return func(*args, **kwargs)
+    except EngineError as exc:
+        module.fail_json(msg=f"podnet: kernel refused: {exc}")

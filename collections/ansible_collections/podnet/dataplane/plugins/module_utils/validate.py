@@ -1,0 +1,57 @@
+# Copyright: podnet contributors
+# Apache License 2.0
+"""Field checks shared by the planner (inventory variables) and the modules (arguments).
+
+Each check returns a list of messages "<field>: <what is wrong>"; empty means valid.  Callers prefix
+the host when there is one, so every error names both host and field.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any
+
+IFNAMSIZ = 15  # usable characters of a Linux interface name (IFNAMSIZ 16 incl. the NUL)
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]+$")
+_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+
+def check_interface_name(field: str, name: Any) -> list[str]:
+    if not isinstance(name, str) or not name:
+        return [f"{field}: interface name {name!r} must be a non-empty string"]
+    if len(name) > IFNAMSIZ:
+        return [f"{field}: interface name {name!r} is {len(name)} characters; Linux allows at most {IFNAMSIZ}"]
+    if not _IFNAME_RE.match(name) or name in (".", ".."):
+        return [f"{field}: interface name {name!r} contains characters Linux does not allow "
+                "(use letters, digits, '_', '.', '-', '@')"]
+    return []
+
+
+def check_mac(field: str, mac: Any) -> list[str]:
+    """A unicast, non-zero MAC: what a VTEP must have for peers' fdb entries to reach it."""
+    if not isinstance(mac, str) or not _MAC_RE.match(mac.strip()):
+        return [f"{field}: {mac!r} is not a MAC address (expected six colon-separated hex bytes)"]
+    mac = mac.strip().lower()
+    if mac == "ff:ff:ff:ff:ff:ff":
+        return [f"{field}: {mac} is the broadcast address; a VTEP needs a unicast MAC"]
+    if int(mac[:2], 16) & 0x01:
+        return [f"{field}: {mac} is a multicast MAC; a VTEP needs a unicast MAC"]
+    if mac == "00:00:00:00:00:00":
+        return [f"{field}: 00:00:00:00:00:00 is not a usable MAC"]
+    return []
+
+
+def check_ipv4(field: str, value: Any) -> list[str]:
+    try:
+        ipaddress.IPv4Address(str(value))
+    except ValueError:
+        return [f"{field}: {value!r} is not an IPv4 address"]
+    return []
+
+
+def check_ipv4_network(field: str, value: Any, strict: bool = True) -> list[str]:
+    try:
+        ipaddress.IPv4Network(str(value), strict=strict)
+    except ValueError as exc:
+        return [f"{field}: {value!r} is not an IPv4 network ({exc})"]
+    return []

@@ -1,0 +1,338 @@
+#!/usr/bin/python
+# Copyright: podnet contributors
+# Apache License 2.0
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: vxlan_fdb
+short_description: Manage a VXLAN tunnel endpoint and its static peers (neighbour + fdb entries)
+version_added: "0.1.0"
+description:
+  - Creates the VXLAN device a flannel- or calico-style overlay uses (for example C(flannel.1)) with
+    its VNI, UDP port, local address, underlay device, MTU, MAC and C(nolearning), gives it its C(/32)
+    address, and programs one permanent neighbour entry (peer VTEP address -> peer VTEP MAC) and one
+    static forwarding entry (peer VTEP MAC -> peer node IP) per peer, exactly as
+    C(ip neigh add) and C(bridge fdb add) would.
+  - Reads the kernel once (one netlink dump per object kind), computes the difference and writes
+    only that. Check mode and diff report exactly what a real run would change.
+  - Only ever removes entries on the VXLAN device it manages; the device is marked as podnet's
+    through its interface alias (C(podnet:vtep)).
+author:
+  - podnet maintainers (@podnet)
+requirements:
+  - pyroute2 on the managed node (not needed for I(state=rendered))
+options:
+  name:
+    description: VXLAN device name, at most 15 characters.
+    type: str
+    required: true
+  vni:
+    description: VXLAN network identifier (1..16777215). flannel uses 1, calico 4096.
+    type: int
+    default: 1
+  port:
+    description: UDP destination port. flannel uses 8472, calico and IANA 4789.
+    type: int
+    default: 8472
+  local:
+    description: This node's underlay IPv4 address (the tunnel source). Required unless I(state=deleted) or I(state=gathered).
+    type: str
+  underlay_interface:
+    description:
+      - Underlay device the tunnel is bound to (C(dev) of C(ip link add ... type vxlan)).
+      - Defaults to the interface that holds I(local).
+    type: str
+  mtu:
+    description: Device MTU. Defaults to the underlay device's MTU minus the 50 bytes of VXLAN overhead.
+    type: int
+  mac:
+    description: VTEP MAC address peers were told about. Defaults to whatever the kernel picks at creation.
+    type: str
+  address:
+    description: Address of the VTEP in CIDR form, for flannel the node subnet's network address as C(/32).
+    type: str
+  learning:
+    description: Whether the device learns remote MACs. podnet programs peers statically, so C(false).
+    type: bool
+    default: false
+  peers:
+    description: The other nodes' endpoints.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      vtep_ip:
+        description: The peer VTEP's overlay address (neighbour entry destination), e.g. C(10.244.2.0).
+        type: str
+        required: true
+      mac:
+        description: The peer VTEP's MAC address.
+        type: str
+        required: true
+      node_ip:
+        description: The peer's underlay IP (fdb entry destination).
+        type: str
+        required: true
+  state:
+    description:
+      - C(merged) creates or updates the device and the listed peers, leaving other entries alone.
+      - C(replaced) also removes stale entries of the listed peers (an old MAC of a listed node IP).
+      - C(overridden) makes the device hold exactly the listed peers and address.
+      - C(deleted) removes the listed peers' entries, or the whole device when no peers are listed.
+      - C(gathered) returns the device and its peers as the kernel has them.
+      - C(rendered) returns the commands for the given configuration without touching the host.
+    type: str
+    choices: [merged, replaced, overridden, deleted, gathered, rendered]
+    default: merged
+notes:
+  - Supports check mode and diff mode.
+"""
+
+EXAMPLES = r"""
+- name: flannel.1 as on node 192.168.0.4 of the seed topology, with one peer
+  podnet.dataplane.vxlan_fdb:
+    name: flannel.1
+    vni: 1
+    port: 8472
+    local: 192.168.0.4
+    mac: 56:ad:b6:5f:16:d7
+    address: 10.244.0.0/32
+    peers:
+      - vtep_ip: 10.244.2.0
+        mac: 22:3d:4d:c5:65:ff
+        node_ip: 192.168.0.16
+    state: overridden
+
+- name: Show what the commands would be, touching nothing
+  podnet.dataplane.vxlan_fdb:
+    name: flannel.1
+    local: 192.168.0.4
+    underlay_interface: eth0
+    state: rendered
+  register: vtep
+
+- name: Remove the VTEP and everything on it
+  podnet.dataplane.vxlan_fdb:
+    name: flannel.1
+    state: deleted
+"""
+
+RETURN = r"""
+commands:
+  description: The changes made (or, in check mode, that would be made) as C(ip)/C(bridge) commands.
+  returned: always
+  type: list
+  elements: str
+  sample: ["ip neigh add 10.244.2.0 dev flannel.1 lladdr 22:3d:4d:c5:65:ff"]
+changes:
+  description: Structured form of I(commands), one entry per kernel object.
+  returned: always
+  type: list
+  elements: dict
+mtu:
+  description: MTU of the VXLAN device after the run (wanted MTU in check mode).
+  returned: when state is merged, replaced or overridden
+  type: int
+  sample: 1450
+mac:
+  description: MAC address of the VXLAN device after the run.
+  returned: when state is merged, replaced or overridden
+  type: str
+rendered:
+  description: The full configuration as commands, for I(state=rendered).
+  returned: when state is rendered
+  type: list
+  elements: str
+gathered:
+  description: The device and its peers as read from the kernel.
+  returned: when state is gathered
+  type: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.podnet.dataplane.plugins.module_utils.builders import (
+    VXLAN_OVERHEAD,
+    vtep_objects,
+    vxlan_peer_objects,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
+    HAS_PYROUTE2,
+    PYROUTE2_IMPORT_ERROR,
+    Change,
+    Engine,
+    KernelState,
+    plan,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
+    Address,
+    FdbEntry,
+    Link,
+    Neighbour,
+    is_owned_alias,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.resource import (
+    STATES,
+    fail_on_engine_error,
+    result_for,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.validate import (
+    check_interface_name,
+    check_ipv4,
+    check_mac,
+)
+
+PEER_SPEC = {
+    "vtep_ip": {"type": "str", "required": True},
+    "mac": {"type": "str", "required": True},
+    "node_ip": {"type": "str", "required": True},
+}
+ARGUMENT_SPEC = {
+    "name": {"type": "str", "required": True},
+    "vni": {"type": "int", "default": 1},
+    "port": {"type": "int", "default": 8472},
+    "local": {"type": "str"},
+    "underlay_interface": {"type": "str"},
+    "mtu": {"type": "int"},
+    "mac": {"type": "str"},
+    "address": {"type": "str"},
+    "learning": {"type": "bool", "default": False},
+    "peers": {"type": "list", "elements": "dict", "options": PEER_SPEC, "default": []},
+    "state": {"type": "str", "choices": STATES, "default": "merged"},
+}
+
+
+def validate(module: AnsibleModule) -> None:
+    p = module.params
+    problems = []
+    problems += check_interface_name("name", p["name"])
+    if p["underlay_interface"]:
+        problems += check_interface_name("underlay_interface", p["underlay_interface"])
+    if not 1 <= p["vni"] <= 16777215:
+        problems.append(f"vni: {p['vni']} is out of range 1..16777215")
+    if not 1 <= p["port"] <= 65535:
+        problems.append(f"port: {p['port']} is not a UDP port")
+    if p["mtu"] is not None and not 68 <= p["mtu"] <= 65535:
+        problems.append(f"mtu: {p['mtu']} is out of range 68..65535")
+    if p["mac"]:
+        problems += check_mac("mac", p["mac"])
+    if p["local"]:
+        problems += check_ipv4("local", p["local"])
+    for i, peer in enumerate(p["peers"]):
+        problems += check_ipv4(f"peers[{i}].vtep_ip", peer["vtep_ip"])
+        problems += check_ipv4(f"peers[{i}].node_ip", peer["node_ip"])
+        problems += check_mac(f"peers[{i}].mac", peer["mac"])
+    if p["state"] in ("merged", "replaced", "overridden", "rendered") and not p["local"]:
+        problems.append(f"local: required with state={p['state']}")
+    if problems:
+        module.fail_json(msg="podnet.vxlan_fdb: " + "; ".join(problems), problems=problems)
+
+
+def gathered(name: str, have: KernelState) -> dict:
+    link = have.objects.get(("link", None, name))
+    if link is None:
+        return {}
+    fdb = {o.mac: o.dst for o in have.of_type(FdbEntry) if o.dev == name}
+    peers = [{"vtep_ip": n.dst, "mac": n.mac, "node_ip": fdb.get(n.mac)}
+             for n in have.of_type(Neighbour) if n.dev == name and n.permanent]
+    addresses = [a.cidr for a in have.of_type(Address) if a.dev == name]
+    v = link.vxlan
+    return {"name": name, "vni": v and v.vni, "port": v and v.port, "local": v and v.local,
+            "underlay_interface": v and v.underlay, "learning": v and v.learning, "mtu": link.mtu,
+            "mac": link.mac, "address": addresses[0] if addresses else None, "owned": is_owned_alias(link.alias),
+            "peers": sorted(peers, key=lambda peer: peer["vtep_ip"])}
+
+
+def wanted_vtep(module: AnsibleModule, have: KernelState) -> dict:
+    p = module.params
+    underlay = p["underlay_interface"]
+    if not underlay:
+        holders = [a.dev for a in have.of_type(Address) if a.cidr.split("/")[0] == p["local"]]
+        if not holders:
+            module.fail_json(msg=f"podnet.vxlan_fdb: local address {p['local']} is not on any interface of "
+                                 "this node; set underlay_interface or fix podnet_node_ip")
+        underlay = holders[0]
+    lower = have.objects.get(("link", None, underlay))
+    if lower is None:
+        module.fail_json(msg=f"podnet.vxlan_fdb: underlay_interface {underlay} does not exist on this node")
+    mtu = p["mtu"] or lower.mtu - VXLAN_OVERHEAD
+    return {"name": p["name"], "vni": p["vni"], "port": p["port"], "local": p["local"],
+            "underlay_interface": underlay, "mac": p["mac"], "mtu": mtu, "address": p["address"],
+            "learning": p["learning"]}
+
+
+def purge_predicate(module: AnsibleModule):
+    p = module.params
+    name, state = p["name"], p["state"]
+    peer_vteps = {peer["vtep_ip"] for peer in p["peers"]}
+    peer_nodes = {peer["node_ip"] for peer in p["peers"]}
+
+    def purge(obj) -> bool:
+        if getattr(obj, "dev", None) != name:
+            return False
+        if isinstance(obj, Address):
+            return True  # the VTEP carries exactly one address, podnet's
+        if state == "overridden":
+            return isinstance(obj, (Neighbour, FdbEntry))
+        if state == "replaced":
+            return ((isinstance(obj, Neighbour) and obj.dst in peer_vteps)
+                    or (isinstance(obj, FdbEntry) and obj.dst in peer_nodes))
+        return False
+
+    return purge
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    validate(module)
+    p = module.params
+    name, state = p["name"], p["state"]
+
+    if state == "rendered":
+        vtep = {k: p[k] for k in ("name", "vni", "port", "local", "underlay_interface", "mac", "mtu",
+                                  "address", "learning")}
+        objs = vtep_objects(vtep) + vxlan_peer_objects(name, p["peers"])
+        module.exit_json(changed=False, rendered=[c for o in objs for c in o.add_commands()])
+    if not HAS_PYROUTE2:
+        module.fail_json(msg=missing_required_lib("pyroute2"), exception=str(PYROUTE2_IMPORT_ERROR))
+
+    with Engine() as engine:
+        have = engine.gather({Address, Neighbour, FdbEntry})
+        if state == "gathered":
+            module.exit_json(changed=False, gathered=gathered(name, have))
+        existing = have.objects.get(("link", None, name))
+        if state == "deleted":
+            changes = deleted_changes(module, have, existing)
+            extra: dict = {}
+        else:
+            if existing is not None and existing.kind != "vxlan":
+                module.fail_json(msg=f"podnet.vxlan_fdb: device {name} exists but is a {existing.kind} "
+                                     "device, not VXLAN; podnet will not replace a device it did not create")
+            vtep = wanted_vtep(module, have)
+            want = vtep_objects(vtep) + vxlan_peer_objects(name, p["peers"])
+            changes = plan(want, have, purge_predicate(module))
+            extra = {"mtu": vtep["mtu"], "mac": vtep["mac"] or (existing.mac if existing else None)}
+        if changes and not module.check_mode:
+            fail_on_engine_error(module, engine.apply, changes, have)
+            if state != "deleted" and not extra["mac"]:
+                extra["mac"] = engine.gather(set()).objects[("link", None, name)].mac
+    module.exit_json(**result_for(changes, **extra))
+
+
+def deleted_changes(module: AnsibleModule, have: KernelState, existing: Link | None) -> list[Change]:
+    p = module.params
+    if existing is None:
+        return []
+    if p["peers"]:
+        keys = set()
+        for obj in vxlan_peer_objects(p["name"], p["peers"]):
+            keys.add(obj.key())
+        return [Change("delete", None, have.objects[k]) for k in sorted(keys) if k in have.objects]
+    if not is_owned_alias(existing.alias):
+        module.fail_json(msg=f"podnet.vxlan_fdb: device {p['name']} was not created by podnet "
+                             f"(alias {existing.alias!r}); refusing to delete it")
+    return [Change("delete", None, existing)]
+
+
+if __name__ == "__main__":
+    main()
