@@ -300,10 +300,13 @@ class Engine:
                           state=NUD_PERMANENT)
         elif isinstance(obj, FdbEntry):
             index = self._index(state, obj.dev)
-            if change.op == "delete":
-                ipr.fdb("del", ifindex=index, lladdr=obj.mac, **({"dst": obj.dst} if obj.dst else {}))
-            else:
-                ipr.fdb("replace", ifindex=index, lladdr=obj.mac, dst=obj.dst, state=NUD_PERMANENT)
+            # A VXLAN fdb entry can hold several remotes ("append"); podnet wants exactly one, so a
+            # changed destination is a delete of the old remote followed by an add.
+            stale = change.have if change.op != "add" else None
+            if stale is not None:
+                ipr.fdb("del", ifindex=index, lladdr=stale.mac, **({"dst": stale.dst} if stale.dst else {}))
+            if change.op != "delete":
+                ipr.fdb("add", ifindex=index, lladdr=obj.mac, dst=obj.dst, state=NUD_PERMANENT)
         elif isinstance(obj, Route):
             self._apply_route(change, obj, state)
         elif isinstance(obj, Sysctl):

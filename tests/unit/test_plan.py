@@ -1,0 +1,161 @@
+"""Validation and planning: pure Python, no root, no host."""
+from __future__ import annotations
+
+import copy
+import ipaddress
+
+import pytest
+
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan import PlanError, plan_cluster, vtep_mac_for
+
+BASE = {
+    "a": {"podnet_node_ip": "192.168.0.4"},
+    "b": {"podnet_node_ip": "192.168.0.16"},
+    "c": {"podnet_node_ip": "192.168.0.20"},
+}
+
+
+def plan(hostvars, leases=None, hosts=None):
+    return plan_cluster(hosts or list(hostvars), hostvars, leases)
+
+
+def with_vars(host: str | None = None, **values) -> dict:
+    hv = copy.deepcopy(BASE)
+    for h in ([host] if host else list(hv)):
+        hv[h].update(values)
+    return hv
+
+
+def problems_of(hostvars) -> list[str]:
+    with pytest.raises(PlanError) as info:
+        plan(hostvars)
+    return info.value.problems
+
+
+@pytest.mark.parametrize(
+    ("hostvars", "host", "field", "words"),
+    [
+        pytest.param({**BASE, "b": {"podnet_node_ip": "192.168.0.16", "podnet_pod_subnet": "10.244.0.0/23"},
+                      "a": {"podnet_node_ip": "192.168.0.4", "podnet_pod_subnet": "10.244.1.0/24"}},
+                     "b", "podnet_pod_subnet", "overlaps", id="overlapping-subnets"),
+        pytest.param(with_vars("a", podnet_pod_subnet="10.9.0.0/24"), "a", "podnet_pod_subnet",
+                     "outside podnet_cluster_cidr", id="subnet-outside-cluster"),
+        pytest.param({**BASE, "c": {"podnet_node_ip": "192.168.0.4"}}, "c", "podnet_node_ip",
+                     "also the node IP of a", id="duplicate-node-ip"),
+        pytest.param(with_vars("b", podnet_vtep_mac="22:3d:4d:c5:65"), "b", "podnet_vtep_mac",
+                     "not a MAC address", id="malformed-mac"),
+        pytest.param(with_vars("b", podnet_vtep_mac="01:00:5e:00:00:01"), "b", "podnet_vtep_mac",
+                     "multicast", id="multicast-mac"),
+        pytest.param(with_vars(podnet_vxlan_vni=16777216), "a", "podnet_vxlan_vni", "out of range",
+                     id="vni-out-of-range"),
+        pytest.param(with_vars(podnet_vxlan_vni=0), "a", "podnet_vxlan_vni", "out of range", id="vni-zero"),
+        pytest.param(with_vars("c", podnet_underlay_interface="averyveryverylongname0"), "c",
+                     "podnet_underlay_interface", "at most 15", id="ifname-too-long"),
+        pytest.param(with_vars(podnet_bridge="cni0-bridge-name-x"), "a", "podnet_bridge", "at most 15",
+                     id="bridge-name-too-long"),
+        pytest.param(with_vars("a", podnet_pods=[{"name": "p", "interface": "eth0-in-the-pod-x"}]), "a",
+                     "podnet_pods[p].interface", "at most 15", id="pod-ifname-too-long"),
+        pytest.param(with_vars(podnet_backend="weave-net"), "a", "podnet_backend", "unknown backend",
+                     id="unknown-backend"),
+        pytest.param(with_vars(podnet_vxlan_port=70000), "a", "podnet_vxlan_port", "not a UDP port",
+                     id="port-out-of-range"),
+        pytest.param(with_vars("b", podnet_node_ip="192.168.0.300"), "b", "podnet_node_ip",
+                     "not an IPv4 address", id="malformed-node-ip"),
+        pytest.param(with_vars("b", podnet_pod_subnet="10.244.2.1/24"), "b", "podnet_pod_subnet",
+                     "not an IPv4 network", id="subnet-host-bits"),
+        pytest.param(with_vars("a", podnet_pods=[{"name": "p", "address": "10.250.0.3"}],
+                               podnet_pod_subnet="10.244.0.0/24"), "a", "podnet_pods[0].address",
+                     "not a usable address", id="pod-outside-subnet"),
+        pytest.param(with_vars("a", podnet_pods=[{"name": "p", "address": "10.244.0.3"},
+                                                 {"name": "q", "address": "10.244.0.3"}],
+                               podnet_pod_subnet="10.244.0.0/24"), "a", "podnet_pods[1].address",
+                     "already used", id="duplicate-pod-address"),
+        pytest.param({**BASE, "a": {"podnet_node_ip": "192.168.0.4", "podnet_backend": "flannel-host-gw"}},
+                     "a", "podnet_backend", "same on every node", id="backend-disagreement"),
+        pytest.param(with_vars("a", podnet_node_ip=None), "a", "podnet_node_ip", "required",
+                     id="missing-node-ip"),
+        pytest.param({**BASE, "b": {"podnet_node_ip": "192.168.0.16", "podnet_vtep_mac": "22:3d:4d:c5:65:ff"},
+                      "c": {"podnet_node_ip": "192.168.0.20", "podnet_vtep_mac": "22:3D:4D:C5:65:FF"}},
+                     "c", "podnet_vtep_mac", "also the VTEP MAC of b", id="duplicate-mac"),
+    ],
+)
+def test_bad_input_names_host_and_field(hostvars, host, field, words):
+    problems = problems_of(hostvars)
+    matching = [p for p in problems if p.startswith(f"host {host}: {field}:")]
+    assert matching, problems
+    assert any(words in p for p in matching), matching
+
+
+def test_all_problems_are_reported_together():
+    hv = with_vars("a", podnet_vtep_mac="zz")
+    hv["b"]["podnet_pod_subnet"] = "10.9.0.0/24"
+    problems = problems_of(hv)
+    assert any(p.startswith("host a: podnet_vtep_mac") for p in problems)
+    assert any(p.startswith("host b: podnet_pod_subnet") for p in problems)
+
+
+def test_allocation_is_stable_when_nodes_come_and_go():
+    first = plan(BASE)
+    subnets = {h: n["subnet"] for h, n in first["nodes"].items()}
+    assert subnets == {"a": "10.244.0.0/24", "b": "10.244.1.0/24", "c": "10.244.2.0/24"}
+    without_a = {h: v for h, v in BASE.items() if h != "a"}
+    second = plan(without_a, leases=first["leases"])
+    assert {h: n["subnet"] for h, n in second["nodes"].items()} == {"b": "10.244.1.0/24", "c": "10.244.2.0/24"}
+    grown = {**without_a, "d": {"podnet_node_ip": "192.168.0.30"}, "a": BASE["a"]}
+    third = plan(grown, leases=second["leases"])
+    got = {h: n["subnet"] for h, n in third["nodes"].items()}
+    assert got["b"] == "10.244.1.0/24" and got["c"] == "10.244.2.0/24"
+    assert got["d"] == "10.244.0.0/24" and got["a"] == "10.244.3.0/24"  # freed subnet is reused
+
+
+def test_explicit_subnet_wins_over_lease():
+    hv = with_vars("a", podnet_pod_subnet="10.244.7.0/24")
+    result = plan(hv, leases={"a": "10.244.0.0/24", "b": "10.244.7.0/24"})
+    assert result["nodes"]["a"]["subnet"] == "10.244.7.0/24"
+    assert result["nodes"]["b"]["subnet"] != "10.244.7.0/24"  # the stale lease loses to the explicit subnet
+    assert "a" not in result["leases"]
+
+
+def test_vtep_mac_is_deterministic_unicast_and_local():
+    mac = vtep_mac_for("192.168.0.4")
+    assert mac == vtep_mac_for("192.168.0.4") != vtep_mac_for("192.168.0.16")
+    first = int(mac[:2], 16)
+    assert first & 0x02 and not first & 0x01
+    node = plan(BASE)["nodes"]["a"]
+    assert node["vtep"]["mac"] == mac
+    assert {p["mac"] for p in plan(BASE)["nodes"]["b"]["peers"] if p["name"] == "a"} == {mac}
+
+
+def test_pods_get_free_addresses_and_stable_veth_names():
+    hv = with_vars("a", podnet_pods=[{"name": "web"}, {"name": "db", "address": "10.244.0.2"}],
+                   podnet_pod_subnet="10.244.0.0/24", podnet_pod_netns_prefix="lab-a-")
+    pods = plan(hv)["nodes"]["a"]["pods"]
+    assert [(p["name"], p["address"], p["gateway"], p["netns"]) for p in pods] == [
+        ("web", "10.244.0.3/24", "10.244.0.1", "lab-a-web"), ("db", "10.244.0.2/24", "10.244.0.1", "lab-a-db")]
+    assert all(p["host_interface"].startswith("veth") and len(p["host_interface"]) == 12 for p in pods)
+    assert pods[0]["host_interface"] == plan(hv)["nodes"]["a"]["pods"][0]["host_interface"]
+
+
+def test_mtu_and_host_gw_routes():
+    vx = plan(BASE)["nodes"]["a"]
+    assert vx["render_mtu"] == 1450
+    assert vx["routes"][0] == {"dst": "10.244.1.0/24", "via": "10.244.1.0", "dev": "flannel.1", "onlink": True}
+    gw = plan(with_vars(podnet_backend="flannel-host-gw", podnet_underlay_interface="ens3"))["nodes"]["a"]
+    assert gw["vtep"] is None and gw["render_mtu"] == 1500
+    assert gw["routes"][0] == {"dst": "10.244.1.0/24", "via": "192.168.0.16", "dev": "ens3", "onlink": False}
+    jumbo = plan(with_vars(podnet_underlay_mtu=9000))["nodes"]["a"]
+    assert jumbo["render_mtu"] == 8950
+
+
+def test_cluster_full_is_reported():
+    hv = with_vars(podnet_cluster_cidr="10.244.0.0/24", podnet_subnet_prefix=25)
+    problems = problems_of(hv)
+    assert any("no free /25" in p for p in problems), problems
+
+
+def test_subnets_are_inside_cluster_and_disjoint():
+    many = {f"n{i}": {"podnet_node_ip": f"172.30.1.{i + 1}"} for i in range(40)}
+    result = plan(many)
+    nets = [ipaddress.ip_network(n["subnet"]) for n in result["nodes"].values()]
+    assert all(n.subnet_of(ipaddress.ip_network("10.244.0.0/16")) for n in nets)
+    assert len(set(nets)) == 40

@@ -1,0 +1,83 @@
+"""render.yml on the seed inventory: the five flannel-vxlan lines of DESIGN §2, verbatim and in order,
+written without contacting any host."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SEED_LINES_04 = [
+    "ip link add flannel.1 type vxlan id 1 local 192.168.0.4 dev eth0 dstport 8472 nolearning",
+    "ip addr add 10.244.0.0/32 dev flannel.1",
+    "ip neigh add 10.244.2.0 dev flannel.1 lladdr 22:3d:4d:c5:65:ff",
+    "bridge fdb add 22:3d:4d:c5:65:ff dst 192.168.0.16 dev flannel.1",
+    "ip route add 10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink",
+]
+SEED_LINES_16 = [
+    "ip link add flannel.1 type vxlan id 1 local 192.168.0.16 dev eth0 dstport 8472 nolearning",
+    "ip addr add 10.244.2.0/32 dev flannel.1",
+    "ip neigh add 10.244.0.0 dev flannel.1 lladdr 56:ad:b6:5f:16:d7",
+    "bridge fdb add 56:ad:b6:5f:16:d7 dst 192.168.0.4 dev flannel.1",
+    "ip route add 10.244.0.0/24 via 10.244.0.0 dev flannel.1 onlink",
+]
+
+
+def run_render(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
+    playbook = Path(sys.executable).parent / "ansible-playbook"
+    return subprocess.run([str(playbook), "-i", "inventories/seed", "playbooks/render.yml",
+                           "-e", f"podnet_render_dir={out}", *extra],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def in_order(lines: list[str], expected: list[str]) -> bool:
+    positions = [lines.index(e) if e in lines else -1 for e in expected]
+    return -1 not in positions and positions == sorted(positions)
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    out = tmp_path_factory.mktemp("render")
+    result = run_render(out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out
+
+
+def test_seed_flannel_vxlan_lines_for_192_168_0_4(rendered):
+    lines = (rendered / "192.168.0.4.sh").read_text().splitlines()
+    assert in_order(lines, SEED_LINES_04), "\n".join(lines)
+
+
+def test_seed_flannel_vxlan_lines_for_192_168_0_16(rendered):
+    lines = (rendered / "192.168.0.16.sh").read_text().splitlines()
+    assert in_order(lines, SEED_LINES_16), "\n".join(lines)
+
+
+def test_seed_pod_wiring_and_masquerade(rendered):
+    text = (rendered / "192.168.0.4.sh").read_text()
+    assert "ip addr add 10.244.0.1/24 dev cni0" in text
+    assert "ip link add flannel_vxlan_h type veth peer name flannel_vxlan_c netns flannel_vxlan" in text
+    assert "ip netns exec flannel_vxlan ip addr add 10.244.0.3/24 dev flannel_vxlan_c" in text
+    assert "ip netns exec flannel_vxlan ip route add default via 10.244.0.1" in text
+    assert "iptables -t nat -A POSTROUTING ! -s 10.244.0.0/16 -d 10.244.0.0/24 -m comment" in text
+
+
+def test_host_gw_lines(tmp_path):
+    result = run_render(tmp_path, "-e", "podnet_backend=flannel-host-gw")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = (tmp_path / "192.168.0.4.sh").read_text().splitlines()
+    assert "ip route add 10.244.2.0/24 via 192.168.0.16 dev eth0" in lines
+    assert not any("flannel.1" in line for line in lines)
+
+
+def test_render_touches_no_host_and_rejects_bad_input(tmp_path):
+    # The seed hosts are documentation addresses no one can reach; a bad VNI must fail in planning,
+    # and nothing may be written.
+    result = run_render(tmp_path / "out", "-e", "podnet_vxlan_vni=0")
+    assert result.returncode != 0
+    assert "host 192.168.0.4: podnet_vxlan_vni" in result.stdout
+    assert not (tmp_path / "out").exists()
