@@ -72,6 +72,23 @@ class KObject:
         """Commands that bring an existing object in line; default: replace it in one step."""
         return self.delete_commands() + self.add_commands()
 
+    def describe(self, only: set[str] | None = None) -> str:
+        """One line of state for --diff: identity first, then the attributes (only those in `only`)."""
+        words = [type(self).__name__.lower()]
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if only is not None and f.name not in only and f.name not in self.identity_fields \
+                    and f.name != "netns":
+                continue
+            shown = f"({value.describe()})" if isinstance(value, KObject) else value
+            words.append(f"{f.name}={shown}")
+        return " ".join(words)
+
+    def specified(self) -> set[str]:
+        return {f.name for f in fields(self) if getattr(self, f.name) is not None}
+
     def as_dict(self) -> dict[str, Any]:
         data = {"kind": type(self).__name__.lower()}
         for f in fields(self):

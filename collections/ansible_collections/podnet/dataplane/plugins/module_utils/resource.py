@@ -11,8 +11,9 @@ STATES = ["merged", "replaced", "overridden", "deleted", "gathered", "rendered"]
 
 def result_for(changes: list[Change], **extra) -> dict:
     commands = [cmd for change in changes for cmd in change.commands]
-    before = [cmd for c in changes if c.have is not None for cmd in c.have.add_commands()]
-    after = [cmd for c in changes if c.want is not None for cmd in c.want.add_commands()]
+    before = [c.have.describe(c.want.specified() if c.want is not None else None)
+              for c in changes if c.have is not None]
+    after = [c.want.describe() for c in changes if c.want is not None]
     out = {
         "changed": bool(changes),
         "commands": commands,
