@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(PY) -m tests.lab.demo $(DEMO_ARGS)
+	./scripts/demo.sh
 
 test: setup
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)

@@ -1,0 +1,324 @@
+"""Helpers for integration tests that run podnet against the network-namespace lab.
+
+Everything here runs on the controller as root. Lab namespaces are always named ``<prefix>-...`` with a
+prefix unique to the test, so parallel runs never collide, and ``Lab`` removes them whatever happens.
+
+Typical use (the ``lab`` fixtures in conftest.py wrap this)::
+
+    with Lab("inventories/lab") as lab:
+        result = lab.run("playbooks/site.yml")
+        assert result.rc == 0, result.output
+        addrs = netns_json(lab.node_ns("node1"), "addr", "show", "dev", "eth0")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import string
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import netns as pyroute2_netns
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = REPO_ROOT / ".venv" / "bin"
+ANSIBLE_PLAYBOOK = VENV_BIN / "ansible-playbook"
+LAB_INVENTORY = REPO_ROOT / "inventories" / "lab"
+LAB_UP = REPO_ROOT / "playbooks" / "lab_up.yml"
+LAB_DOWN = REPO_ROOT / "playbooks" / "lab_down.yml"
+PLAYBOOK_TIMEOUT = 900
+
+RECAP_KEYS = ("ok", "changed", "unreachable", "failed", "skipped", "rescued", "ignored")
+# "node1    : ok=2    changed=1    unreachable=0 ..." after the "PLAY RECAP" banner.
+_RECAP_LINE = re.compile(r"^(?P<host>\S+)\s+:\s+(?P<counts>(?:[a-z]+=\d+\s*)+)$")
+_RECAP_COUNT = re.compile(r"([a-z]+)=(\d+)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class LabError(RuntimeError):
+    """The lab could not be built or removed cleanly."""
+
+
+@dataclass
+class PlaybookResult:
+    """Outcome of one ansible-playbook run."""
+
+    argv: list[str]
+    rc: int
+    stdout: str
+    stderr: str
+    seconds: float
+    recap: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def output(self) -> str:
+        """Everything the run printed, for assertion messages."""
+        return f"$ {' '.join(self.argv)}\n--- stdout ---\n{self.stdout}\n--- stderr ---\n{self.stderr}"
+
+    def changed(self, host: str | None = None) -> int:
+        """Changed-task count of one host, or of all hosts together."""
+        return self._count("changed", host)
+
+    def failed(self, host: str | None = None) -> int:
+        """Failed plus unreachable count of one host, or of all hosts together."""
+        return self._count("failed", host) + self._count("unreachable", host)
+
+    def _count(self, key: str, host: str | None) -> int:
+        hosts = [host] if host is not None else list(self.recap)
+        return sum(self.recap.get(h, {}).get(key, 0) for h in hosts)
+
+
+def parse_recap(stdout: str) -> dict[str, dict[str, int]]:
+    """Parse the PLAY RECAP block of the default callback: host -> {ok, changed, ...}."""
+    recap: dict[str, dict[str, int]] = {}
+    in_recap = False
+    for raw in stdout.splitlines():
+        line = _ANSI.sub("", raw).strip()
+        if line.startswith("PLAY RECAP"):
+            in_recap = True
+            continue
+        if not in_recap or not line:
+            continue
+        match = _RECAP_LINE.match(line)
+        if match is None:
+            in_recap = False  # the block ends at the first line that is not a host line
+            continue
+        counts = {k: 0 for k in RECAP_KEYS}
+        counts.update({k: int(v) for k, v in _RECAP_COUNT.findall(match["counts"])})
+        recap[match["host"]] = counts
+    return recap
+
+
+def playbook_env(prefix: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment of an ansible run: the repo's config, plain output and this lab's prefix."""
+    out = dict(os.environ)
+    out.update(
+        {
+            "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"),
+            "ANSIBLE_STDOUT_CALLBACK": "default",
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_FORCE_COLOR": "0",
+            "PODNET_LAB_PREFIX": prefix,
+            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
+        }
+    )
+    # Extra callbacks could change what is printed; the recap parser wants the plain one. (An empty
+    # value is not "none": ansible-core 2.19 then fails on an empty plugin name.)
+    out.pop("ANSIBLE_CALLBACKS_ENABLED", None)
+    out.update(env or {})
+    return out
+
+
+def run_playbook(
+    playbook: str | os.PathLike[str],
+    inventory: str | os.PathLike[str],
+    prefix: str,
+    extra_vars: Mapping[str, Any] | None = None,
+    check: bool = False,
+    diff: bool = False,
+    limit: str | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = PLAYBOOK_TIMEOUT,
+) -> PlaybookResult:
+    """Run ansible-playbook from the repo root; relative paths are taken from the repo root."""
+    argv = [str(ANSIBLE_PLAYBOOK), "-i", str(REPO_ROOT / inventory), str(REPO_ROOT / playbook)]
+    if extra_vars:
+        argv += ["-e", json.dumps(dict(extra_vars))]
+    if check:
+        argv.append("--check")
+    if diff:
+        argv.append("--diff")
+    if limit:
+        argv += ["--limit", limit]
+    start = time.monotonic()
+    proc = subprocess.run(
+        argv,
+        cwd=REPO_ROOT,
+        env=playbook_env(prefix, env),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return PlaybookResult(
+        argv=argv,
+        rc=proc.returncode,
+        stdout=proc.stdout,
+        stderr=proc.stderr,
+        seconds=time.monotonic() - start,
+        recap=parse_recap(proc.stdout),
+    )
+
+
+# --- looking into namespaces -----------------------------------------------------------------------
+
+
+def netns_exec(
+    ns: str, argv: Sequence[str], check: bool = False, timeout: float = 60, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run argv inside network namespace `ns` (text output captured)."""
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+        input=input,
+    )
+
+
+def netns_json(ns: str, *args: str, tool: str = "ip") -> Any:
+    """`ip -n ns -j ARGS` (or `bridge -n ns -j ARGS` with tool="bridge") parsed; [] when it prints nothing."""
+    if tool not in ("ip", "bridge"):
+        raise ValueError(f"tool must be 'ip' or 'bridge', not {tool!r}")
+    proc = subprocess.run([tool, "-n", ns, "-j", *args], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        exc = subprocess.CalledProcessError(proc.returncode, proc.args, proc.stdout, proc.stderr)
+        exc.add_note(f"stderr: {proc.stderr.strip()}")  # the exception's own text omits it
+        raise exc
+    return json.loads(proc.stdout) if proc.stdout.strip() else []
+
+
+def list_netns(prefix: str) -> list[str]:
+    """Names of the network namespaces of lab `prefix`, i.e. those named "<prefix>-..."."""
+    return sorted(n for n in pyroute2_netns.listnetns() if n.startswith(f"{prefix}-"))
+
+
+def _own_lineage() -> set[int]:
+    """This process and its ancestors, which the cleanup must never kill."""
+    lineage, pid = set(), os.getpid()
+    while pid > 1 and pid not in lineage:
+        lineage.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text(errors="replace").rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return lineage
+
+
+def remove_netns(prefix: str) -> list[str]:
+    """Last-resort cleanup: kill what runs in the "<prefix>-..." namespaces and delete them."""
+    names = list_netns(prefix)
+    for sig in (signal.SIGTERM, signal.SIGKILL):  # SIGKILL only what ignored SIGTERM
+        spare = _own_lineage()
+        pids = [p for n, ps in pyroute2_netns.ns_pids().items() if n in names for p in ps if p not in spare]
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        if pids:
+            time.sleep(0.5)
+    for name in names:
+        try:
+            pyroute2_netns.remove(name)
+        except OSError:
+            pass  # already gone; anything else shows up in list_netns() below
+    return names
+
+
+def unique_prefix() -> str:
+    """A fresh lab prefix: "pt" and five random lowercase letters or digits, unused right now."""
+    alphabet = string.ascii_lowercase + string.digits
+    while True:
+        prefix = "pt" + "".join(secrets.choice(alphabet) for _ in range(5))
+        if not list_netns(prefix):
+            return prefix
+
+
+# --- the lab ---------------------------------------------------------------------------------------
+
+
+class Lab:
+    """A namespace lab built from an inventory; a context manager that always tears it down.
+
+    Node and pod namespace names follow the lab inventory's convention ("<prefix>-<host>",
+    "<prefix>-<host>-<pod>"); pods with an explicit `netns` key are not covered by pod_ns().
+    """
+
+    def __init__(
+        self,
+        inventory: str | os.PathLike[str] = LAB_INVENTORY,
+        prefix: str | None = None,
+        extra_vars: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.inventory = Path(REPO_ROOT / inventory)
+        self.prefix = prefix or unique_prefix()
+        self.extra_vars = dict(extra_vars or {})
+        self.up_result: PlaybookResult | None = None
+        self.down_result: PlaybookResult | None = None
+
+    @property
+    def underlay_ns(self) -> str:
+        return f"{self.prefix}-underlay"
+
+    def node_ns(self, host: str) -> str:
+        return f"{self.prefix}-{host}"
+
+    def pod_ns(self, host: str, pod: str) -> str:
+        return f"{self.prefix}-{host}-{pod}"
+
+    def namespaces(self) -> list[str]:
+        return list_netns(self.prefix)
+
+    def run(self, playbook: str | os.PathLike[str], **kw: Any) -> PlaybookResult:
+        """run_playbook against this lab's inventory and prefix; extra_vars merge over the lab's."""
+        kw["extra_vars"] = {**self.extra_vars, **(kw.get("extra_vars") or {})}
+        kw.setdefault("inventory", self.inventory)
+        return run_playbook(playbook, prefix=self.prefix, **kw)
+
+    def exec(self, host: str, argv: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+        return netns_exec(self.node_ns(host), argv, **kw)
+
+    def json(self, host: str, *args: str, tool: str = "ip") -> Any:
+        return netns_json(self.node_ns(host), *args, tool=tool)
+
+    def up(self) -> PlaybookResult:
+        """Run lab_up.yml; raises LabError (after nothing else) when it fails."""
+        self.up_result = self.run(LAB_UP)
+        if self.up_result.rc != 0:
+            raise LabError(f"lab_up.yml failed for prefix {self.prefix}\n{self.up_result.output}")
+        return self.up_result
+
+    def down(self) -> PlaybookResult:
+        """Run lab_down.yml, then delete whatever it left; raises LabError if it had to."""
+        try:
+            self.down_result = self.run(LAB_DOWN)
+        finally:
+            leftovers = remove_netns(self.prefix)
+        if self.down_result.rc != 0 or leftovers:
+            raise LabError(
+                f"lab_down.yml did not clean up prefix {self.prefix} (rc={self.down_result.rc}, "
+                f"removed by the safety net: {leftovers})\n{self.down_result.output}"
+            )
+        return self.down_result
+
+    def __enter__(self) -> Lab:
+        try:
+            self.up()
+        except BaseException:
+            # __exit__ does not run when __enter__ raises: tear down here.
+            self._down_quietly()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if exc_info[0] is None:
+            self.down()
+        else:
+            self._down_quietly()  # keep the original exception in front
+
+    def _down_quietly(self) -> None:
+        try:
+            self.down()
+        except Exception:
+            pass  # the safety net in down() has already run
