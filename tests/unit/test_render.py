@@ -81,3 +81,33 @@ def test_render_touches_no_host_and_rejects_bad_input(tmp_path):
     assert result.returncode != 0
     assert "host 192.168.0.4: podnet_vxlan_vni" in result.stdout
     assert not (tmp_path / "out").exists()
+
+
+CALICO_POD_LINES = [
+    "ip netns exec calico ip addr add 10.244.0.3/24 dev calico-c",
+    "ip netns exec calico ip route add 169.254.1.1 dev calico-c",
+    "ip netns exec calico ip route add default via 169.254.1.1",
+    "ip route add 10.244.0.3 dev calico-h",
+    "sysctl -w net.ipv4.conf.calico-h.proxy_arp=1",
+]
+CALICO_BACKEND_LINES = {
+    "calico-bgp": ["ip route add 10.244.2.0/24 via 192.168.0.16"],
+    "calico-ipip": ["ip tunnel add tunl0 mode ipip",
+                    "ip route add 10.244.2.0/24 via 192.168.0.16 dev tunl0 onlink"],
+    "calico-vxlan": ["ip link add vxlan.calico type vxlan id 4096 local 192.168.0.4 dev eth0 dstport 4789 nolearning",
+                     "ip neigh add 10.244.2.0 dev vxlan.calico lladdr 22:3d:4d:c5:65:ff",
+                     "bridge fdb add 22:3d:4d:c5:65:ff dst 192.168.0.16 dev vxlan.calico",
+                     "ip route add 10.244.2.0/24 via 10.244.2.0 dev vxlan.calico onlink"],
+}
+
+
+@pytest.mark.parametrize("backend", sorted(CALICO_BACKEND_LINES))
+def test_seed_calico_lines_for_192_168_0_4(tmp_path, backend):
+    result = run_render(tmp_path, "-e", f"podnet_backend={backend}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = (tmp_path / "192.168.0.4.sh").read_text().splitlines()
+    assert in_order(lines, CALICO_POD_LINES), "\n".join(lines)
+    assert in_order(lines, CALICO_BACKEND_LINES[backend]), "\n".join(lines)
+    assert not any("cni0" in line or "flannel" in line for line in lines)
+    if backend == "calico-ipip":
+        assert "ip link set tunl0 mtu 1480 alias podnet:tunnel up" in lines

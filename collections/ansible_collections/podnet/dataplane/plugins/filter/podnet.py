@@ -12,6 +12,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.plan import (
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.render import node_commands
 
+
 def _node_vars(hostvars, host: str) -> dict:
     """Only the variables podnet reads, templated now, as plain data."""
     source = hostvars[host]
@@ -63,7 +64,18 @@ def ping_matrix(results: list) -> str:
     return "\n".join(lines)
 
 
+def drift(results: list) -> list[str]:
+    """What check-mode task results say would change: their commands (or the task's path/msg)."""
+    out: list[str] = []
+    for result in results or []:
+        for item in (result.get("results") or [result]) if isinstance(result, dict) else []:
+            if not item.get("changed"):
+                continue
+            out.extend(item.get("commands") or [f"change {item.get('path') or item.get('dest') or 'a file'}"])
+    return out
+
+
 class FilterModule:
     def filters(self):
         return {"plan": plan, "commands": commands, "pod_sources": pod_sources, "pod_targets": pod_targets,
-                "ping_matrix": ping_matrix}
+                "ping_matrix": ping_matrix, "drift": drift}

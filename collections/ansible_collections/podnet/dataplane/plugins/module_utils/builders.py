@@ -26,6 +26,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
 )
 
 VXLAN_OVERHEAD = 50
+IPIP_OVERHEAD = 20
 POD_ALIAS_ROLE = "pod"
 
 
@@ -37,6 +38,11 @@ def host_veth_name(netns: str, interface: str = "eth0") -> str:
     """Stable host-side veth name for a pod, `veth` + 8 hex digits like the CNI bridge plugin's
     (15-character limit), derived from the pod's namespace so every run picks the same name."""
     return "veth" + hashlib.sha256(f"{netns}/{interface}".encode()).hexdigest()[:8]
+
+
+def calico_veth_name(netns: str, interface: str = "eth0") -> str:
+    """Host-side veth name in calico's style: `cali` + 11 hex digits (15 characters)."""
+    return "cali" + hashlib.sha256(f"{netns}/{interface}".encode()).hexdigest()[:11]
 
 
 def vtep_objects(vtep: dict[str, Any]) -> list[KObject]:
@@ -55,6 +61,16 @@ def vtep_objects(vtep: dict[str, Any]) -> list[KObject]:
     objs: list[KObject] = [link]
     if vtep.get("address"):
         objs.append(Address(dev=vtep["name"], cidr=str(ipaddress.ip_interface(vtep["address"]))))
+    return objs
+
+
+def tunnel_objects(tunnel: dict[str, Any]) -> list[KObject]:
+    """calico's IPIP device: the fallback tunl0 (created when the ipip module loads), up, with the
+    tunnel MTU and a /32 from the node's block as the source of host-originated tunnel traffic."""
+    objs: list[KObject] = [Link(name=tunnel["name"], kind="ipip", mtu=tunnel.get("mtu"), up=True,
+                                alias=owner_alias("tunnel"))]
+    if tunnel.get("address"):
+        objs.append(Address(dev=tunnel["name"], cidr=str(ipaddress.ip_interface(tunnel["address"]))))
     return objs
 
 
@@ -84,33 +100,68 @@ def bridge_objects(bridge: dict[str, Any], mtu: int | None) -> list[KObject]:
     ]
 
 
-def pod_objects(pod: dict[str, Any], bridge: str | None, mtu: int | None) -> tuple[list[KObject], list[KObject]]:
-    """A lab pod wired as seed 003 does it: a veth from the node (on the bridge) into the pod's
-    namespace, the pod's address and its default route.  Returns (node objects, pod objects)."""
+CALICO_GATEWAY = "169.254.1.1"
+# What felix sets on every host-side pod veth (calico's route_table/interface handling).
+CALICO_HOST_SYSCTLS = {"net.ipv4.conf.{}.proxy_arp": 1, "net.ipv4.neigh.{}.proxy_delay": 0,
+                       "net.ipv4.conf.{}.forwarding": 1, "net.ipv4.conf.{}.route_localnet": 1}
+
+
+def sysctl_interface(name: str) -> str:
+    """An interface name as one component of a dotted sysctl name (sysctl(8) writes '.' as '/')."""
+    return name.replace(".", "/")
+
+
+def pod_objects(pod: dict[str, Any], bridge: str | None, mtu: int | None,
+                mode: str = "bridge") -> tuple[list[KObject], list[KObject]]:
+    """A pod wired as seed 003 does it.  Returns (node objects, pod objects).
+
+    bridge (flannel): a veth from the node, enslaved to the bridge, into the pod's namespace; the
+    pod's address and a default route via the bridge.  routed (calico): the host end has no address
+    and no bridge, the node routes the pod's /32 to it, and the pod reaches everything via
+    169.254.1.1, which the node answers by proxy ARP (see the proxy_arp module)."""
     netns = pod["netns"]
     interface = pod.get("interface") or "eth0"
     host_if = pod.get("host_interface") or host_veth_name(netns, interface)
+    address = ipaddress.ip_interface(pod["address"])
     node_side: list[KObject] = [
         Link(name=host_if, kind="veth", peer=interface, peer_netns=netns, mtu=mtu, up=True,
-             master=bridge, alias=owner_alias(f"{POD_ALIAS_ROLE}:{pod['name']}")),
+             master=bridge if mode == "bridge" else None, alias=owner_alias(f"{POD_ALIAS_ROLE}:{pod['name']}")),
     ]
     pod_side: list[KObject] = [
         Link(name="lo", kind="device", up=True, netns=netns),
         Link(name=interface, kind="veth", mtu=mtu, up=True, netns=netns),
-        Address(dev=interface, cidr=str(ipaddress.ip_interface(pod["address"])), netns=netns),
-        Route(dst="0.0.0.0/0", via=pod["gateway"], proto=PODNET_RTPROTO, netns=netns),
+        Address(dev=interface, cidr=str(address), netns=netns),
     ]
+    if mode == "routed":
+        node_side.append(Route(dst=f"{address.ip}/32", dev=host_if, proto=PODNET_RTPROTO))
+        pod_side.append(Route(dst=f"{CALICO_GATEWAY}/32", dev=interface, proto=PODNET_RTPROTO, netns=netns))
+        pod_side.append(Route(dst="0.0.0.0/0", via=CALICO_GATEWAY, proto=PODNET_RTPROTO, netns=netns))
+    else:
+        pod_side.append(Route(dst="0.0.0.0/0", via=pod["gateway"], proto=PODNET_RTPROTO, netns=netns))
     return node_side, pod_side
 
 
-def pod_network_commands(bridge: dict[str, Any] | None, pods: list[dict[str, Any]], mtu: int | None) -> list[str]:
-    """The bridge and pods as typed on a fresh host (pod namespaces already exist)."""
+def proxy_arp_objects(interface: str, values: dict[str, Any] | None = None) -> list[KObject]:
+    """felix's per-interface sysctls for a host-side pod veth."""
+    component = sysctl_interface(interface)
+    return [Sysctl(name=template.format(component), value=str(value))
+            for template, value in (values or CALICO_HOST_SYSCTLS).items()]
+
+
+def pod_network_commands(bridge: dict[str, Any] | None, pods: list[dict[str, Any]], mtu: int | None,
+                         mode: str = "bridge") -> list[str]:
+    """The bridge and pods as typed on a fresh host."""
     lines = [c for o in bridge_objects(bridge, mtu) for c in o.add_commands()] if bridge else []
     for pod in pods:
-        host_side, pod_side = pod_objects(pod, bridge["name"] if bridge else None, mtu)
-        lines += [c for o in host_side for c in o.add_commands()]
+        host_side, pod_side = pod_objects(pod, bridge["name"] if bridge else None, mtu, mode)
+        lines.append(f"ip netns add {pod['netns']}")
+        link, *host_routes = host_side
+        lines += link.add_commands()
         for obj in pod_side:  # the pod's end of the veth already exists: only configure it
             lines += obj.update_commands(["mtu", "up"]) if isinstance(obj, Link) else obj.add_commands()
+        lines += [c for o in host_routes for c in o.add_commands()]
+        if mode == "routed":
+            lines += [c for o in proxy_arp_objects(link.name) for c in o.add_commands()]
     return lines
 
 

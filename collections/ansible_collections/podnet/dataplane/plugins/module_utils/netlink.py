@@ -114,6 +114,13 @@ class KernelState:
     def of_type(self, kind: type) -> list[KObject]:
         return [o for o in self.objects.values() if isinstance(o, kind)]
 
+    def device_holding(self, ip: str) -> Link | None:
+        """The link that has `ip` as one of its addresses (needs an Address dump)."""
+        for address in self.of_type(Address):
+            if address.cidr.split("/")[0] == ip:
+                return self.objects.get(("link", address.netns, address.dev))
+        return None
+
 
 def plan(want: Iterable[KObject], have: KernelState,
          purge: Callable[[KObject], bool] | None = None) -> list[Change]:
@@ -140,6 +147,24 @@ def plan(want: Iterable[KObject], have: KernelState,
                 changes.append(Change("delete", None, existing))
     changes.sort(key=Change.sort_key)
     return changes
+
+
+def read_sysctls(names: Iterable[str], netns: str | None = None) -> dict[tuple, Sysctl]:
+    """Current values from /proc/sys of the namespace this process is in; missing ones are skipped."""
+    found: dict[tuple, Sysctl] = {}
+    for name in names:
+        try:
+            with open(Sysctl(name=name).path, encoding="ascii") as handle:
+                obj = Sysctl(name=name, value=handle.read().strip(), netns=netns)
+        except FileNotFoundError:
+            continue
+        found[obj.key()] = obj
+    return found
+
+
+def write_sysctl(obj: Sysctl) -> None:
+    with open(obj.path, "w", encoding="ascii") as handle:
+        handle.write(f"{obj.value}\n")
 
 
 def _attr(msg, name, default=None):
@@ -208,15 +233,7 @@ class Engine:
                 route = self._parse_route(msg, names)
                 if route is not None:
                     state.objects[route.key()] = route
-        for name in sysctls:
-            probe = Sysctl(name=name, netns=self.netns)
-            try:
-                with open(probe.path, encoding="ascii") as handle:
-                    value = handle.read().strip()
-            except FileNotFoundError:
-                continue
-            obj = Sysctl(name=name, value=value, netns=self.netns)
-            state.objects[obj.key()] = obj
+        state.objects.update(read_sysctls(sysctls, self.netns))
         return state
 
     def _parse_link(self, msg, names: dict[int, str]) -> Link:
@@ -310,8 +327,7 @@ class Engine:
         elif isinstance(obj, Route):
             self._apply_route(change, obj, state)
         elif isinstance(obj, Sysctl):
-            with open(obj.path, "w", encoding="ascii") as handle:
-                handle.write(f"{obj.value}\n")
+            write_sysctl(obj)
 
     def _apply_route(self, change: Change, route: Route, state: KernelState) -> None:
         spec: dict = {"dst": route.dst, "table": MAIN_TABLE}
@@ -371,8 +387,8 @@ class Engine:
             settings["mtu"] = link.mtu
         if "master" in fields and link.master:
             settings["master"] = self._index(state, link.master)
-        if "alias" in fields and link.alias:
-            settings["ifalias"] = link.alias
+        if "alias" in fields and link.alias is not None:
+            settings["ifalias"] = link.alias  # "" clears it
         if "up" in fields and link.up is not None:
             settings["state"] = "up" if link.up else "down"
         if settings:

@@ -148,6 +148,8 @@ class Link(KObject):
             if not v.learning:
                 parts.append("nolearning")
             cmds = [" ".join(parts)]
+        elif self.kind == "ipip":
+            cmds = [f"ip tunnel add {self.name} mode ipip"]
         elif self.kind == "veth":
             peer = f" peer name {self.peer}" if self.peer else ""
             if self.peer_netns:

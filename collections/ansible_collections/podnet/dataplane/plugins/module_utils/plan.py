@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ansible_collections.podnet.dataplane.plugins.module_utils.builders import (
+    IPIP_OVERHEAD,
     VXLAN_OVERHEAD,
+    calico_veth_name,
     host_veth_name,
     normalize_mac,
 )
@@ -27,25 +29,58 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.validate import (
 POD_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 
 FLANNEL_BACKENDS = ("flannel-vxlan", "flannel-host-gw")
-KNOWN_BACKENDS = FLANNEL_BACKENDS + ("calico-bgp", "calico-ipip", "calico-vxlan", "canal")
-IMPLEMENTED_BACKENDS = FLANNEL_BACKENDS
+CALICO_BACKENDS = ("calico-bgp", "calico-ipip", "calico-vxlan")
+KNOWN_BACKENDS = FLANNEL_BACKENDS + CALICO_BACKENDS + ("canal",)
+IMPLEMENTED_BACKENDS = FLANNEL_BACKENDS + CALICO_BACKENDS
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What distinguishes one backend from another — only which objects it wants (flannel's
+    one-package-per-backend split, as data)."""
+
+    pod_mode: str  # "bridge": cni0 + veths (flannel); "routed": /32 routes + proxy ARP (calico)
+    encap: str | None  # "vxlan", "ipip" or None (plain routes)
+    overhead: int = 0  # bytes the encapsulation costs, taken off the underlay MTU
+    vtep: str = ""  # VXLAN device name; "{vni}" is filled in
+    vni: int = 1
+    port: int = 8472
+    direct_var: str = ""  # variable that turns on plain routing to peers on the same underlay subnet
+
+
+PROFILES = {
+    "flannel-vxlan": Profile("bridge", "vxlan", VXLAN_OVERHEAD, "flannel.{vni}", 1, 8472,
+                             "podnet_flannel_directrouting"),
+    "flannel-host-gw": Profile("bridge", None),
+    "calico-bgp": Profile("routed", None),
+    "calico-ipip": Profile("routed", "ipip", IPIP_OVERHEAD, direct_var="podnet_calico_crosssubnet"),
+    "calico-vxlan": Profile("routed", "vxlan", VXLAN_OVERHEAD, "vxlan.calico", 4096, 4789,
+                            "podnet_calico_crosssubnet"),
+}
+CALICO_POD_GATEWAY = "169.254.1.1"
+IPIP_DEVICE = "tunl0"
 
 DEFAULTS: dict[str, Any] = {
     "podnet_backend": "flannel-vxlan",
     "podnet_cluster_cidr": "10.244.0.0/16",
     "podnet_subnet_prefix": 24,
-    "podnet_vxlan_vni": 1,
-    "podnet_vxlan_port": 8472,
+    "podnet_vxlan_vni": None,  # per backend: flannel 1, calico 4096
+    "podnet_vxlan_port": None,  # per backend: flannel 8472, calico 4789
     "podnet_mtu": None,
     "podnet_underlay_mtu": 1500,
     "podnet_ipmasq": True,
     "podnet_bridge": "cni0",
     "podnet_pod_netns_prefix": "",
+    "podnet_calico_bgp": "static",
+    "podnet_bgp_as": 64512,
+    "podnet_flannel_directrouting": False,
+    "podnet_calico_crosssubnet": False,
 }
 CLUSTER_KEYS = ("podnet_backend", "podnet_cluster_cidr", "podnet_subnet_prefix", "podnet_vxlan_vni",
-                "podnet_vxlan_port", "podnet_mtu", "podnet_underlay_mtu", "podnet_ipmasq", "podnet_bridge")
+                "podnet_vxlan_port", "podnet_mtu", "podnet_underlay_mtu", "podnet_ipmasq", "podnet_bridge",
+                "podnet_calico_bgp", "podnet_bgp_as", "podnet_flannel_directrouting", "podnet_calico_crosssubnet")
 NODE_KEYS = ("podnet_node_ip", "podnet_pod_subnet", "podnet_vtep_mac", "podnet_underlay_interface",
-             "podnet_pods", "podnet_pod_netns_prefix")
+             "podnet_pods", "podnet_pod_netns_prefix", "podnet_bgp_route_reflector")
 
 
 class PlanError(ValueError):
@@ -141,6 +176,11 @@ def _cluster_settings(hosts: list[str], hostvars: dict[str, dict], problems: _Pr
         problems.add(first, "podnet_subnet_prefix", f"/{prefix} is larger than the cluster CIDR {cidr}")
         prefix = None
     settings["podnet_subnet_prefix"] = prefix
+    profile = PROFILES.get(backend, PROFILES["flannel-vxlan"])
+    settings["podnet_vxlan_vni"] = settings["podnet_vxlan_vni"] if settings["podnet_vxlan_vni"] not in (None, "") \
+        else profile.vni
+    settings["podnet_vxlan_port"] = settings["podnet_vxlan_port"] \
+        if settings["podnet_vxlan_port"] not in (None, "") else profile.port
     vni = _int(settings["podnet_vxlan_vni"])
     if vni is None or not 1 <= vni <= 16777215:
         problems.add(first, "podnet_vxlan_vni", f"{settings['podnet_vxlan_vni']!r} is out of range; a VXLAN "
@@ -163,8 +203,23 @@ def _cluster_settings(hosts: list[str], hostvars: dict[str, dict], problems: _Pr
         problems.add(first, "podnet_ipmasq", f"{settings['podnet_ipmasq']!r} is not a boolean")
     settings["podnet_ipmasq"] = ipmasq
     _check_ifname(problems, first, "podnet_bridge", settings["podnet_bridge"])
-    if vni is not None:
-        _check_ifname(problems, first, "podnet_vxlan_vni", f"flannel.{vni}")
+    if vni is not None and profile.vtep:
+        _check_ifname(problems, first, "podnet_vxlan_vni", profile.vtep.format(vni=vni))
+    if settings["podnet_calico_bgp"] not in ("static", "bird"):
+        problems.add(first, "podnet_calico_bgp", f"{settings['podnet_calico_bgp']!r} must be 'static' or 'bird'")
+    asn = _int(settings["podnet_bgp_as"])
+    if asn is None or not 1 <= asn <= 4294967295:
+        problems.add(first, "podnet_bgp_as", f"{settings['podnet_bgp_as']!r} is not an AS number (1..4294967295)")
+    settings["podnet_bgp_as"] = asn
+    for key in ("podnet_flannel_directrouting", "podnet_calico_crosssubnet"):
+        flag = _bool(settings[key])
+        if flag is None:
+            problems.add(first, key, f"{settings[key]!r} is not a boolean")
+        elif flag and key != profile.direct_var:
+            problems.add(first, key, f"only applies to backend(s) "
+                                     f"{', '.join(b for b, p in PROFILES.items() if p.direct_var == key)}, "
+                                     f"not {backend}")
+        settings[key] = bool(flag)
     return settings
 
 
@@ -214,6 +269,7 @@ def plan_cluster(hosts: list[str], hostvars: dict[str, dict], leases: dict[str, 
     prefix: int | None = settings["podnet_subnet_prefix"]
 
     node_ips: dict[str, str] = {}
+    node_nets: dict[str, ipaddress.IPv4Network] = {}
     explicit: dict[str, ipaddress.IPv4Network] = {}
     macs: dict[str, str] = {}
     for host in hosts:
@@ -223,7 +279,11 @@ def plan_cluster(hosts: list[str], hostvars: dict[str, dict], leases: dict[str, 
             problems.add(host, "podnet_node_ip", "is required (the node's underlay IPv4 address)")
         else:
             try:
-                ip = ipaddress.IPv4Address(str(raw_ip))
+                # "172.30.0.11/24" also tells podnet the node's underlay subnet (for CrossSubnet).
+                iface = ipaddress.IPv4Interface(str(raw_ip))
+                ip = iface.ip
+                if iface.network.prefixlen < 32:
+                    node_nets[host] = iface.network
                 if ip.is_multicast or ip.is_unspecified or ip.is_loopback or str(ip).endswith(".255"):
                     problems.add(host, "podnet_node_ip", f"{ip} cannot be a node's unicast address")
                 for other, other_ip in node_ips.items():
@@ -231,7 +291,8 @@ def plan_cluster(hosts: list[str], hostvars: dict[str, dict], leases: dict[str, 
                         problems.add(host, "podnet_node_ip", f"{ip} is also the node IP of {other}")
                 node_ips[host] = str(ip)
             except ValueError:
-                problems.add(host, "podnet_node_ip", f"{raw_ip!r} is not an IPv4 address")
+                problems.add(host, "podnet_node_ip", f"{raw_ip!r} is not an IPv4 address (optionally with "
+                                                     "/prefix)")
         raw_subnet = hv.get("podnet_pod_subnet")
         if raw_subnet not in (None, ""):
             try:
@@ -258,6 +319,20 @@ def plan_cluster(hosts: list[str], hostvars: dict[str, dict], leases: dict[str, 
         underlay = hv.get("podnet_underlay_interface")
         if underlay not in (None, ""):
             _check_ifname(problems, host, "podnet_underlay_interface", underlay)
+        reflector = hv.get("podnet_bgp_route_reflector")
+        if reflector not in (None, "") and _bool(reflector) is None:
+            problems.add(host, "podnet_bgp_route_reflector", f"{reflector!r} is not a boolean")
+        elif _bool(reflector) and not (settings["podnet_backend"] == "calico-bgp"
+                                       and settings["podnet_calico_bgp"] == "bird"):
+            problems.add(host, "podnet_bgp_route_reflector", "needs podnet_backend calico-bgp with "
+                                                             "podnet_calico_bgp: bird (it is a BGP role)")
+    direct_var = PROFILES[settings["podnet_backend"]].direct_var \
+        if settings["podnet_backend"] in PROFILES else ""
+    if direct_var and settings.get(direct_var):
+        for host in hosts:
+            if host in node_ips and host not in node_nets:
+                problems.add(host, "podnet_node_ip", f"{direct_var} needs the node's underlay prefix, "
+                                                     f"e.g. {node_ips[host]}/24")
 
     subnets: dict[str, ipaddress.IPv4Network] = {}
     if cidr is not None and prefix is not None and not problems.items:
@@ -268,7 +343,8 @@ def plan_cluster(hosts: list[str], hostvars: dict[str, dict], leases: dict[str, 
         for host in hosts:
             macs.setdefault(host, vtep_mac_for(node_ips[host]))
         for host in hosts:
-            nodes[host] = _node_state(host, hosts, hostvars, settings, node_ips, subnets, macs, problems)
+            nodes[host] = _node_state(host, hosts, hostvars, settings, node_ips, node_nets, subnets, macs,
+                                      problems)
     if problems.items:
         raise PlanError(problems.items)
     new_leases = {h: str(subnets[h]) for h in hosts if h not in explicit}
@@ -276,14 +352,18 @@ def plan_cluster(hosts: list[str], hostvars: dict[str, dict], leases: dict[str, 
     return {"settings": public, "nodes": nodes, "leases": new_leases}
 
 
-def _pods(host: str, hv: dict, subnet: ipaddress.IPv4Network, gateway: ipaddress.IPv4Address,
+def _pods(host: str, hv: dict, subnet: ipaddress.IPv4Network, pod_mode: str,
           problems: _Problems) -> list[dict[str, Any]]:
+    """Lab pods with addresses (free ones allocated), gateway and host-side veth name.  Bridge mode
+    reserves the subnet's first address for cni0; routed (calico) pods use 169.254.1.1 as gateway."""
+    bridge_gateway = next(subnet.hosts())
+    gateway = bridge_gateway if pod_mode == "bridge" else ipaddress.IPv4Address(CALICO_POD_GATEWAY)
     raw = hv.get("podnet_pods") or []
     if not isinstance(raw, list):
         problems.add(host, "podnet_pods", "must be a list of {name, address} mappings")
         return []
     netns_prefix = hv.get("podnet_pod_netns_prefix") or ""
-    used = {gateway}
+    used = {bridge_gateway}
     pods: list[dict[str, Any]] = []
     names: set[str] = set()
     for index, item in enumerate(raw):
@@ -326,46 +406,58 @@ def _pods(host: str, hv: dict, subnet: ipaddress.IPv4Network, gateway: ipaddress
             used.add(pod["address"])
         pod["address"] = f"{pod['address']}/{subnet.prefixlen}"
         pod["gateway"] = str(gateway)
-        pod["host_interface"] = pod["host_interface"] or host_veth_name(pod["netns"], pod["interface"])
+        veth_name = host_veth_name if pod_mode == "bridge" else calico_veth_name
+        pod["host_interface"] = pod["host_interface"] or veth_name(pod["netns"], pod["interface"])
         for field in ("interface", "host_interface"):
             _check_ifname(problems, host, f"podnet_pods[{pod['name']}].{field}", pod[field])
     return pods
 
 
 def _node_state(host: str, hosts: list[str], hostvars: dict[str, dict], settings: dict[str, Any],
-                node_ips: dict[str, str], subnets: dict[str, ipaddress.IPv4Network], macs: dict[str, str],
+                node_ips: dict[str, str], node_nets: dict[str, ipaddress.IPv4Network],
+                subnets: dict[str, ipaddress.IPv4Network], macs: dict[str, str],
                 problems: _Problems) -> dict[str, Any]:
     backend = settings["podnet_backend"]
+    profile = PROFILES[backend]
     cluster_cidr = str(settings["podnet_cluster_cidr"])
     subnet = subnets[host]
     hv = hostvars[host]
     underlay = hv.get("podnet_underlay_interface") or None
     gateway = next(subnet.hosts())
-    vtep_name = f"flannel.{settings['podnet_vxlan_vni']}"
-    # Render-time MTU; at apply time the module derives it from the real underlay device instead.
-    mtu = settings["podnet_mtu"] or (settings["podnet_underlay_mtu"] - (VXLAN_OVERHEAD
-                                                                         if backend == "flannel-vxlan" else 0))
-    peers = [
-        {"name": other, "node_ip": node_ips[other], "subnet": str(subnets[other]),
-         "vtep_ip": str(subnets[other].network_address), "mac": macs[other]}
-        for other in hosts if other != host
-    ]
+    # Render-time MTU; at apply time the modules derive it from the real underlay device instead.
+    mtu = settings["podnet_mtu"] or (settings["podnet_underlay_mtu"] - profile.overhead)
+    vtep_name = profile.vtep.format(vni=settings["podnet_vxlan_vni"]) if profile.encap == "vxlan" else None
+    direct = bool(profile.direct_var and settings[profile.direct_var])
+    peers = []
+    for other in hosts:
+        if other == host:
+            continue
+        same_l2 = direct and node_nets[other] == node_nets[host]
+        peers.append({"name": other, "node_ip": node_ips[other], "subnet": str(subnets[other]),
+                      "vtep_ip": str(subnets[other].network_address), "mac": macs[other],
+                      "encapsulated": profile.encap is not None and not same_l2})
     state: dict[str, Any] = {
         "name": host,
         "backend": backend,
+        "pod_mode": profile.pod_mode,
         "node_ip": node_ips[host],
         "subnet": str(subnet),
         "cluster_cidr": cluster_cidr,
         "underlay_interface": underlay,
         "mtu": settings["podnet_mtu"],
         "render_mtu": mtu,
-        "bridge": {"name": settings["podnet_bridge"], "address": f"{gateway}/{subnet.prefixlen}"},
-        "pods": _pods(host, hv, subnet, gateway, problems),
+        "bridge": {"name": settings["podnet_bridge"], "address": f"{gateway}/{subnet.prefixlen}"}
+        if profile.pod_mode == "bridge" else None,
+        "pods": _pods(host, hv, subnet, profile.pod_mode, problems),
         "sysctls": {"net.ipv4.ip_forward": 1},
         "peers": peers,
         "vtep": None,
+        "tunnel": None,
+        "bgp": None,
+        "routes": [],
     }
-    if backend == "flannel-vxlan":
+    encapsulated = [p for p in peers if p["encapsulated"]]
+    if profile.encap == "vxlan":
         state["vtep"] = {
             "name": vtep_name,
             "vni": settings["podnet_vxlan_vni"],
@@ -377,22 +469,57 @@ def _node_state(host: str, hosts: list[str], hostvars: dict[str, dict], settings
             "address": f"{subnet.network_address}/32",
             "learning": False,
             # exactly the vxlan_fdb module's `peers` shape
-            "peers": [{"vtep_ip": p["vtep_ip"], "mac": p["mac"], "node_ip": p["node_ip"]} for p in peers],
+            "peers": [{"vtep_ip": p["vtep_ip"], "mac": p["mac"], "node_ip": p["node_ip"]} for p in encapsulated],
         }
-        state["routes"] = [{"dst": p["subnet"], "via": p["vtep_ip"], "dev": vtep_name, "onlink": True}
-                           for p in peers]
-    else:  # flannel-host-gw: plain routes via the peer's node IP; peers must share the L2 segment
-        state["routes"] = [{"dst": p["subnet"], "via": p["node_ip"], "dev": underlay, "onlink": False}
-                           for p in peers]
-    state["iptables"] = flannel_ipmasq_rules(cluster_cidr, str(subnet)) \
-        if settings["podnet_ipmasq"] else []
-    state["subnet_env"] = {
-        "FLANNEL_NETWORK": cluster_cidr,
-        "FLANNEL_SUBNET": f"{gateway}/{subnet.prefixlen}",
-        "FLANNEL_MTU": mtu,
-        "FLANNEL_IPMASQ": "true" if settings["podnet_ipmasq"] else "false",
-    }
+    elif profile.encap == "ipip":
+        # calico configures the fallback tunl0 that loading ipip creates, with a /32 from the block.
+        state["tunnel"] = {"name": IPIP_DEVICE, "mtu": settings["podnet_mtu"],
+                           "address": f"{subnet.network_address}/32"}
+    for peer in peers:
+        if peer["encapsulated"] and profile.encap == "vxlan":
+            route = {"dst": peer["subnet"], "via": peer["vtep_ip"], "dev": vtep_name, "onlink": True}
+        elif peer["encapsulated"]:
+            route = {"dst": peer["subnet"], "via": peer["node_ip"], "dev": IPIP_DEVICE, "onlink": True}
+        elif backend == "calico-bgp":
+            route = {"dst": peer["subnet"], "via": peer["node_ip"], "dev": None, "onlink": False}
+        else:  # host-gw, DirectRouting, CrossSubnet: plain route; the peer must share the L2 segment
+            route = {"dst": peer["subnet"], "via": peer["node_ip"], "dev": underlay, "onlink": False}
+        state["routes"].append(route)
+    if backend == "calico-bgp":
+        state["bgp"] = _bgp(host, hosts, hostvars, settings, node_ips, subnet)
+        if state["bgp"]["mode"] == "bird":
+            state["routes"] = []  # BIRD learns and installs them (proto bird)
+    if backend in FLANNEL_BACKENDS:
+        state["iptables"] = flannel_ipmasq_rules(cluster_cidr, str(subnet)) if settings["podnet_ipmasq"] else []
+        state["subnet_env"] = {
+            "FLANNEL_NETWORK": cluster_cidr,
+            "FLANNEL_SUBNET": f"{gateway}/{subnet.prefixlen}",
+            "FLANNEL_MTU": mtu,
+            "FLANNEL_IPMASQ": "true" if settings["podnet_ipmasq"] else "false",
+        }
+    else:
+        state["iptables"] = []
+        state["subnet_env"] = None
     return state
+
+
+def _bgp(host: str, hosts: list[str], hostvars: dict[str, dict], settings: dict[str, Any],
+         node_ips: dict[str, str], subnet: ipaddress.IPv4Network) -> dict[str, Any]:
+    """BGP sessions: a full mesh, or — once some nodes are route reflectors — clients peer only with
+    the reflectors and reflectors with everyone (marking non-reflectors as their clients)."""
+    reflectors = {h for h in hosts if _bool(hostvars[h].get("podnet_bgp_route_reflector")) is True}
+    me_reflector = host in reflectors
+    neighbors = []
+    for other in hosts:
+        if other == host:
+            continue
+        if reflectors and not me_reflector and other not in reflectors:
+            continue
+        neighbors.append({"name": other, "address": node_ips[other],
+                          "rr_client": me_reflector and other not in reflectors})
+    return {"mode": settings["podnet_calico_bgp"], "asn": settings["podnet_bgp_as"],
+            "router_id": node_ips[host], "block": str(subnet), "route_reflector": me_reflector,
+            "cluster_id": node_ips[host] if me_reflector else None, "neighbors": neighbors}
 
 
 def flannel_ipmasq_rules(cluster_cidr: str, node_subnet: str) -> list[dict[str, Any]]:

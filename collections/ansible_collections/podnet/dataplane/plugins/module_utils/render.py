@@ -11,6 +11,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.builders import (
     pod_network_commands,
     route_objects,
     sysctl_objects,
+    tunnel_objects,
     vtep_objects,
     vxlan_peer_objects,
 )
@@ -36,8 +37,12 @@ def node_commands(node: dict[str, Any]) -> list[str]:
         vtep = dict(node["vtep"], underlay_interface=node["vtep"].get("underlay_interface") or underlay)
         lines += _commands(vtep_objects(vtep))
         lines += _commands(vxlan_peer_objects(vtep["name"], vtep["peers"]))
-    routes = [dict(r, dev=r.get("dev") or underlay) for r in node["routes"]]
+    if node.get("tunnel"):
+        lines += _commands(tunnel_objects(dict(node["tunnel"], mtu=node["tunnel"].get("mtu") or mtu)))
+    # calico-bgp routes name no device (as in seed 003); host-gw and direct routes use the underlay.
+    fill_dev = node["backend"] != "calico-bgp"
+    routes = [dict(r, dev=r.get("dev") or (underlay if fill_dev else None)) for r in node["routes"]]
+    lines += pod_network_commands(node["bridge"], node["pods"], mtu, node["pod_mode"])
     lines += _commands(route_objects(routes))
-    lines += pod_network_commands(node["bridge"], node["pods"], mtu)
     lines += [iptables_command(r["table"], "-A", r["chain"], iptables_rule_args(r)) for r in node["iptables"]]
     return lines

@@ -22,8 +22,17 @@ author:
 requirements:
   - pyroute2 on the managed node (not needed for I(state=rendered))
 options:
+  mode:
+    description:
+      - C(bridge) is flannel's wiring - host veth ends enslaved to I(bridge), pods routed via its address.
+      - C(routed) is calico's - host veth ends without address or bridge, a C(/32) route per pod on the
+        node, and inside the pod C(169.254.1.1 dev eth0) plus C(default via 169.254.1.1); the node answers
+        for 169.254.1.1 by proxy ARP (set that with M(podnet.dataplane.proxy_arp)).
+    type: str
+    choices: [bridge, routed]
+    default: bridge
   bridge:
-    description: The pod bridge.
+    description: The pod bridge (I(mode=bridge) only).
     type: dict
     suboptions:
       name:
@@ -60,9 +69,8 @@ options:
         type: str
         required: true
       gateway:
-        description: Default gateway inside the pod (the bridge address).
+        description: Default gateway inside the pod (the bridge address); C(169.254.1.1) in I(mode=routed).
         type: str
-        required: true
       interface:
         description: Interface name inside the pod.
         type: str
@@ -124,8 +132,10 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.podnet.dataplane.plugins.module_utils.builders import (
+    CALICO_GATEWAY,
     POD_ALIAS_ROLE,
     bridge_objects,
+    calico_veth_name,
     host_veth_name,
     pod_network_commands,
     pod_objects,
@@ -139,6 +149,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
     plan,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
+    PODNET_RTPROTO,
     Address,
     Link,
     Route,
@@ -159,11 +170,12 @@ POD_SPEC = {
     "name": {"type": "str", "required": True},
     "netns": {"type": "str", "required": True},
     "address": {"type": "str", "required": True},
-    "gateway": {"type": "str", "required": True},
+    "gateway": {"type": "str"},
     "interface": {"type": "str", "default": "eth0"},
     "host_interface": {"type": "str"},
 }
 ARGUMENT_SPEC = {
+    "mode": {"type": "str", "choices": ["bridge", "routed"], "default": "bridge"},
     "bridge": {"type": "dict", "options": {"name": {"type": "str", "default": "cni0"},
                                            "address": {"type": "str", "required": True}}},
     "mtu": {"type": "int"},
@@ -178,15 +190,24 @@ POD_ALIAS_PREFIX = owner_alias(POD_ALIAS_ROLE) + ":"
 def validate(module: AnsibleModule) -> None:
     p = module.params
     problems: list[str] = []
+    routed = p["mode"] == "routed"
     if p["bridge"]:
         problems += check_interface_name("bridge.name", p["bridge"]["name"])
-    elif p["state"] not in ("deleted", "gathered"):
-        problems.append("bridge: required")
+        if routed and p["state"] not in ("deleted", "gathered"):
+            problems.append("bridge: not used with mode=routed")
+    elif not routed and p["state"] not in ("deleted", "gathered"):
+        problems.append("bridge: required with mode=bridge")
     for i, pod in enumerate(p["pods"]):
-        pod["host_interface"] = pod["host_interface"] or host_veth_name(pod["netns"], pod["interface"])
+        naming = calico_veth_name if routed else host_veth_name
+        pod["host_interface"] = pod["host_interface"] or naming(pod["netns"], pod["interface"])
+        if routed:
+            pod["gateway"] = pod["gateway"] or CALICO_GATEWAY
+        elif not pod["gateway"]:
+            problems.append(f"pods[{i}].gateway: required with mode=bridge")
         problems += check_interface_name(f"pods[{i}].interface", pod["interface"])
         problems += check_interface_name(f"pods[{i}].host_interface", pod["host_interface"])
-        problems += check_ipv4(f"pods[{i}].gateway", pod["gateway"])
+        if pod["gateway"]:
+            problems += check_ipv4(f"pods[{i}].gateway", pod["gateway"])
         if "/" in pod["netns"] or pod["netns"] in ("", ".", ".."):
             problems.append(f"pods[{i}].netns: {pod['netns']!r} is not a namespace name")
     if problems:
@@ -199,19 +220,24 @@ def node_wants(module: AnsibleModule) -> list:
     if p["bridge"]:
         want += bridge_objects(p["bridge"], p["mtu"])
     for pod in p["pods"]:
-        want += pod_objects(pod, p["bridge"]["name"] if p["bridge"] else None, p["mtu"])[0]
+        want += pod_objects(pod, p["bridge"]["name"] if p["bridge"] else None, p["mtu"], p["mode"])[0]
     return want
 
 
-def node_purge(module: AnsibleModule):
+def node_purge(module: AnsibleModule, have):
     p = module.params
     state = p["state"]
     bridge = p["bridge"]["name"] if p["bridge"] else None
     listed = {pod["host_interface"] for pod in p["pods"]}
+    pod_devices = {o.name for o in have.of_type(Link) if (o.alias or "").startswith(POD_ALIAS_PREFIX)}
 
     def purge(obj) -> bool:
         if isinstance(obj, Address):
             return state != "deleted" and obj.dev == bridge  # the bridge holds exactly the gateway
+        if isinstance(obj, Link) and obj.alias == owner_alias("bridge"):  # e.g. cni0 after a switch to calico
+            return state == "overridden" and obj.name != bridge
+        if isinstance(obj, Route):  # a pod's /32 whose pod moved or left (routed mode)
+            return state != "deleted" and obj.proto == PODNET_RTPROTO and obj.dev in pod_devices
         if not isinstance(obj, Link) or not (obj.alias or "").startswith(POD_ALIAS_PREFIX):
             return False
         if state == "overridden":
@@ -236,7 +262,7 @@ def ensure_netns(module: AnsibleModule) -> list[str]:
 def configure_pod(module: AnsibleModule, pod: dict, missing_netns: list[str]) -> list[Change]:
     """Bring the pod's end of the veth, its address and default route in line (inside the pod)."""
     p = module.params
-    pod_side = pod_objects(pod, p["bridge"]["name"], p["mtu"])[1]
+    pod_side = pod_objects(pod, p["bridge"]["name"] if p["bridge"] else None, p["mtu"], p["mode"])[1]
     if module.check_mode and pod["netns"] in missing_netns:
         return [_as_update(Change("add", o, None)) for o in pod_side]
     with Engine(pod["netns"]) as engine:
@@ -261,24 +287,24 @@ def main() -> None:
     state = p["state"]
     if state == "rendered":
         lines = sysctl_objects({"net.ipv4.ip_forward": 1})[0].add_commands() if p["forwarding"] else []
-        module.exit_json(changed=False, rendered=lines + pod_network_commands(p["bridge"], p["pods"], p["mtu"]))
+        module.exit_json(changed=False, rendered=lines + pod_network_commands(p["bridge"], p["pods"], p["mtu"], p["mode"]))
     if not HAS_PYROUTE2:
         module.fail_json(msg=missing_required_lib("pyroute2"), exception=str(PYROUTE2_IMPORT_ERROR))
 
     missing_netns = ensure_netns(module) if state != "deleted" else []
     with Engine() as engine:
         sysctls = ["net.ipv4.ip_forward"] if p["forwarding"] else []
-        have = engine.gather({Address}, sysctls)
+        have = engine.gather({Address, Route}, sysctls)
         if state == "gathered":
             module.exit_json(changed=False, gathered=gathered(have, p["bridge"]))
         if state == "deleted":
-            changes = plan([], have, node_purge(module))
+            changes = plan([], have, node_purge(module, have))
             if not p["pods"] and p["bridge"]:
                 bridge = have.objects.get(("link", None, p["bridge"]["name"]))
                 if bridge is not None and is_owned_alias(bridge.alias):
                     changes.append(Change("delete", None, bridge))
         else:
-            changes = plan(node_wants(module), have, node_purge(module))
+            changes = plan(node_wants(module), have, node_purge(module, have))
         if changes and not module.check_mode:
             fail_on_engine_error(module, engine.apply, changes, have)
     if state != "deleted":

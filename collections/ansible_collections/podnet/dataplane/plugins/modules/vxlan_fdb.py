@@ -247,11 +247,11 @@ def wanted_vtep(module: AnsibleModule, have: KernelState) -> dict:
     p = module.params
     underlay = p["underlay_interface"]
     if not underlay:
-        holders = [a.dev for a in have.of_type(Address) if a.cidr.split("/")[0] == p["local"]]
-        if not holders:
+        holder = have.device_holding(p["local"])
+        if holder is None:
             module.fail_json(msg=f"podnet.vxlan_fdb: local address {p['local']} is not on any interface of "
                                  "this node; set underlay_interface or fix podnet_node_ip")
-        underlay = holders[0]
+        underlay = holder.name
     lower = have.objects.get(("link", None, underlay))
     if lower is None:
         module.fail_json(msg=f"podnet.vxlan_fdb: underlay_interface {underlay} does not exist on this node")
