@@ -39,6 +39,6 @@ echo "== node1's kernel state"
 ns="$PODNET_LAB_PREFIX-node1"
 ip -n "$ns" -d link show type vxlan | sed 's/^/   /'
 ip -n "$ns" neigh show nud permanent | sed 's/^/   /'
-bridge -n "$ns" fdb show | grep -w self | grep permanent | sed 's/^/   /' || true
+bridge -n "$ns" fdb show | grep ' dst ' | sed 's/^/   /' || true
 ip -n "$ns" route show proto 152 | sed 's/^/   /'
 echo "== demo finished in $(elapsed "$start") s (lab teardown follows)"
