@@ -85,7 +85,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
     Engine,
     plan,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.objects import Address, Link
+from ansible_collections.podnet.dataplane.plugins.module_utils.objects import Address, Link, is_owned_alias
 from ansible_collections.podnet.dataplane.plugins.module_utils.resource import (
     STATES,
     fail_on_engine_error,
@@ -134,8 +134,10 @@ def main() -> None:
             module.fail_json(msg=f"podnet.ipip_tunnel: device {name} exists but is a {existing.kind} device")
         extra: dict = {}
         if state == "deleted":
-            changes = [Change("delete", None, a) for a in addresses]
-            if existing is not None and (existing.up or existing.alias):
+            # Only a tunnel podnet configured (alias podnet:tunnel) is taken back; anyone else's stays.
+            changes = []
+            if existing is not None and is_owned_alias(existing.alias):
+                changes = [Change("delete", None, a) for a in addresses]
                 changes.append(Change("update", Link(name=name, kind="ipip", up=False, alias=""), existing,
                                       ["up", "alias"]))
         else:
