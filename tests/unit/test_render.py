@@ -111,3 +111,34 @@ def test_seed_calico_lines_for_192_168_0_4(tmp_path, backend):
     assert not any("cni0" in line or "flannel" in line for line in lines)
     if backend == "calico-ipip":
         assert "ip link set tunl0 mtu 1480 alias podnet:tunnel up" in lines
+
+
+CANAL_LINES = {
+    "192.168.0.4": [
+        "ip netns exec canal ip addr add 10.244.0.3/24 dev canal-c",
+        "ip netns exec canal ip route add default via 169.254.1.1",
+        "ip route add 10.244.0.3 dev canal-h",
+        "sysctl -w net.ipv4.conf.canal-h.proxy_arp=1",
+        "ip neigh add 10.244.1.0 dev flannel.1 lladdr 22:3d:4d:c5:65:ff",  # seed typo 10.5.47.0 corrected
+        "bridge fdb add 22:3d:4d:c5:65:ff dst 192.168.0.16 dev flannel.1",
+        "ip route add 10.244.1.0/24 via 10.244.1.0 dev flannel.1 onlink",
+    ],
+    "192.168.0.16": [
+        "ip netns exec canal ip addr add 10.244.1.3/24 dev canal-c",
+        "ip netns exec canal ip route add default via 169.254.1.1",  # seed typo (netns calico) corrected
+        "ip route add 10.244.1.3 dev canal-h",
+        "sysctl -w net.ipv4.conf.canal-h.proxy_arp=1",
+        "ip neigh add 10.244.0.0 dev flannel.1 lladdr 56:ad:b6:5f:16:d7",
+        "bridge fdb add 56:ad:b6:5f:16:d7 dst 192.168.0.4 dev flannel.1",
+        "ip route add 10.244.0.0/24 via 10.244.0.0 dev flannel.1 onlink",  # seed typo via 10.244.1.0 corrected
+    ],
+}
+
+
+def test_seed_canal_lines_for_both_hosts(tmp_path):
+    result = run_render(tmp_path, "-e", "podnet_backend=canal")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for host, expected in CANAL_LINES.items():
+        lines = (tmp_path / f"{host}.sh").read_text().splitlines()
+        assert all(line in lines for line in expected), (host, "\n".join(lines))
+        assert not any("cni0" in line for line in lines)

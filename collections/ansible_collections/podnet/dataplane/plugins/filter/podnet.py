@@ -64,6 +64,11 @@ def ping_matrix(results: list) -> str:
     return "\n".join(lines)
 
 
+def subnet_env(values: dict, mtu) -> str:
+    """flannel's /run/flannel/subnet.env (seed 004 format), with the MTU the node really got."""
+    return "".join(f"{key}={mtu if key == 'FLANNEL_MTU' else value}\n" for key, value in values.items())
+
+
 def drift(results: list) -> list[str]:
     """What check-mode task results say would change: their commands (or the task's path/msg)."""
     out: list[str] = []
@@ -78,4 +83,4 @@ def drift(results: list) -> list[str]:
 class FilterModule:
     def filters(self):
         return {"plan": plan, "commands": commands, "pod_sources": pod_sources, "pod_targets": pod_targets,
-                "ping_matrix": ping_matrix, "drift": drift}
+                "ping_matrix": ping_matrix, "drift": drift, "subnet_env": subnet_env}

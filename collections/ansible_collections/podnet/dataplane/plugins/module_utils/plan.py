@@ -30,8 +30,11 @@ POD_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 
 FLANNEL_BACKENDS = ("flannel-vxlan", "flannel-host-gw")
 CALICO_BACKENDS = ("calico-bgp", "calico-ipip", "calico-vxlan")
-KNOWN_BACKENDS = FLANNEL_BACKENDS + CALICO_BACKENDS + ("canal",)
-IMPLEMENTED_BACKENDS = FLANNEL_BACKENDS + CALICO_BACKENDS
+# The seed table's other rows: canal (flannel's VXLAN between nodes, calico's pod wiring and policy),
+# romana (host-gw routing + policy) and weave (a VXLAN mesh + policy) — as kernel state, no daemons.
+POLICY_STYLE_BACKENDS = ("canal", "romana-style", "weave-style")
+KNOWN_BACKENDS = FLANNEL_BACKENDS + CALICO_BACKENDS + POLICY_STYLE_BACKENDS
+IMPLEMENTED_BACKENDS = KNOWN_BACKENDS
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,10 @@ PROFILES = {
     "calico-ipip": Profile("routed", "ipip", IPIP_OVERHEAD, direct_var="podnet_calico_crosssubnet"),
     "calico-vxlan": Profile("routed", "vxlan", VXLAN_OVERHEAD, "vxlan.calico", 4096, 4789,
                             "podnet_calico_crosssubnet"),
+    "canal": Profile("routed", "vxlan", VXLAN_OVERHEAD, "flannel.{vni}", 1, 8472),
+    "romana-style": Profile("routed", None),
+    # weave's fast datapath is a VXLAN mesh on UDP 6784 (device vxlan-6784).
+    "weave-style": Profile("routed", "vxlan", VXLAN_OVERHEAD, "vxlan-6784", 6784, 6784),
 }
 CALICO_POD_GATEWAY = "169.254.1.1"
 IPIP_DEVICE = "tunl0"
@@ -395,7 +402,8 @@ def _pods(host: str, hv: dict, subnet: ipaddress.IPv4Network, pod_mode: str,
             used.add(address)
         pods.append({"name": name, "netns": item.get("netns") or f"{netns_prefix}{name}", "address": address,
                      "interface": item.get("interface") or "eth0",
-                     "host_interface": item.get("host_interface")})
+                     "host_interface": item.get("host_interface"),
+                     "labels": dict(item.get("labels") or {})})
     free = (a for a in subnet.hosts() if a not in used)
     for pod in pods:
         if pod["address"] is None:
@@ -489,7 +497,7 @@ def _node_state(host: str, hosts: list[str], hostvars: dict[str, dict], settings
         state["bgp"] = _bgp(host, hosts, hostvars, settings, node_ips, subnet)
         if state["bgp"]["mode"] == "bird":
             state["routes"] = []  # BIRD learns and installs them (proto bird)
-    if backend in FLANNEL_BACKENDS:
+    if backend in FLANNEL_BACKENDS or backend == "canal":  # canal runs flannel for the overlay
         state["iptables"] = flannel_ipmasq_rules(cluster_cidr, str(subnet)) if settings["podnet_ipmasq"] else []
         state["subnet_env"] = {
             "FLANNEL_NETWORK": cluster_cidr,

@@ -76,8 +76,14 @@ options:
         type: str
         default: eth0
       host_interface:
-        description: Host-side veth name. Defaults to C(veth) plus 8 hex digits derived from the pod namespace.
+        description:
+          - Host-side veth name. Defaults to C(veth) (bridge mode) or C(cali) (routed mode) plus hex digits
+            derived from the pod namespace.
         type: str
+      labels:
+        description: The pod's labels. Not used here; network policy selects pods by them.
+        type: dict
+        default: {}
   state:
     description:
       - C(merged) creates or corrects the bridge and the listed pods.
@@ -173,6 +179,7 @@ POD_SPEC = {
     "gateway": {"type": "str"},
     "interface": {"type": "str", "default": "eth0"},
     "host_interface": {"type": "str"},
+    "labels": {"type": "dict", "default": {}},
 }
 ARGUMENT_SPEC = {
     "mode": {"type": "str", "choices": ["bridge", "routed"], "default": "bridge"},
