@@ -1,5 +1,6 @@
-"""calico-bgp (static routes) and calico-vxlan on the three-node namespace lab, against the real kernel,
-and switching a converged flannel-vxlan lab to calico-bgp.
+"""Routed (calico-style) pod wiring on the three-node namespace lab, against the real kernel: calico-bgp
+(static routes), calico-vxlan, canal, romana-style and weave-style; and switching a converged
+flannel-vxlan lab to calico-bgp.
 
 (calico-bgp with real BIRD is in test_calico_bird.py; calico-ipip runs in a VM: test_ipip_vm.py.)
 """
@@ -18,6 +19,9 @@ pytestmark = pytest.mark.integration
 NODES = {"node1": "172.30.0.11", "node2": "172.30.0.12", "node3": "172.30.0.13"}
 PODS = ("pod1", "pod2")
 PODNET_PROTO = "152"
+# VXLAN device, VNI and port per encapsulating backend; the others route plainly via node IPs.
+VXLAN = {"calico-vxlan": ("vxlan.calico", 4096, 4789), "canal": ("flannel.1", 1, 8472),
+         "weave-style": ("vxlan-6784", 6784, 6784)}
 FELIX_SYSCTLS = {"conf/{}/proxy_arp": "1", "neigh/{}/proxy_delay": "0", "conf/{}/forwarding": "1",
                  "conf/{}/route_localnet": "1"}
 
@@ -64,20 +68,21 @@ def assert_calico_state(lab: Lab, backend: str) -> None:
         assert set(peer_routes) == {str(subnets[p]) for p in peers}
         for peer, peer_ip in peers.items():
             route = peer_routes[str(subnets[peer])]
-            if backend == "calico-bgp":
+            if backend not in VXLAN:
                 assert (route["gateway"], route["dev"]) == (peer_ip, "eth0")
             else:
                 assert (route["gateway"], route["dev"], route["flags"]) == (
-                    str(subnets[peer].network_address), "vxlan.calico", ["onlink"])
-        if backend == "calico-vxlan":
-            link = lab.json(host, "-d", "link", "show", "vxlan.calico")[0]
+                    str(subnets[peer].network_address), VXLAN[backend][0], ["onlink"])
+        if backend in VXLAN:
+            dev, vni, port = VXLAN[backend]
+            link = lab.json(host, "-d", "link", "show", dev)[0]
             info = link["linkinfo"]["info_data"]
             assert (info["id"], info["port"], info["local"], info["learning"], link["mtu"]) == (
-                4096, 4789, node_ip, False, 1450)
-            fdb = {f["mac"]: f["dst"] for f in lab.json(host, "fdb", "show", "dev", "vxlan.calico", tool="bridge")}
-            neigh = {n["dst"]: n["lladdr"] for n in lab.json(host, "neigh", "show", "dev", "vxlan.calico")
+                vni, port, node_ip, False, 1450)
+            fdb = {f["mac"]: f["dst"] for f in lab.json(host, "fdb", "show", "dev", dev, tool="bridge")}
+            neigh = {n["dst"]: n["lladdr"] for n in lab.json(host, "neigh", "show", "dev", dev)
                      if n["state"] == ["PERMANENT"]}
-            macs = {p: lab.json(p, "link", "show", "vxlan.calico")[0]["address"] for p in peers}
+            macs = {p: lab.json(p, "link", "show", dev)[0]["address"] for p in peers}
             assert fdb == {macs[p]: ip for p, ip in peers.items()}
             assert neigh == {str(subnets[p].network_address): macs[p] for p in peers}
         else:
@@ -92,7 +97,7 @@ def assert_pods_reach_each_other(lab: Lab) -> None:
     assert not failures, failures
 
 
-@pytest.fixture(scope="module", params=["calico-bgp", "calico-vxlan"])
+@pytest.fixture(scope="module", params=["calico-bgp", "calico-vxlan", "canal", "romana-style", "weave-style"])
 def calico_lab(request):
     lab = Lab(extra_vars={"podnet_backend": request.param})
     with lab:
@@ -149,6 +154,7 @@ def test_reset_removes_everything_podnet_created(calico_lab):
     for host in NODES:
         assert [link["ifname"] for link in lab.json(host, "link", "show")] == ["lo", "eth0"]
         assert lab.json(host, "route", "show", "proto", PODNET_PROTO) == []
+        assert "podnet:" not in lab.exec(host, ["iptables-save"]).stdout
     assert "10.98.0.0/24" in [r["dst"] for r in lab.json("node2", "route", "show")]
 
 
