@@ -25,14 +25,14 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	./scripts/demo.sh
 
-test: setup
+test: setup lint
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
 
 unit: setup
 	$(PY) -m pytest -q tests/unit
 
 lint: setup
-	$(VENV)/bin/ruff check collections tests
+	$(VENV)/bin/ruff check collections tests bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .podnet

@@ -5,8 +5,11 @@ import copy
 import ipaddress
 
 import pytest
-
-from ansible_collections.podnet.dataplane.plugins.module_utils.plan import PlanError, plan_cluster, vtep_mac_for
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan import (
+    PlanError,
+    plan_cluster,
+    vtep_mac_for,
+)
 
 BASE = {
     "a": {"podnet_node_ip": "192.168.0.4"},
