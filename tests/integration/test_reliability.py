@@ -1,0 +1,128 @@
+"""Runs that are killed, runs that overlap, locks that are left behind: the next run always converges."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from .labkit import ANSIBLE_PLAYBOOK, LAB_INVENTORY, REPO_ROOT, Lab, list_netns, playbook_env
+
+pytestmark = pytest.mark.integration
+
+NODES = ("node1", "node2", "node3")
+CRASH_TRIALS = 20
+BACKENDS = ("flannel-vxlan", "calico-vxlan")
+VXLAN_DEVICE = {"flannel-vxlan": "flannel.1", "calico-vxlan": "vxlan.calico"}
+
+
+@pytest.fixture(scope="module")
+def lab():
+    lab = Lab()
+    with lab:
+        yield lab
+    assert list_netns(lab.prefix) == []
+
+
+def lock_path(lab: Lab, host: str) -> Path:
+    return Path(f"/run/podnet-lab/{lab.prefix}/{host}/node.lock")
+
+
+def podnet_objects(lab: Lab, host: str, backend: str) -> dict:
+    """podnet's objects on a node, by kind (the kernel cannot hold duplicates; stale ones show here)."""
+    links = lab.json(host, "link", "show")
+    device = VXLAN_DEVICE[backend]
+    return {
+        "vxlan": sorted(link["ifname"] for link in links if link.get("ifalias") == "podnet:vtep"),
+        "pods": sorted(link["ifname"][:4] for link in links if link.get("ifalias", "").startswith("podnet:pod:")),
+        "bridge": sorted(link["ifname"] for link in links if link.get("ifalias") == "podnet:bridge"),
+        "peer_routes": len([r for r in lab.json(host, "route", "show", "proto", "152") if "/" in r["dst"]]),
+        "fdb": len(lab.json(host, "fdb", "show", "dev", device, tool="bridge")),
+        "neighbours": len([n for n in lab.json(host, "neigh", "show", "dev", device)
+                           if n.get("state") == ["PERMANENT"]]),
+    }
+
+
+def expected_objects(backend: str) -> dict:
+    return {"vxlan": [VXLAN_DEVICE[backend]], "pods": ["veth", "veth"] if backend == "flannel-vxlan" else
+            ["cali", "cali"], "bridge": ["cni0"] if backend == "flannel-vxlan" else [],
+            "peer_routes": 2, "fdb": 2, "neighbours": 2}
+
+
+def start_site(lab: Lab, backend: str) -> subprocess.Popen:
+    argv = [str(ANSIBLE_PLAYBOOK), "-i", str(REPO_ROOT / LAB_INVENTORY), str(REPO_ROOT / "playbooks/site.yml"),
+            "-e", json.dumps({"podnet_backend": backend})]
+    return subprocess.Popen(argv, cwd=REPO_ROOT, env=playbook_env(lab.prefix), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def test_killed_runs_always_converge(lab):
+    rng = random.Random(4242)
+    killed_midway = 0
+    for trial in range(CRASH_TRIALS):
+        backend = BACKENDS[trial % 2]  # every trial switches backends: lots of work to interrupt
+        proc = start_site(lab, backend)
+        time.sleep(rng.uniform(1.0, 6.5))
+        if proc.poll() is None:
+            killed_midway += 1
+            os.killpg(proc.pid, signal.SIGKILL)  # the playbook and every module process it started
+        proc.wait()
+        result = lab.run("playbooks/site.yml", extra_vars={"podnet_backend": backend})
+        assert result.rc == 0, f"trial {trial}: rerun failed\n{result.output}"
+        for host in NODES:
+            assert podnet_objects(lab, host, backend) == expected_objects(backend), (trial, host)
+    assert killed_midway >= CRASH_TRIALS // 2  # most trials really were interrupted mid-run
+    verify = lab.run("playbooks/verify.yml", extra_vars={"podnet_backend": BACKENDS[(CRASH_TRIALS - 1) % 2]})
+    assert verify.rc == 0, verify.output
+
+
+def test_concurrent_runs_serialize_and_both_finish(lab):
+    results = {}
+
+    def run(name: str) -> None:
+        results[name] = lab.run("playbooks/site.yml", extra_vars={"podnet_backend": "flannel-vxlan"})
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(r.rc == 0 for r in results.values()), [r.output for r in results.values()]
+    for host in NODES:
+        assert podnet_objects(lab, host, "flannel-vxlan") == expected_objects("flannel-vxlan")
+        assert not lock_path(lab, host).exists()  # both gave their locks back
+    again = lab.run("playbooks/site.yml", extra_vars={"podnet_backend": "flannel-vxlan"})
+    assert all(again.changed(h) == 0 for h in NODES), again.recap
+
+
+def test_a_live_lock_blocks_and_a_dead_one_does_not(lab):
+    path = lock_path(lab, "node2")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A live owner (this test process) holds node2: a run waits, then gives up with a clear message.
+    path.write_text(json.dumps({"owner": {"host": socket.gethostname(), "pid": os.getpid(), "run": "held"}}))
+    blocked = lab.run("playbooks/site.yml", extra_vars={"podnet_backend": "flannel-vxlan",
+                                                         "podnet_lock_wait_timeout": 3})
+    assert blocked.rc != 0 and blocked.failed("node2") == 1, blocked.output
+    assert "locked by run held" in blocked.stdout
+    # The same lock left by a process that no longer exists is broken at once.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    path.write_text(json.dumps({"owner": {"host": socket.gethostname(), "pid": dead.pid, "run": "killed"}}))
+    start = time.monotonic()
+    freed = lab.run("playbooks/site.yml", extra_vars={"podnet_backend": "flannel-vxlan"})
+    assert freed.rc == 0, freed.output
+    assert time.monotonic() - start < 60
+    assert not path.exists()
+    # An old lock of an owner that cannot be checked (another controller) expires after stale_after.
+    path.write_text(json.dumps({"owner": {"host": "elsewhere", "pid": 1, "run": "remote"}}))
+    old = time.time() - 3600
+    os.utime(path, (old, old))
+    expired = lab.run("playbooks/site.yml", extra_vars={"podnet_backend": "flannel-vxlan"})
+    assert expired.rc == 0, expired.output
