@@ -7,6 +7,7 @@ import random
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -126,3 +127,29 @@ def test_a_live_lock_blocks_and_a_dead_one_does_not(lab):
     os.utime(path, (old, old))
     expired = lab.run("playbooks/site.yml", extra_vars={"podnet_backend": "flannel-vxlan"})
     assert expired.rc == 0, expired.output
+
+
+def test_boot_apply_restores_a_wiped_node_without_ansible(lab):
+    """What a reboot does to a node (all of podnet's state gone), then the podnet-apply unit's command."""
+    converge = lab.run("playbooks/site.yml", extra_vars={"podnet_backend": "flannel-vxlan"})
+    assert converge.rc == 0, converge.output
+    mac_before = lab.json("node2", "link", "show", "flannel.1")[0]["address"]
+    for link in lab.json("node2", "link", "show"):
+        if link.get("ifalias", "").startswith("podnet:"):
+            lab.exec("node2", ["ip", "link", "del", link["ifname"]])  # veth pairs go with their host end
+    lab.exec("node2", ["iptables", "-t", "nat", "-F", "POSTROUTING"], check=True)
+    lab.exec("node2", ["iptables", "-F", "FORWARD"], check=True)
+    lab.exec("node2", ["sysctl", "-qw", "net.ipv4.ip_forward=0"], check=True)
+    assert lab.json("node2", "link", "show", "type", "vxlan") == []
+    state_dir = f"/run/podnet-lab/{lab.prefix}/node2/state"
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT / "collections"))
+    boot = subprocess.run(["ip", "netns", "exec", lab.node_ns("node2"), sys.executable, "-m",
+                           "ansible_collections.podnet.dataplane.plugins.module_utils.boot_apply", state_dir],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert boot.returncode == 0, boot.stdout + boot.stderr
+    assert podnet_objects(lab, "node2", "flannel-vxlan") == expected_objects("flannel-vxlan")
+    assert lab.json("node2", "link", "show", "flannel.1")[0]["address"] == mac_before  # what peers were told
+    verify = lab.run("playbooks/verify.yml", extra_vars={"podnet_backend": "flannel-vxlan"})
+    assert verify.rc == 0, verify.output  # no drift anywhere, every pod reaches every pod
+    again = lab.run("playbooks/site.yml", extra_vars={"podnet_backend": "flannel-vxlan"})
+    assert again.changed("node2") == 0, again.output

@@ -10,7 +10,7 @@ its fields matter when comparing with what the kernel has, and how a person woul
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 # Routes podnet installs carry this protocol number, so podnet can tell them from everyone else's
@@ -90,7 +90,7 @@ class KObject:
         return {f.name for f in fields(self) if getattr(self, f.name) is not None}
 
     def as_dict(self) -> dict[str, Any]:
-        data = {"kind": type(self).__name__.lower()}
+        data: dict[str, Any] = {"object": type(self).__name__.lower()}
         for f in fields(self):
             value = getattr(self, f.name)
             if value is not None:
@@ -315,5 +315,8 @@ class Sysctl(KObject):
         return self.add_commands()
 
 
-def with_fields(obj: KObject, **changes: Any) -> KObject:
-    return replace(obj, **changes)
+def from_dict(data: dict[str, Any]) -> KObject:
+    """The inverse of KObject.as_dict (used to re-apply persisted state at boot)."""
+    classes = {cls.__name__.lower(): cls for cls in (VxlanInfo, Link, Address, Neighbour, FdbEntry, Route, Sysctl)}
+    values = {k: (from_dict(v) if isinstance(v, dict) else v) for k, v in data.items() if k != "object"}
+    return classes[data["object"]](**values)

@@ -33,6 +33,11 @@ options:
   address:
     description: Tunnel address in CIDR form, e.g. C(10.244.0.0/32).
     type: str
+  persist_dir:
+    description:
+      - Directory on the node where the applied configuration is recorded, so that the podnet-apply
+        unit (C(boot_apply)) restores it at boot without an Ansible run.
+    type: path
   state:
     description:
       - C(merged), C(replaced) and C(overridden) configure the device (the latter two also remove other
@@ -86,6 +91,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
     plan,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.objects import Address, Link, is_owned_alias
+from ansible_collections.podnet.dataplane.plugins.module_utils.persist import PERSIST_OPTION, persist_result
 from ansible_collections.podnet.dataplane.plugins.module_utils.resource import (
     STATES,
     fail_on_engine_error,
@@ -101,6 +107,7 @@ ARGUMENT_SPEC = {
     "mtu": {"type": "int"},
     "local": {"type": "str"},
     "address": {"type": "str"},
+    "persist_dir": PERSIST_OPTION,
     "state": {"type": "str", "choices": STATES, "default": "merged"},
 }
 
@@ -148,6 +155,7 @@ def main() -> None:
             extra["mtu"] = tunnel["mtu"]
         if changes and not module.check_mode:
             fail_on_engine_error(module, engine.apply, changes, have)
+    persist_result(module, f"ipip_tunnel-{name}", tunnel_objects(tunnel))
     module.exit_json(**result_for(changes, **extra))
 
 

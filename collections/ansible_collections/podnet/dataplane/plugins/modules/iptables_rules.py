@@ -46,6 +46,11 @@ options:
     type: list
     elements: dict
     default: [{table: nat, chain: POSTROUTING}, {table: filter, chain: FORWARD}]
+  persist_dir:
+    description:
+      - Directory on the node where the applied configuration is recorded, so that the podnet-apply
+        unit (C(boot_apply)) restores it at boot without an Ansible run.
+    type: path
   state:
     description:
       - C(merged) and C(replaced) append missing rules.
@@ -95,6 +100,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.builders import (
     iptables_rule_args,
     iptables_rule_tag,
 )
+from ansible_collections.podnet.dataplane.plugins.module_utils.persist import PERSIST_OPTION, persist_result
 from ansible_collections.podnet.dataplane.plugins.module_utils.resource import STATES
 
 RULE_SPEC = {
@@ -107,6 +113,7 @@ CHAIN_SPEC = {
     "chain": {"type": "str", "required": True},
 }
 ARGUMENT_SPEC = {
+    "persist_dir": PERSIST_OPTION,
     "rules": {"type": "list", "elements": "dict", "options": RULE_SPEC, "default": []},
     "chains": {"type": "list", "elements": "dict", "options": CHAIN_SPEC,
                "default": [{"table": "nat", "chain": "POSTROUTING"}, {"table": "filter", "chain": "FORWARD"}]},
@@ -183,6 +190,8 @@ def main() -> None:
     commands = [iptables_command(*step) for step in planned]
     before = [iptables_command(t, "-A", c, a) for t, act, c, a in planned if act == "-D"]
     after = [iptables_command(t, "-A", c, a) for t, act, c, a in planned if act == "-A"]
+    persist_result(module, "iptables_rules", iptables=[
+        {"table": r["table"], "chain": r["chain"], "args": iptables_rule_args(r)} for r in rules])
     module.exit_json(changed=bool(planned), commands=commands,
                      diff={"before": "".join(f"{x}\n" for x in before), "after": "".join(f"{x}\n" for x in after)})
 

@@ -84,6 +84,11 @@ options:
         description: The pod's labels. Not used here; network policy selects pods by them.
         type: dict
         default: {}
+  persist_dir:
+    description:
+      - Directory on the node where the applied configuration is recorded, so that the podnet-apply
+        unit (C(boot_apply)) restores it at boot without an Ansible run.
+    type: path
   state:
     description:
       - C(merged) creates or corrects the bridge and the listed pods.
@@ -162,6 +167,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
     is_owned_alias,
     owner_alias,
 )
+from ansible_collections.podnet.dataplane.plugins.module_utils.persist import PERSIST_OPTION, persist_result
 from ansible_collections.podnet.dataplane.plugins.module_utils.resource import (
     STATES,
     fail_on_engine_error,
@@ -187,6 +193,7 @@ ARGUMENT_SPEC = {
                                            "address": {"type": "str", "required": True}}},
     "mtu": {"type": "int"},
     "forwarding": {"type": "bool", "default": True},
+    "persist_dir": PERSIST_OPTION,
     "pods": {"type": "list", "elements": "dict", "options": POD_SPEC, "default": []},
     "state": {"type": "str", "choices": STATES, "default": "merged"},
 }
@@ -321,6 +328,9 @@ def main() -> None:
     if missing_netns:
         result["changed"] = True
         result["commands"] = [f"ip netns add {name}" for name in missing_netns] + result["commands"]
+    persist_result(module, "pod_network", node_wants(module) + [
+        o for pod in p["pods"]
+        for o in pod_objects(pod, p["bridge"]["name"] if p["bridge"] else None, p["mtu"], p["mode"])[1]])
     module.exit_json(**result)
 
 

@@ -40,6 +40,11 @@ options:
         description: Treat the next hop as directly reachable on I(dev) even without a matching subnet.
         type: bool
         default: false
+  persist_dir:
+    description:
+      - Directory on the node where the applied configuration is recorded, so that the podnet-apply
+        unit (C(boot_apply)) restores it at boot without an Ansible run.
+    type: path
   state:
     description:
       - C(merged) adds or corrects the listed routes.
@@ -107,6 +112,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
     Route,
     owner_alias,
 )
+from ansible_collections.podnet.dataplane.plugins.module_utils.persist import PERSIST_OPTION, persist_result
 from ansible_collections.podnet.dataplane.plugins.module_utils.resource import (
     STATES,
     fail_on_engine_error,
@@ -126,6 +132,7 @@ ROUTE_SPEC = {
 }
 ARGUMENT_SPEC = {
     "routes": {"type": "list", "elements": "dict", "options": ROUTE_SPEC, "default": []},
+    "persist_dir": PERSIST_OPTION,
     "state": {"type": "str", "choices": STATES, "default": "merged"},
 }
 
@@ -183,6 +190,7 @@ def main() -> None:
             changes = plan(want, have, owned if state == "overridden" else None)
         if changes and not module.check_mode:
             fail_on_engine_error(module, engine.apply, changes, have)
+    persist_result(module, "pod_route", want)
     module.exit_json(**result_for(changes))
 
 

@@ -36,6 +36,11 @@ options:
     description: Where original values are remembered (JSON, mode 0600).
     type: path
     default: /var/lib/podnet/proxy_arp.json
+  persist_dir:
+    description:
+      - Directory on the node where the applied configuration is recorded, so that the podnet-apply
+        unit (C(boot_apply)) restores it at boot without an Ansible run.
+    type: path
   state:
     description:
       - C(merged) (and C(replaced), C(overridden)) set the values on the matching interfaces.
@@ -96,6 +101,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
     write_sysctl,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.objects import Sysctl
+from ansible_collections.podnet.dataplane.plugins.module_utils.persist import PERSIST_OPTION, persist_result
 from ansible_collections.podnet.dataplane.plugins.module_utils.resource import STATES, result_for
 from ansible_collections.podnet.dataplane.plugins.module_utils.validate import check_interface_name
 
@@ -103,6 +109,7 @@ ARGUMENT_SPEC = {
     "interfaces": {"type": "list", "elements": "str", "required": True},
     "settings": {"type": "dict", "default": dict(CALICO_HOST_SYSCTLS)},
     "state_file": {"type": "path", "default": "/var/lib/podnet/proxy_arp.json"},
+    "persist_dir": PERSIST_OPTION,
     "state": {"type": "str", "choices": STATES, "default": "merged"},
 }
 SYS_NET = "/sys/class/net"
@@ -184,6 +191,7 @@ def main() -> None:
             module.fail_json(msg=f"podnet.proxy_arp: {exc}")
         if remaining != saved:
             save(p["state_file"], remaining)
+    persist_result(module, "proxy_arp", wanted)
     module.exit_json(**result_for(changes, interfaces=interfaces))
 
 

@@ -80,6 +80,11 @@ options:
         description: The peer's underlay IP (fdb entry destination).
         type: str
         required: true
+  persist_dir:
+    description:
+      - Directory on the node where the applied configuration is recorded, so that the podnet-apply
+        unit (C(boot_apply)) restores it at boot without an Ansible run.
+    type: path
   state:
     description:
       - C(merged) creates or updates the device and the listed peers, leaving other entries alone.
@@ -183,6 +188,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.offload import (
     get_feature,
     set_feature,
 )
+from ansible_collections.podnet.dataplane.plugins.module_utils.persist import PERSIST_OPTION, persist_result
 from ansible_collections.podnet.dataplane.plugins.module_utils.resource import (
     STATES,
     fail_on_engine_error,
@@ -210,6 +216,7 @@ ARGUMENT_SPEC = {
     "address": {"type": "str"},
     "learning": {"type": "bool", "default": False},
     "tx_checksum_offload": {"type": "bool", "default": False},
+    "persist_dir": PERSIST_OPTION,
     "peers": {"type": "list", "elements": "dict", "options": PEER_SPEC, "default": []},
     "state": {"type": "str", "choices": STATES, "default": "merged"},
 }
@@ -314,6 +321,7 @@ def main() -> None:
         if state == "gathered":
             module.exit_json(changed=False, gathered=gathered(name, have))
         existing = have.objects.get(("link", None, name))
+        want: list = []
         if state == "deleted":
             changes = deleted_changes(module, have, existing)
             extra: dict = {}
@@ -332,6 +340,8 @@ def main() -> None:
     result = result_for(changes, **extra)
     if state != "deleted":
         converge_offload(module, result, created=existing is None)
+    persist_result(module, f"vxlan_fdb-{name}", want,
+                   offload=[{"device": name, "feature": TX_CHECKSUM, "enabled": p["tx_checksum_offload"]}])
     module.exit_json(**result)
 
 

@@ -1,0 +1,108 @@
+# Copyright: podnet contributors
+# Apache License 2.0
+"""Re-apply the state podnet recorded on this node (see persist.py) — at boot, with no Ansible run.
+
+    python3 -m ansible_collections.podnet.dataplane.plugins.module_utils.boot_apply /etc/podnet/state
+
+Additive ("merged"): creates what is missing and corrects what differs; removes nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
+    Change,
+    Engine,
+    EngineError,
+    plan,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
+    Address,
+    FdbEntry,
+    KObject,
+    Link,
+    Neighbour,
+    Route,
+    Sysctl,
+    from_dict,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.offload import get_feature, set_feature
+from ansible_collections.podnet.dataplane.plugins.module_utils.persist import load_all
+
+NETNS_DIR = "/run/netns"
+
+
+def apply_objects(objects: list[KObject]) -> list[str]:
+    """Node namespace first (it creates the veths whose ends live in pod namespaces), then pods."""
+    done: list[str] = []
+    by_netns: dict[str | None, list[KObject]] = {}
+    for obj in objects:
+        by_netns.setdefault(getattr(obj, "netns", None), []).append(obj)
+    missing = [ns for ns in by_netns if ns and not os.path.exists(os.path.join(NETNS_DIR, ns))]
+    if missing:
+        from pyroute2 import netns as pyroute2_netns
+
+        for name in missing:
+            pyroute2_netns.create(name)
+            done.append(f"ip netns add {name}")
+    for netns in sorted(by_netns, key=lambda n: (n is not None, n or "")):
+        want = by_netns[netns]
+        sysctls = [o.name for o in want if isinstance(o, Sysctl)]
+        with Engine(netns) as engine:
+            have = engine.gather({Address, Neighbour, FdbEntry, Route}, sysctls)
+            changes = plan(want, have)
+            if netns is not None:  # a pod's end of a veth comes from the node side: configure, never create
+                changes = [Change("update", c.want, None, ["mtu", "up"])
+                           if c.op == "add" and isinstance(c.want, Link) else c for c in changes]
+            engine.apply(changes, have)
+        done += [cmd for change in changes for cmd in change.commands]
+    return done
+
+
+def apply_rules(rules: list[dict]) -> list[str]:
+    done = []
+    for rule in rules:
+        base = ["iptables", "-w", "-t", rule["table"]]
+        if subprocess.run(base + ["-C", rule["chain"], *rule["args"]], capture_output=True).returncode != 0:
+            subprocess.run(base + ["-A", rule["chain"], *rule["args"]], check=True, capture_output=True)
+            done.append(" ".join(["iptables", "-t", rule["table"], "-A", rule["chain"], *rule["args"]]))
+    return done
+
+
+def apply_offloads(offloads: list[dict]) -> list[str]:
+    done = []
+    for item in offloads:
+        current = get_feature(item["device"], item["feature"])
+        if current is not None and current != item["enabled"]:
+            set_feature(item["device"], item["feature"], item["enabled"])
+            done.append(f"ethtool -K {item['device']} {item['feature']} {'on' if item['enabled'] else 'off'}")
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Re-apply podnet's recorded node state (additive).")
+    parser.add_argument("state_dir", nargs="?", default="/etc/podnet/state")
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.state_dir):
+        print(f"podnet-apply: {args.state_dir} does not exist: nothing to restore")
+        return 0
+    records = load_all(args.state_dir)
+    objects = [from_dict(o) for r in records for o in r.get("objects", [])]
+    try:
+        done = apply_objects(objects)
+        done += apply_rules([rule for r in records for rule in r.get("iptables", [])])
+        done += apply_offloads([item for r in records for item in r.get("offload", [])])
+    except (EngineError, OSError, subprocess.CalledProcessError) as exc:
+        print(f"podnet-apply: failed: {exc}", file=sys.stderr)
+        return 1
+    for line in done:
+        print(line)
+    print(f"podnet-apply: {len(done)} change(s) from {len(records)} record(s) in {args.state_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
