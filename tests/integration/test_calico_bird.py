@@ -1,0 +1,166 @@
+"""calico-bgp with real BIRD 2 in every lab node: full mesh, a route reflector, node removal, reset.
+
+Routes must be the ones BIRD learned (`proto bird`), and pods must reach each other over them.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .labkit import REPO_ROOT, Lab, list_netns, netns_exec, netns_json
+
+pytestmark = pytest.mark.integration
+
+NODES = {"node1": "172.30.0.11", "node2": "172.30.0.12", "node3": "172.30.0.13"}
+BIRD = {"podnet_backend": "calico-bgp", "podnet_calico_bgp": "bird"}
+CONVERGE_TIMEOUT = 30.0
+
+if shutil.which("bird") is None:
+    pytestmark = [pytestmark, pytest.mark.skip(reason="bird2 is not installed (make setup installs it)")]
+
+
+def subnets_of(lab: Lab) -> dict[str, str]:
+    return json.loads(Path(f"/run/podnet-lab/{lab.prefix}/leases.json").read_text())
+
+
+def bird_routes(lab: Lab, host: str) -> dict[str, str]:
+    return {r["dst"]: r.get("gateway") for r in lab.json(host, "route", "show", "proto", "bird")
+            if r.get("type") != "blackhole"}
+
+
+def expected_routes(lab: Lab, hosts: dict[str, str]) -> dict[str, dict[str, str]]:
+    subnets = subnets_of(lab)
+    return {h: {subnets[p]: ip for p, ip in hosts.items() if p != h} for h in hosts}
+
+
+def wait_for_routes(lab: Lab, hosts: dict[str, str]) -> float:
+    """Seconds until every node has exactly the peers' blocks via their node IPs, learned by BIRD."""
+    want = expected_routes(lab, hosts)
+    start = time.monotonic()
+    while True:
+        have = {h: bird_routes(lab, h) for h in hosts}
+        if have == want:
+            return time.monotonic() - start
+        if time.monotonic() - start > CONVERGE_TIMEOUT:
+            raise AssertionError(f"BIRD routes did not converge in {CONVERGE_TIMEOUT} s: {have} != {want}")
+        time.sleep(0.2)
+
+
+def bird_path(lab: Lab, host: str, name: str) -> str:
+    return f"/run/podnet-lab/{lab.prefix}/{host}/bird/{name}"
+
+
+def bgp_sessions(lab: Lab, host: str) -> list[str]:
+    out = lab.exec(host, ["birdc", "-s", bird_path(lab, host, "bird.ctl"), "show", "protocols"], check=True).stdout
+    return sorted(line.split()[0] for line in out.splitlines() if " BGP " in f" {line} ")
+
+
+def assert_pods_reach_each_other(lab: Lab, hosts) -> None:
+    addresses = {}
+    for host in hosts:
+        for pod in ("pod1", "pod2"):
+            addrs = netns_json(lab.pod_ns(host, pod), "addr", "show", "dev", "eth0")[0]["addr_info"]
+            addresses[(host, pod)] = [a["local"] for a in addrs if a["family"] == "inet"][0]
+    failures = [f"{h}/{p} -> {t}" for (h, p) in addresses for (o, _), t in addresses.items()
+                if o != h and netns_exec(lab.pod_ns(h, p), ["ping", "-n", "-q", "-c", "1", "-W", "2", t]
+                                         ).returncode != 0]
+    assert not failures, failures
+
+
+def inventory_copy(tmp_path: Path, drop: str | None = None, reflectors: tuple[str, ...] = ()) -> Path:
+    inventory = tmp_path / "inventory"
+    shutil.copytree(REPO_ROOT / "inventories" / "lab", inventory)
+    hosts_file = inventory / "hosts.yml"
+    data = yaml.safe_load(hosts_file.read_text())
+    hosts = data["podnet_nodes"]["hosts"]
+    if drop:
+        del hosts[drop]
+    for name in reflectors:
+        hosts[name]["podnet_bgp_route_reflector"] = True
+    hosts_file.write_text(yaml.safe_dump(data))
+    return inventory
+
+
+@pytest.fixture(scope="module")
+def mesh_lab():
+    lab = Lab(extra_vars=BIRD)
+    with lab:
+        yield lab
+    assert list_netns(lab.prefix) == []
+
+
+def test_full_mesh_converges_and_carries_pod_traffic(mesh_lab, record_property):
+    lab = mesh_lab
+    result = lab.run("playbooks/site.yml")
+    assert result.rc == 0, result.output
+    wait_for_routes(lab, NODES)
+    # Convergence from a cold start: stop every BIRD (its routes go), start all three, time the routes.
+    for host in NODES:
+        lab.exec(host, ["birdc", "-s", bird_path(lab, host, "bird.ctl"), "down"], check=True)
+    assert all(bird_routes(lab, h) == {} for h in NODES)
+    for host in NODES:
+        lab.exec(host, ["bird", "-c", bird_path(lab, host, "bird.conf"), "-s", bird_path(lab, host, "bird.ctl"),
+                        "-P", bird_path(lab, host, "bird.pid")], check=True)
+    seconds = wait_for_routes(lab, NODES)
+    record_property("bird_convergence_seconds", round(seconds, 2))
+    print(f"BIRD full mesh: routes on all nodes {seconds:.2f} s after all three BIRDs started")
+    for host in NODES:
+        assert len(bgp_sessions(lab, host)) == 2
+        # the own block is announced and kept as a blackhole, as calico does
+        blackholes = [r["dst"] for r in lab.json(host, "route", "show", "proto", "bird", "type", "blackhole")]
+        assert blackholes == [subnets_of(lab)[host]]
+        assert lab.json(host, "route", "show", "proto", "152", "root", "10.244.0.0/16") != []  # pod /32s
+        assert all(ipaddress.ip_network(r["dst"]).prefixlen == 32
+                   for r in lab.json(host, "route", "show", "proto", "152"))  # no static peer routes
+    assert_pods_reach_each_other(lab, NODES)
+    verify = lab.run("playbooks/verify.yml")
+    assert verify.rc == 0, verify.output
+    again = lab.run("playbooks/site.yml")
+    assert all(again.changed(h) == 0 for h in NODES), again.recap
+
+
+def test_removing_a_node_withdraws_its_routes(mesh_lab, tmp_path):
+    lab = mesh_lab
+    node3_block = subnets_of(lab)["node3"]
+    result = lab.run("playbooks/site.yml", inventory=inventory_copy(tmp_path, drop="node3"))
+    assert result.rc == 0, result.output
+    remaining = {h: ip for h, ip in NODES.items() if h != "node3"}
+    deadline = time.monotonic() + CONVERGE_TIMEOUT
+    while any(node3_block in bird_routes(lab, h) for h in remaining) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for host in remaining:
+        assert node3_block not in bird_routes(lab, host)
+        assert len(bgp_sessions(lab, host)) == 1
+    wait_for_routes(lab, remaining)
+
+
+def test_reset_stops_bird_and_its_routes_go(mesh_lab):
+    lab = mesh_lab
+    result = lab.run("playbooks/reset.yml")
+    assert result.rc == 0, result.output
+    for host in NODES:
+        assert lab.json(host, "route", "show", "proto", "bird") == []
+        pids = lab.exec(host, ["ip", "netns", "pids", lab.node_ns(host)]).stdout.split()
+        comms = [Path(f"/proc/{pid}/comm").read_text().strip() for pid in pids if Path(f"/proc/{pid}").exists()]
+        assert "bird" not in comms
+
+
+def test_route_reflector(tmp_path):
+    inventory = inventory_copy(tmp_path, reflectors=("node1",))
+    with Lab(inventory=inventory, extra_vars=BIRD) as lab:
+        result = lab.run("playbooks/site.yml")
+        assert result.rc == 0, result.output
+        seconds = wait_for_routes(lab, NODES)
+        print(f"BIRD with a route reflector: converged {seconds:.2f} s after site.yml returned")
+        assert len(bgp_sessions(lab, "node1")) == 2  # the reflector peers with both clients
+        assert len(bgp_sessions(lab, "node2")) == 1 and len(bgp_sessions(lab, "node3")) == 1
+        # node2 and node3 never peer, yet each learned the other's block (reflected, next hop kept)
+        assert_pods_reach_each_other(lab, NODES)
+        verify = lab.run("playbooks/verify.yml")
+        assert verify.rc == 0, verify.output
