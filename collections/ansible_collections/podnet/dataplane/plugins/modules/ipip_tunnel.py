@@ -33,11 +33,6 @@ options:
   address:
     description: Tunnel address in CIDR form, e.g. C(10.244.0.0/32).
     type: str
-  persist_dir:
-    description:
-      - Directory on the node where the applied configuration is recorded, so that the podnet-apply
-        unit (C(boot_apply)) restores it at boot without an Ansible run.
-    type: path
   state:
     description:
       - C(merged), C(replaced) and C(overridden) configure the device (the latter two also remove other
@@ -48,6 +43,8 @@ options:
     type: str
     choices: [merged, replaced, overridden, deleted, gathered, rendered]
     default: merged
+extends_documentation_fragment:
+  - podnet.dataplane.persist
 notes:
   - Supports check mode and diff mode.
 """

@@ -46,11 +46,6 @@ options:
     type: list
     elements: dict
     default: [{table: nat, chain: POSTROUTING}, {table: filter, chain: FORWARD}]
-  persist_dir:
-    description:
-      - Directory on the node where the applied configuration is recorded, so that the podnet-apply
-        unit (C(boot_apply)) restores it at boot without an Ansible run.
-    type: path
   state:
     description:
       - C(merged) and C(replaced) append missing rules.
@@ -60,6 +55,8 @@ options:
     type: str
     choices: [merged, replaced, overridden, deleted, gathered, rendered]
     default: merged
+extends_documentation_fragment:
+  - podnet.dataplane.persist
 notes:
   - Supports check mode and diff mode.
 """

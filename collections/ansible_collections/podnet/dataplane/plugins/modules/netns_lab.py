@@ -15,12 +15,18 @@ description:
     Each node is a namespace with C(lo) up and an C(eth0) that is one end of a veth pair; the other end
     (C(v<host number of the node address>)) is a port of C(br0). C(eth0) holds the node address with the
     prefix length of I(underlay_cidr) and the node has a default route via I(gateway).
+  - With I(routed_cidr) the lab has a second underlay segment behind a router, so that nodes can sit on
+    either side of an L3 boundary (for CrossSubnet and DirectRouting). The underlay namespace then also
+    holds the bridge C(br1), which carries I(routed_gateway), and routes between the two segments
+    (C(net.ipv4.ip_forward=1), set inside the underlay namespace only). A node whose address is inside
+    I(routed_cidr) is wired to C(br1) instead (its port is C(r<host number>)), with the prefix length of
+    I(routed_cidr) and a default route via I(routed_gateway).
   - Pod namespaces are created empty (only C(lo) up) so that the pod network can be wired later from
     inside the node; processes started with C(ip netns exec) cannot create persistent namespaces
     themselves, because their mounts do not propagate back.
   - With I(state=present) the module is idempotent and first refuses, before creating anything, an
-    I(underlay_cidr) that overlaps an address or a route of the namespace it runs in (the controller's
-    root namespace), so that the lab can never shadow the machine's real network.
+    I(underlay_cidr) or I(routed_cidr) that overlaps an address or a route of the namespace it runs in
+    (the controller's root namespace), so that the lab can never shadow the machine's real network.
   - With I(state=absent) it kills the processes still running in every namespace whose name starts with
     C(<prefix>-), then deletes those namespaces, so nodes that were dropped from the inventory go too.
   - Uses netlink (pyroute2) only; it never runs the C(ip) command.
@@ -51,6 +57,18 @@ options:
       - Address of the underlay bridge, used as the nodes' default gateway. Defaults to the first host
         address of I(underlay_cidr).
     type: str
+  routed_cidr:
+    description:
+      - IPv4 network of an optional second underlay segment, routed to I(underlay_cidr) by the underlay
+        namespace, for example C(172.31.0.0/24). Must not overlap I(underlay_cidr).
+      - Without it the lab has the single segment I(underlay_cidr); a C(br1) left by an earlier run with
+        I(routed_cidr) is then removed (C(ip_forward) in the underlay namespace is left as it is).
+    type: str
+  routed_gateway:
+    description:
+      - Address of C(br1), the default gateway of the nodes inside I(routed_cidr). Defaults to the first
+        host address of I(routed_cidr). Needs I(routed_cidr).
+    type: str
   nodes:
     description: The lab nodes. Ignored with I(state=absent).
     type: list
@@ -63,8 +81,8 @@ options:
         required: true
       address:
         description:
-          - Node IPv4 address inside I(underlay_cidr) (a prefix length, if given, must be that of
-            I(underlay_cidr)).
+          - Node IPv4 address inside I(underlay_cidr) or I(routed_cidr); the segment that contains it is
+            the one the node is wired to. A prefix length, if given, must be that of that segment.
         type: str
         required: true
       pods:
@@ -87,6 +105,17 @@ EXAMPLES = r"""
       - {name: demo-node1, address: 172.30.0.11, pods: [demo-node1-pod1]}
       - {name: demo-node2, address: 172.30.0.12, pods: [demo-node2-pod1]}
 
+- name: Build a lab with two segments and a router between them (node3 is across an L3 boundary)
+  podnet.dataplane.netns_lab:
+    prefix: demo
+    underlay_cidr: 172.30.0.0/24
+    routed_cidr: 172.31.0.0/24
+    routed_gateway: 172.31.0.1
+    nodes:
+      - {name: demo-node1, address: 172.30.0.11/24}
+      - {name: demo-node2, address: 172.30.0.12/24}
+      - {name: demo-node3, address: 172.31.0.13/24}
+
 - name: Remove every namespace of that lab
   podnet.dataplane.netns_lab:
     prefix: demo
@@ -105,6 +134,15 @@ underlay_namespace:
   returned: always
   type: str
   sample: demo-underlay
+segments:
+  description:
+    - The lab's underlay segments (I(state=present)): bridge, network and gateway of each, C(br0) first,
+      then C(br1) when I(routed_cidr) is set. Empty with I(state=absent).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{bridge: br0, network: 172.30.0.0/24, gateway: 172.30.0.1},
+           {bridge: br1, network: 172.31.0.0/24, gateway: 172.31.0.1}]
 killed:
   description: Process ids that were killed because they still lived in a lab namespace (I(state=absent)).
   returned: always
@@ -132,6 +170,8 @@ except ImportError:  # reported by main() through fail_json
     HAS_PYROUTE2 = False
 
 BRIDGE = "br0"
+ROUTED_BRIDGE = "br1"
+IP_FORWARD = "net/ipv4/ip_forward"
 NODE_IFNAME = "eth0"
 IFF_UP = 0x1
 MAIN_TABLE = 254
@@ -145,22 +185,40 @@ class LabError(Exception):
 
 
 @dataclass
+class Segment:
+    """One underlay L2 segment: a bridge in the underlay namespace carrying the segment's gateway."""
+
+    option: str  # the option that defines it, for messages: underlay_cidr or routed_cidr
+    bridge: str
+    port_letter: str  # node ports are named "<letter><host number>"
+    network: ipaddress.IPv4Network
+    gateway: ipaddress.IPv4Address
+
+    def summary(self) -> dict:
+        return {"bridge": self.bridge, "network": str(self.network), "gateway": str(self.gateway)}
+
+
+@dataclass
 class Node:
     name: str
     address: ipaddress.IPv4Address
+    segment: Segment
     pods: list[str] = field(default_factory=list)
 
 
 @dataclass
 class Lab:
     prefix: str
-    network: ipaddress.IPv4Network
-    gateway: ipaddress.IPv4Address
+    segments: list[Segment]  # br0 first; br1 too when the lab has a routed segment
     nodes: list[Node]
 
     @property
     def underlay(self) -> str:
         return underlay_name(self.prefix)
+
+    @property
+    def routed(self) -> bool:
+        return len(self.segments) > 1
 
 
 class Changes:
@@ -184,43 +242,84 @@ def underlay_name(prefix: str) -> str:
 # --- validation -------------------------------------------------------------------------------------
 
 
-def parse_network(text: str) -> ipaddress.IPv4Network:
+def parse_network(text: str, option: str = "underlay_cidr") -> ipaddress.IPv4Network:
     try:
         network = ipaddress.IPv4Network(text, strict=True)
     except ValueError as exc:
-        raise LabError(f"underlay_cidr {text!r} is not an IPv4 network: {exc}") from exc
+        raise LabError(f"{option} {text!r} is not an IPv4 network: {exc}") from exc
     if network.num_addresses < 4:
-        raise LabError(f"underlay_cidr {network} is too small for a gateway and nodes")
+        raise LabError(f"{option} {network} is too small for a gateway and nodes")
     return network
 
 
-def parse_lab(params: dict, network: ipaddress.IPv4Network) -> Lab:
+def parse_networks(params: dict) -> list[tuple[str, ipaddress.IPv4Network]]:
+    """underlay_cidr, then routed_cidr when given (the two must be disjoint)."""
+    networks = [("underlay_cidr", parse_network(params["underlay_cidr"]))]
+    if params.get("routed_cidr"):
+        routed = parse_network(params["routed_cidr"], "routed_cidr")
+        if routed.overlaps(networks[0][1]):
+            raise LabError(
+                f"routed_cidr {routed} overlaps underlay_cidr {networks[0][1]}; the two segments "
+                "must be disjoint"
+            )
+        networks.append(("routed_cidr", routed))
+    return networks
+
+
+def parse_lab(params: dict, networks: list[tuple[str, ipaddress.IPv4Network]]) -> Lab:
     prefix = params["prefix"]
-    gateway = parse_host(params["gateway"] or str(next(network.hosts())), network, "gateway")
-    nodes = [parse_node(raw, network, prefix) for raw in params["nodes"]]
-    check_unique(prefix, gateway, nodes)
-    return Lab(prefix, network, gateway, nodes)
+    segments = []
+    for option, network in networks:
+        gateway_option = "gateway" if option == "underlay_cidr" else "routed_gateway"
+        bridge, letter = (BRIDGE, "v") if option == "underlay_cidr" else (ROUTED_BRIDGE, "r")
+        text = params.get(gateway_option) or str(next(network.hosts()))
+        segments.append(
+            Segment(option, bridge, letter, network, parse_host(text, network, gateway_option, option))
+        )
+    nodes = [parse_node(raw, segments, prefix) for raw in params["nodes"]]
+    check_unique(prefix, [s.gateway for s in segments], nodes)
+    return Lab(prefix, segments, nodes)
 
 
-def parse_host(text: str, network: ipaddress.IPv4Network, what: str) -> ipaddress.IPv4Address:
+def parse_host(
+    text: str, network: ipaddress.IPv4Network, what: str, option: str = "underlay_cidr"
+) -> ipaddress.IPv4Address:
     try:
         iface = ipaddress.IPv4Interface(text)
     except ValueError as exc:
         raise LabError(f"{what} {text!r} is not an IPv4 address: {exc}") from exc
     if "/" in text and iface.network.prefixlen != network.prefixlen:
-        raise LabError(f"{what} {text} must use the prefix length of underlay_cidr ({network})")
+        raise LabError(f"{what} {text} must use the prefix length of {option} ({network})")
     address = iface.ip
     if address not in network or address in (network.network_address, network.broadcast_address):
-        raise LabError(f"{what} {address} is not a host address of underlay_cidr {network}")
+        raise LabError(f"{what} {address} is not a host address of {option} {network}")
     return address
 
 
-def parse_node(raw: dict, network: ipaddress.IPv4Network, prefix: str) -> Node:
+def segment_of(text: str, segments: list[Segment], what: str) -> Segment:
+    """The segment whose network holds the address (the first one when it is in none: its error)."""
+    try:
+        address = ipaddress.IPv4Interface(text).ip
+    except ValueError as exc:
+        raise LabError(f"{what} {text!r} is not an IPv4 address: {exc}") from exc
+    inside = [s for s in segments if address in s.network]
+    if not inside and len(segments) > 1:
+        raise LabError(
+            f"{what} {address} is not a host address of "
+            + " or ".join(f"{s.option} {s.network}" for s in segments)
+        )
+    return (inside or segments)[0]
+
+
+def parse_node(raw: dict, segments: list[Segment], prefix: str) -> Node:
     name = raw["name"]
     check_ns_name(name, prefix, "node")
     for pod in raw["pods"]:
         check_ns_name(pod, prefix, f"pod of node {name}")
-    return Node(name, parse_host(str(raw["address"]), network, f"address of node {name}"), list(raw["pods"]))
+    what = f"address of node {name}"
+    segment = segment_of(str(raw["address"]), segments, what)
+    address = parse_host(str(raw["address"]), segment.network, what, segment.option)
+    return Node(name, address, segment, list(raw["pods"]))
 
 
 def check_ns_name(name: str, prefix: str, what: str) -> None:
@@ -231,15 +330,15 @@ def check_ns_name(name: str, prefix: str, what: str) -> None:
         raise LabError(f"{what} namespace {name!r} collides with the underlay namespace")
 
 
-def check_unique(prefix: str, gateway: ipaddress.IPv4Address, nodes: list[Node]) -> None:
+def check_unique(prefix: str, gateways: list[ipaddress.IPv4Address], nodes: list[Node]) -> None:
     names = [underlay_name(prefix)] + [n.name for n in nodes] + [p for n in nodes for p in n.pods]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise LabError(f"namespace names are used twice: {', '.join(dupes)}")
-    addresses = [gateway] + [n.address for n in nodes]
+    addresses = list(gateways) + [n.address for n in nodes]
     dupes = sorted({str(a) for a in addresses if addresses.count(a) > 1})
     if dupes:
-        raise LabError(f"addresses are used twice (the gateway included): {', '.join(dupes)}")
+        raise LabError(f"addresses are used twice (the gateways included): {', '.join(dupes)}")
 
 
 def root_conflicts(network: ipaddress.IPv4Network) -> list[str]:
@@ -309,6 +408,49 @@ def ensure_default_route(ipr, link, gateway: ipaddress.IPv4Address, changes: Cha
         ipr.route("replace", dst="0.0.0.0/0", gateway=str(gateway), oif=link["index"])
 
 
+def netns_sysctl(name: str, path: str, value: str | None = None) -> str:
+    """Read (and, given `value`, first write) /proc/sys/<path> inside namespace `name`.
+
+    /proc/sys/net shows the network namespace of the process that reads it, so a forked child enters
+    the namespace and does the work: this process never leaves its own namespace, even on errors.
+    """
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report "ok:<value>" or "error:<message>" through the pipe, never return
+        code = 1
+        try:
+            os.close(read_fd)
+            pyroute2_netns.setns(name, flags=0)  # flags=0: never create the namespace
+            if value is not None:
+                with open(f"/proc/sys/{path}", "w", encoding="ascii") as handle:
+                    handle.write(f"{value}\n")
+            with open(f"/proc/sys/{path}", encoding="ascii") as handle:
+                os.write(write_fd, b"ok:" + handle.read().strip().encode())
+            code = 0
+        except BaseException as exc:  # anything must reach the parent, never a traceback of the child
+            os.write(write_fd, f"error:{exc}".encode(errors="replace"))
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    chunks = []
+    while chunk := os.read(read_fd, 4096):
+        chunks.append(chunk)
+    os.close(read_fd)
+    os.waitpid(pid, 0)
+    answer = b"".join(chunks).decode(errors="replace")
+    if not answer.startswith("ok:"):
+        raise LabError(
+            f"cannot {'set' if value is not None else 'read'} {path} in namespace {name}: "
+            f"{answer.removeprefix('error:') or 'the helper process died'}"
+        )
+    return answer[3:]
+
+
+def ensure_ip_forward(name: str, changes: Changes) -> None:
+    if netns_sysctl(name, IP_FORWARD) != "1" and changes.mark():
+        netns_sysctl(name, IP_FORWARD, "1")
+
+
 # --- state=present ----------------------------------------------------------------------------------
 
 
@@ -327,24 +469,36 @@ def ensure_lo(ipr, changes: Changes) -> None:
     ensure_up(ipr, find_link(ipr, "lo"), changes)
 
 
-def ensure_bridge(ipr, lab: Lab, changes: Changes):
-    bridge = find_link(ipr, BRIDGE)
+def ensure_bridge(ipr, lab: Lab, segment: Segment, changes: Changes):
+    bridge = find_link(ipr, segment.bridge)
     if bridge is not None and link_kind(bridge) != "bridge":
-        raise LabError(f"{BRIDGE} in {lab.underlay} exists but is not a bridge")
+        raise LabError(f"{segment.bridge} in {lab.underlay} exists but is not a bridge")
     if bridge is None:
         if not changes.mark():
             return None
-        ipr.link("add", ifname=BRIDGE, kind="bridge")
-        bridge = find_link(ipr, BRIDGE)
+        ipr.link("add", ifname=segment.bridge, kind="bridge")
+        bridge = find_link(ipr, segment.bridge)
     ensure_up(ipr, bridge, changes)
-    ensure_addresses(ipr, bridge, ipaddress.IPv4Interface(f"{lab.gateway}/{lab.network.prefixlen}"), changes)
+    ensure_addresses(
+        ipr, bridge, ipaddress.IPv4Interface(f"{segment.gateway}/{segment.network.prefixlen}"), changes
+    )
     return bridge
 
 
-def port_name(lab: Lab, node: Node) -> str:
-    # The host number is unique per node and stable when the inventory is reordered; "v" plus at
-    # most ten digits stays within the 15-character interface name limit.
-    return f"v{int(node.address) - int(lab.network.network_address)}"
+def ensure_no_routed_bridge(ipr, changes: Changes) -> None:
+    """A lab without routed_cidr has no br1 (one left by an earlier run with it goes, with its ports)."""
+    bridge = find_link(ipr, ROUTED_BRIDGE)
+    if bridge is None or link_kind(bridge) != "bridge":
+        return
+    if changes.mark():
+        ipr.link("del", index=bridge["index"])
+
+
+def port_name(node: Node) -> str:
+    # The host number is unique per node of a segment and stable when the inventory is reordered; the
+    # letter keeps the two segments apart ("v": br0, "r": br1). A letter plus at most ten digits stays
+    # within the 15-character interface name limit.
+    return f"{node.segment.port_letter}{int(node.address) - int(node.segment.network.network_address)}"
 
 
 def paired(port, eth0) -> bool:
@@ -359,9 +513,9 @@ def paired(port, eth0) -> bool:
     )
 
 
-def ensure_veth(under, node_ipr, lab: Lab, node: Node, changes: Changes):
+def ensure_veth(under, node_ipr, node: Node, changes: Changes):
     """Return (port, eth0) wired as one veth pair, rebuilding it when the ends do not match."""
-    name = port_name(lab, node)
+    name = port_name(node)
     port, eth0 = find_link(under, name), find_link(node_ipr, NODE_IFNAME)
     if paired(port, eth0):
         return port, eth0
@@ -377,13 +531,14 @@ def ensure_veth(under, node_ipr, lab: Lab, node: Node, changes: Changes):
     return find_link(under, name), find_link(node_ipr, NODE_IFNAME)
 
 
-def ensure_node(under, bridge, lab: Lab, node: Node, changes: Changes) -> None:
+def ensure_node(under, bridge, node: Node, changes: Changes) -> None:
+    segment = node.segment
     with IPRoute(netns=node.name, flags=0) as node_ipr:
         ensure_lo(node_ipr, changes)
         if bridge is None:  # check mode with a bridge still to create: the port would be new too
             changes.mark()
             return
-        port, eth0 = ensure_veth(under, node_ipr, lab, node, changes)
+        port, eth0 = ensure_veth(under, node_ipr, node, changes)
         if port is None:  # check mode: the pair would be (re)built
             return
         if port.get("master") != bridge["index"] and changes.mark():
@@ -391,11 +546,11 @@ def ensure_node(under, bridge, lab: Lab, node: Node, changes: Changes) -> None:
         ensure_up(under, port, changes)
         ensure_up(node_ipr, eth0, changes)
         ensure_addresses(
-            node_ipr, eth0, ipaddress.IPv4Interface(f"{node.address}/{lab.network.prefixlen}"), changes
+            node_ipr, eth0, ipaddress.IPv4Interface(f"{node.address}/{segment.network.prefixlen}"), changes
         )
         if changes.check and not eth0["flags"] & IFF_UP:
             return  # the kernel refuses a route through a down link; a real run brings it up first
-        ensure_default_route(node_ipr, eth0, lab.gateway, changes)
+        ensure_default_route(node_ipr, eth0, segment.gateway, changes)
 
 
 def ensure_pod(name: str, changes: Changes) -> None:
@@ -404,34 +559,41 @@ def ensure_pod(name: str, changes: Changes) -> None:
             ensure_lo(ipr, changes)
 
 
-def check_root(network: ipaddress.IPv4Network) -> None:
+def check_root(network: ipaddress.IPv4Network, option: str = "underlay_cidr") -> None:
     conflicts = root_conflicts(network)
     if conflicts:
         raise LabError(
-            f"underlay_cidr {network} overlaps the root network namespace ({'; '.join(conflicts)}); "
+            f"{option} {network} overlaps the root network namespace ({'; '.join(conflicts)}); "
             "choose a lab range that this machine does not use"
         )
 
 
-def lab_present(params: dict, changes: Changes) -> None:
-    network = parse_network(params["underlay_cidr"])
+def lab_present(params: dict, changes: Changes) -> Lab:
+    networks = parse_networks(params)
     # Checked before the nodes: a clash with the machine's network is the error worth reporting first.
-    check_root(network)
-    lab = parse_lab(params, network)
+    for option, network in networks:
+        check_root(network, option)
+    lab = parse_lab(params, networks)
     under_exists = ensure_netns(lab.underlay, changes)
     for node in lab.nodes:
         ensure_netns(node.name, changes)
     if not under_exists:  # check mode: everything inside would be new
         changes.namespaces.extend(p for n in lab.nodes for p in n.pods if p not in pyroute2_netns.listnetns())
-        return
+        return lab
     with IPRoute(netns=lab.underlay, flags=0) as under:
         ensure_lo(under, changes)
-        bridge = ensure_bridge(under, lab, changes)
+        if not lab.routed:
+            ensure_no_routed_bridge(under, changes)
+        bridges = {s.bridge: ensure_bridge(under, lab, s, changes) for s in lab.segments}
+        if lab.routed:
+            # The underlay namespace is the router between the segments (its own sysctl, not the root's).
+            ensure_ip_forward(lab.underlay, changes)
         for node in lab.nodes:
             if node.name in pyroute2_netns.listnetns():
-                ensure_node(under, bridge, lab, node, changes)
+                ensure_node(under, bridges[node.segment.bridge], node, changes)
             for pod in node.pods:
                 ensure_pod(pod, changes)
+    return lab
 
 
 # --- state=absent -----------------------------------------------------------------------------------
@@ -494,6 +656,8 @@ def main() -> None:
             state=dict(type="str", choices=["present", "absent"], default="present"),
             underlay_cidr=dict(type="str"),
             gateway=dict(type="str"),
+            routed_cidr=dict(type="str"),
+            routed_gateway=dict(type="str"),
             nodes=dict(
                 type="list",
                 elements="dict",
@@ -506,6 +670,7 @@ def main() -> None:
             ),
         ),
         required_if=[("state", "present", ["underlay_cidr"])],
+        required_by={"routed_gateway": "routed_cidr"},
         supports_check_mode=True,
     )
     if not HAS_PYROUTE2:
@@ -515,9 +680,10 @@ def main() -> None:
         module.fail_json(msg=f"prefix {prefix!r} must be 1 to 8 lowercase letters or digits")
     changes = Changes(module.check_mode)
     killed: list[int] = []
+    segments: list[dict] = []
     try:
         if module.params["state"] == "present":
-            lab_present(module.params, changes)
+            segments = [s.summary() for s in lab_present(module.params, changes).segments]
         else:
             killed = lab_absent(prefix, changes)
     except LabError as exc:
@@ -526,6 +692,7 @@ def main() -> None:
         changed=changes.changed,
         namespaces=changes.namespaces,
         underlay_namespace=underlay_name(prefix),
+        segments=segments,
         killed=killed,
     )
 

@@ -84,11 +84,6 @@ options:
         description: The pod's labels. Not used here; network policy selects pods by them.
         type: dict
         default: {}
-  persist_dir:
-    description:
-      - Directory on the node where the applied configuration is recorded, so that the podnet-apply
-        unit (C(boot_apply)) restores it at boot without an Ansible run.
-    type: path
   state:
     description:
       - C(merged) creates or corrects the bridge and the listed pods.
@@ -100,6 +95,8 @@ options:
     type: str
     choices: [merged, replaced, overridden, deleted, gathered, rendered]
     default: merged
+extends_documentation_fragment:
+  - podnet.dataplane.persist
 notes:
   - Supports check mode and diff mode.
 """

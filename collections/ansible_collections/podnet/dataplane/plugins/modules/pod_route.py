@@ -40,11 +40,6 @@ options:
         description: Treat the next hop as directly reachable on I(dev) even without a matching subnet.
         type: bool
         default: false
-  persist_dir:
-    description:
-      - Directory on the node where the applied configuration is recorded, so that the podnet-apply
-        unit (C(boot_apply)) restores it at boot without an Ansible run.
-    type: path
   state:
     description:
       - C(merged) adds or corrects the listed routes.
@@ -56,6 +51,8 @@ options:
     type: str
     choices: [merged, replaced, overridden, deleted, gathered, rendered]
     default: merged
+extends_documentation_fragment:
+  - podnet.dataplane.persist
 notes:
   - Supports check mode and diff mode.
 """

@@ -36,11 +36,6 @@ options:
     description: Where original values are remembered (JSON, mode 0600).
     type: path
     default: /var/lib/podnet/proxy_arp.json
-  persist_dir:
-    description:
-      - Directory on the node where the applied configuration is recorded, so that the podnet-apply
-        unit (C(boot_apply)) restores it at boot without an Ansible run.
-    type: path
   state:
     description:
       - C(merged) (and C(replaced), C(overridden)) set the values on the matching interfaces.
@@ -49,6 +44,8 @@ options:
     type: str
     choices: [merged, replaced, overridden, deleted, gathered, rendered]
     default: merged
+extends_documentation_fragment:
+  - podnet.dataplane.persist
 notes:
   - Supports check mode and diff mode.
   - Interfaces that do not exist are skipped (a glob that matches nothing is not an error).

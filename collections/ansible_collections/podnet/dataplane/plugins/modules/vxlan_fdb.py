@@ -80,11 +80,6 @@ options:
         description: The peer's underlay IP (fdb entry destination).
         type: str
         required: true
-  persist_dir:
-    description:
-      - Directory on the node where the applied configuration is recorded, so that the podnet-apply
-        unit (C(boot_apply)) restores it at boot without an Ansible run.
-    type: path
   state:
     description:
       - C(merged) creates or updates the device and the listed peers, leaving other entries alone.
@@ -96,6 +91,8 @@ options:
     type: str
     choices: [merged, replaced, overridden, deleted, gathered, rendered]
     default: merged
+extends_documentation_fragment:
+  - podnet.dataplane.persist
 notes:
   - Supports check mode and diff mode.
 """
