@@ -15,7 +15,7 @@ description:
     process id no longer exists) and otherwise once it is older than I(stale_after) seconds, so a run
     killed with SIGKILL never blocks later runs forever.
   - The lock records the owner; acquiring it again within the same run is a no-op.
-  - Reports C(changed=false): taking a lock is not a change to the node's network.
+  - Reports C(changed=false) - taking a lock is not a change to the node's network.
 author:
   - podnet maintainers (@podnet)
 options:

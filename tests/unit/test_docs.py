@@ -1,0 +1,30 @@
+"""Every plugin's DOCUMENTATION/EXAMPLES/RETURN parses, as ansible-doc reads it."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+PLUGINS = REPO / "collections/ansible_collections/podnet/dataplane/plugins"
+DOCUMENTED = [("module", p.stem) for p in sorted((PLUGINS / "modules").glob("*.py"))] + [
+    ("connection", "netns"), ("lookup", "run_owner")]
+
+
+@pytest.mark.parametrize(("kind", "name"), DOCUMENTED, ids=[f"{k}:{n}" for k, n in DOCUMENTED])
+def test_plugin_documentation_parses(kind, name):
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
+    doc = subprocess.run([str(Path(sys.executable).parent / "ansible-doc"), "-t", kind, "--json",
+                          f"podnet.dataplane.{name}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert doc.returncode == 0, doc.stderr
+    data = json.loads(doc.stdout)[f"podnet.dataplane.{name}"]
+    assert data["doc"]["short_description"] and data["doc"]["description"]
+    if kind == "module":
+        assert data["examples"] and yaml.safe_load(data["examples"])
+        assert data["doc"].get("options") is not None
+        assert isinstance(data["return"], dict)
