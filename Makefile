@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := iproute2 iptables iputils-ping python3-venv kmod procps bird2
+APT_PACKAGES := iproute2 iptables iputils-ping python3-venv kmod procps bird2 graphviz
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 

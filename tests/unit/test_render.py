@@ -142,3 +142,21 @@ def test_seed_canal_lines_for_both_hosts(tmp_path):
         lines = (tmp_path / f"{host}.sh").read_text().splitlines()
         assert all(line in lines for line in expected), (host, "\n".join(lines))
         assert not any("cni0" in line for line in lines)
+
+
+def test_diagram_draws_nodes_pods_and_tunnels(tmp_path):
+    import shutil
+
+    if shutil.which("dot") is None:
+        pytest.skip("graphviz (dot) is not installed; make setup installs it")
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
+    playbook = Path(sys.executable).parent / "ansible-playbook"
+    result = subprocess.run([str(playbook), "-i", "inventories/seed", "playbooks/diagram.yml",
+                             "-e", f"podnet_diagram_dir={tmp_path}"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    dot = (tmp_path / "podnet.dot").read_text()
+    assert '"192.168.0.4" -- "192.168.0.16" [label="VXLAN 1 udp/8472"' in dot
+    assert "10.244.0.3/24" in dot and "flannel.1 56:ad:b6:5f:16:d7" in dot
+    svg = (tmp_path / "podnet.svg").read_text()
+    assert svg.lstrip().startswith("<?xml") and "<svg" in svg and "192.168.0.16" in svg

@@ -80,7 +80,52 @@ def drift(results: list) -> list[str]:
     return out
 
 
+def _dot_id(text: str) -> str:
+    return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def topology_dot(cluster: dict) -> str:
+    """The cluster as a Graphviz graph: nodes (underlay IP, pod subnet, VTEP/tunnel), their pods, and
+    one edge per node pair labelled with how pod traffic crosses it (VXLAN, IPIP, plain route, BGP)."""
+    nodes = cluster["nodes"]
+    lines = ["graph podnet {", "  graph [rankdir=LR, fontname=Helvetica, labelloc=t, label=" + _dot_id(
+        f"podnet: {next(iter(nodes.values()))['backend'] if nodes else ''}, cluster "
+        f"{cluster['settings']['podnet_cluster_cidr']}") + "];",
+             "  node [fontname=Helvetica, fontsize=10]; edge [fontname=Helvetica, fontsize=9];"]
+    for name, node in nodes.items():
+        device = (node.get("vtep") or node.get("tunnel") or {}).get("name")
+        label = [name, f"node IP {node['node_ip']}", f"pods {node['subnet']}"]
+        if device:
+            label.append(f"{device} {(node.get('vtep') or {}).get('mac', '')}".strip())
+        if node.get("bgp"):
+            label.append(f"BGP AS {node['bgp']['asn']}" + (" (route reflector)" if node["bgp"]["route_reflector"]
+                                                           else ""))
+        lines.append(f"  {_dot_id(name)} [shape=box, style=rounded, label={_dot_id(chr(10).join(label))}];")
+        for pod in node["pods"]:
+            pod_id = f"{name}/{pod['name']}"
+            lines.append(f"  {_dot_id(pod_id)} [shape=ellipse, label={_dot_id(pod['name'] + chr(10) + pod['address'])}];")
+            lines.append(f"  {_dot_id(name)} -- {_dot_id(pod_id)} [style=dotted, label={_dot_id(pod['host_interface'])}];")
+    names = list(nodes)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            route = next((r for r in nodes[a]["routes"] if r["dst"] == nodes[b]["subnet"]), None)
+            peer = next(p for p in nodes[a]["peers"] if p["name"] == b)
+            if nodes[a].get("bgp") and nodes[a]["bgp"]["mode"] == "bird":
+                sessions = {n["name"] for n in nodes[a]["bgp"]["neighbors"]}
+                label, style = ("iBGP session" if b in sessions else "routes via reflector"), "solid"
+            elif peer["encapsulated"] and nodes[a].get("vtep"):
+                label, style = f"VXLAN {nodes[a]['vtep']['vni']} udp/{nodes[a]['vtep']['port']}", "bold"
+            elif peer["encapsulated"]:
+                label, style = "IPIP (tunl0)", "bold"
+            else:
+                label, style = f"route via {route['via'] if route else peer['node_ip']}", "dashed"
+            lines.append(f"  {_dot_id(a)} -- {_dot_id(b)} [label={_dot_id(label)}, style={style}];")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
 class FilterModule:
     def filters(self):
         return {"plan": plan, "commands": commands, "pod_sources": pod_sources, "pod_targets": pod_targets,
-                "ping_matrix": ping_matrix, "drift": drift, "subnet_env": subnet_env}
+                "ping_matrix": ping_matrix, "drift": drift, "subnet_env": subnet_env,
+                "topology_dot": topology_dot}
