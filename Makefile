@@ -6,7 +6,7 @@ APT_PACKAGES := iproute2 iptables iputils-ping python3-venv kmod procps bird2 gr
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup demo test unit integration lint clean
+.PHONY: setup demo test unit integration lint clean dist
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,9 @@ unit: setup
 
 lint: setup
 	$(VENV)/bin/ruff check collections tests bench
+
+dist: setup
+	mkdir -p build && $(VENV)/bin/ansible-galaxy collection build --force --output-path build collections/ansible_collections/podnet/dataplane
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .podnet

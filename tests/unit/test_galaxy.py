@@ -1,0 +1,32 @@
+"""The collection builds as a Galaxy artifact that installs and is usable by FQCN on its own."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def test_galaxy_artifact_builds_installs_and_resolves(tmp_path):
+    build = subprocess.run([str(BIN / "ansible-galaxy"), "collection", "build", "--output-path", str(tmp_path),
+                            str(REPO / "collections/ansible_collections/podnet/dataplane")],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stdout + build.stderr
+    (artifact,) = tmp_path.glob("podnet-dataplane-*.tar.gz")
+    names = tarfile.open(artifact).getnames()
+    assert "plugins/modules/vxlan_fdb.py" in names and "plugins/module_utils/netlink.py" in names
+    assert "meta/runtime.yml" in names and "MANIFEST.json" in names
+    # Outside the repo (whose ansible.cfg already points at the source tree), as a user would.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    target = tmp_path / "installed"
+    install = subprocess.run([str(BIN / "ansible-galaxy"), "collection", "install", "--force", "-p", str(target),
+                              str(artifact)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stdout + install.stderr
+    env["ANSIBLE_COLLECTIONS_PATH"] = str(target)
+    doc = subprocess.run([str(BIN / "ansible-doc"), "podnet.dataplane.vxlan_fdb"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert doc.returncode == 0 and "VXLAN" in doc.stdout, doc.stderr
