@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ansible_collections.podnet.dataplane.plugins.module_utils.builders import (
+    CALICO_GATEWAY,
     IPIP_OVERHEAD,
     VXLAN_OVERHEAD,
     calico_veth_name,
@@ -34,7 +35,6 @@ CALICO_BACKENDS = ("calico-bgp", "calico-ipip", "calico-vxlan")
 # romana (host-gw routing + policy) and weave (a VXLAN mesh + policy) — as kernel state, no daemons.
 POLICY_STYLE_BACKENDS = ("canal", "romana-style", "weave-style")
 KNOWN_BACKENDS = FLANNEL_BACKENDS + CALICO_BACKENDS + POLICY_STYLE_BACKENDS
-IMPLEMENTED_BACKENDS = KNOWN_BACKENDS
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,6 @@ PROFILES = {
     # weave's fast datapath is a VXLAN mesh on UDP 6784 (device vxlan-6784).
     "weave-style": Profile("routed", "vxlan", VXLAN_OVERHEAD, "vxlan-6784", 6784, 6784),
 }
-CALICO_POD_GATEWAY = "169.254.1.1"
 IPIP_DEVICE = "tunl0"
 
 DEFAULTS: dict[str, Any] = {
@@ -163,9 +162,6 @@ def _cluster_settings(hosts: list[str], hostvars: dict[str, dict], problems: _Pr
     if backend not in KNOWN_BACKENDS:
         problems.add(first, "podnet_backend", f"unknown backend {backend!r}; choose one of "
                                               f"{', '.join(KNOWN_BACKENDS)}")
-    elif backend not in IMPLEMENTED_BACKENDS:
-        problems.add(first, "podnet_backend", f"backend {backend!r} is not available in this podnet "
-                                              f"release; available: {', '.join(IMPLEMENTED_BACKENDS)}")
     try:
         cidr = ipaddress.IPv4Network(str(settings["podnet_cluster_cidr"]), strict=True)
         settings["podnet_cluster_cidr"] = cidr
@@ -364,7 +360,7 @@ def _pods(host: str, hv: dict, subnet: ipaddress.IPv4Network, pod_mode: str,
     """Lab pods with addresses (free ones allocated), gateway and host-side veth name.  Bridge mode
     reserves the subnet's first address for cni0; routed (calico) pods use 169.254.1.1 as gateway."""
     bridge_gateway = next(subnet.hosts())
-    gateway = bridge_gateway if pod_mode == "bridge" else ipaddress.IPv4Address(CALICO_POD_GATEWAY)
+    gateway = bridge_gateway if pod_mode == "bridge" else ipaddress.IPv4Address(CALICO_GATEWAY)
     raw = hv.get("podnet_pods") or []
     if not isinstance(raw, list):
         problems.add(host, "podnet_pods", "must be a list of {name, address} mappings")
