@@ -136,8 +136,8 @@ underlay_namespace:
   sample: demo-underlay
 segments:
   description:
-    - The lab's underlay segments (I(state=present)): bridge, network and gateway of each, C(br0) first,
-      then C(br1) when I(routed_cidr) is set. Empty with I(state=absent).
+    - The lab's underlay segments with I(state=present), each with its bridge, network and gateway;
+      C(br0) first, then C(br1) when I(routed_cidr) is set. Empty with I(state=absent).
   returned: always
   type: list
   elements: dict
