@@ -23,7 +23,7 @@ PODNET_PROTO = "152"
 VXLAN = {"calico-vxlan": ("vxlan.calico", 4096, 4789), "canal": ("flannel.1", 1, 8472),
          "weave-style": ("vxlan-6784", 6784, 6784)}
 FELIX_SYSCTLS = {"conf/{}/proxy_arp": "1", "neigh/{}/proxy_delay": "0", "conf/{}/forwarding": "1",
-                 "conf/{}/route_localnet": "1"}
+                 "conf/{}/route_localnet": "1", "conf/{}/rp_filter": "1"}
 
 
 def subnets_of(lab: Lab) -> dict[str, ipaddress.IPv4Network]:

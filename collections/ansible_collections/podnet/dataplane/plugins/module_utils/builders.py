@@ -101,9 +101,12 @@ def bridge_objects(bridge: dict[str, Any], mtu: int | None) -> list[KObject]:
 
 
 CALICO_GATEWAY = "169.254.1.1"
-# What felix sets on every host-side pod veth (calico's route_table/interface handling).
+# What felix sets on every host-side pod veth (calico's interface handling): answer ARP for
+# 169.254.1.1 at once, route what the pod sends, and strict reverse-path filtering so a pod cannot
+# send with another pod's source address.
 CALICO_HOST_SYSCTLS = {"net.ipv4.conf.{}.proxy_arp": 1, "net.ipv4.neigh.{}.proxy_delay": 0,
-                       "net.ipv4.conf.{}.forwarding": 1, "net.ipv4.conf.{}.route_localnet": 1}
+                       "net.ipv4.conf.{}.forwarding": 1, "net.ipv4.conf.{}.route_localnet": 1,
+                       "net.ipv4.conf.{}.rp_filter": 1}
 
 
 def sysctl_interface(name: str) -> str:

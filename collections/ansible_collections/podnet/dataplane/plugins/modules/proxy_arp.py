@@ -11,8 +11,9 @@ version_added: "0.1.0"
 description:
   - On every matching interface sets what calico's felix sets on a pod's host-side veth -
     C(net.ipv4.conf.<if>.proxy_arp=1), C(net.ipv4.neigh.<if>.proxy_delay=0),
-    C(net.ipv4.conf.<if>.forwarding=1) and C(net.ipv4.conf.<if>.route_localnet=1) - so the node answers
-    ARP for C(169.254.1.1) and routes everything a pod sends.
+    C(net.ipv4.conf.<if>.forwarding=1), C(net.ipv4.conf.<if>.route_localnet=1) and
+    C(net.ipv4.conf.<if>.rp_filter=1) - so the node answers ARP for C(169.254.1.1), routes everything a
+    pod sends, and drops what a pod sends with someone else's source address.
   - Before changing a value for the first time it records the old one in I(state_file);
     I(state=deleted) writes the recorded values back.
   - Reads and writes C(/proc/sys) of the network namespace the task runs in; check mode and diff are exact.
@@ -32,6 +33,7 @@ options:
       net.ipv4.neigh.{}.proxy_delay: 0
       net.ipv4.conf.{}.forwarding: 1
       net.ipv4.conf.{}.route_localnet: 1
+      net.ipv4.conf.{}.rp_filter: 1
   state_file:
     description: Where original values are remembered (JSON, mode 0600).
     type: path
