@@ -130,9 +130,17 @@ def test_a_live_lock_blocks_and_a_dead_one_does_not(lab):
 
 
 def test_boot_apply_restores_a_wiped_node_without_ansible(lab):
-    """What a reboot does to a node (all of podnet's state gone), then the podnet-apply unit's command."""
-    converge = lab.run("playbooks/site.yml", extra_vars={"podnet_backend": "flannel-vxlan"})
-    assert converge.rc == 0, converge.output
+    """What a reboot does to a node (all of podnet's state gone), then the podnet-apply unit's command.
+
+    The node ran a routed backend before flannel: nothing it recorded may come back or stop the restore."""
+    for backend in ("calico-vxlan", "flannel-vxlan"):
+        converge = lab.run("playbooks/site.yml", extra_vars={"podnet_backend": backend})
+        assert converge.rc == 0, converge.output
+    state_dir = f"/run/podnet-lab/{lab.prefix}/node2/state"
+    assert not os.path.exists(f"{state_dir}/proxy_arp.json")  # the switch to flannel forgot calico's settings
+    # A record naming an interface that no longer exists (a pod removed by hand since) is skipped.
+    Path(f"{state_dir}/zz-stale.json").write_text(json.dumps({"objects": [
+        {"object": "sysctl", "name": "net.ipv4.conf.caligone0.proxy_arp", "value": "1", "netns": None}]}))
     mac_before = lab.json("node2", "link", "show", "flannel.1")[0]["address"]
     for link in lab.json("node2", "link", "show"):
         if link.get("ifalias", "").startswith("podnet:"):
@@ -141,7 +149,6 @@ def test_boot_apply_restores_a_wiped_node_without_ansible(lab):
     lab.exec("node2", ["iptables", "-F", "FORWARD"], check=True)
     lab.exec("node2", ["sysctl", "-qw", "net.ipv4.ip_forward=0"], check=True)
     assert lab.json("node2", "link", "show", "type", "vxlan") == []
-    state_dir = f"/run/podnet-lab/{lab.prefix}/node2/state"
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT / "collections"))
     boot = subprocess.run(["ip", "netns", "exec", lab.node_ns("node2"), sys.executable, "-m",
                            "ansible_collections.podnet.dataplane.plugins.module_utils.boot_apply", state_dir],

@@ -53,6 +53,12 @@ def apply_objects(objects: list[KObject]) -> list[str]:
         sysctls = [o.name for o in want if isinstance(o, Sysctl)]
         with Engine(netns) as engine:
             have = engine.gather({Address, Neighbour, FdbEntry, Route}, sysctls)
+            # A setting for an interface that neither exists nor is restored here (a pod removed since it
+            # was recorded) has nowhere to go; everything else is still restored.
+            devices = {o.name for o in want if isinstance(o, Link)} | set(have.link_index)
+            for obj in [o for o in want if isinstance(o, Sysctl) and o.interface not in (None, *devices)]:
+                want.remove(obj)
+                done.append(f"# skipped {obj.name}: no interface {obj.interface}")
             changes = plan(want, have)
             if netns is not None:  # a pod's end of a veth comes from the node side: configure, never create
                 changes = [Change("update", c.want, None, ["mtu", "up"])
@@ -100,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for line in done:
         print(line)
-    print(f"podnet-apply: {len(done)} change(s) from {len(records)} record(s) in {args.state_dir}")
+    changes = [line for line in done if not line.startswith("#")]
+    print(f"podnet-apply: {len(changes)} change(s) from {len(records)} record(s) in {args.state_dir}")
     return 0
 
 

@@ -301,6 +301,14 @@ class Sysctl(KObject):
         return ("sysctl", self.netns, self.name)
 
     @property
+    def interface(self) -> str | None:
+        """The device a per-interface setting belongs to (net.ipv4.conf.<if>.x, net.ipv4.neigh.<if>.x)."""
+        parts = self.name.split(".")
+        if len(parts) == 5 and parts[:2] == ["net", "ipv4"] and parts[2] in ("conf", "neigh"):
+            return None if parts[3] in ("all", "default") else parts[3].replace("/", ".")
+        return None
+
+    @property
     def path(self) -> str:
         # sysctl(8) spells a dot inside a component (flannel.1) as "/": swap the two, as it does.
         return "/proc/sys/" + self.name.translate(str.maketrans("./", "/."))
