@@ -2,11 +2,14 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := iproute2 iptables iputils-ping python3-venv kmod procps bird2 graphviz
+# Lab and tests: iproute2..graphviz; the IPIP guest (DESIGN.md section 6): qemu-system-x86 busybox-static;
+# real CNI plugins and SSH-reached lab nodes (issue 7): containernetworking-plugins openssh-*; iperf3: bench.
+APT_PACKAGES := iproute2 iptables iputils-ping python3-venv kmod procps bird2 graphviz \
+	qemu-system-x86 busybox-static containernetworking-plugins openssh-server openssh-client iperf3
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup demo test unit integration lint clean dist
+.PHONY: setup demo test unit integration lint clean dist bench
 
 setup: $(VENV)/.installed
 
@@ -32,9 +35,14 @@ unit: setup
 
 lint: setup
 	$(VENV)/bin/ruff check collections tests bench
+	$(VENV)/bin/ansible-lint -q
 
 dist: setup
 	mkdir -p build && $(VENV)/bin/ansible-galaxy collection build --force --output-path build collections/ansible_collections/podnet/dataplane
+
+# Benchmarks (not part of `make test`): ratios against baselines measured in the same run.
+bench: setup
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .podnet

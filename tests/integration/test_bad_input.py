@@ -78,6 +78,19 @@ CASES = [
     ("pods-not-a-list", {"node2": {"podnet_pods": "pod1"}}, "node2", "podnet_pods"),
     ("pod-interface-too-long", {"node2": {"podnet_pods": [{"name": "p", "interface": "eth0-inside-the-pod"}]}},
      "node2", "podnet_pods[p].interface"),
+    ("policy-bad-label-key", {"all": {"podnet_backend": "canal",
+                                      "podnet_network_policies": [{"name": "p", "selector": {"-app": "db"}}]}},
+     "node1", "podnet_network_policies[p].selector"),
+    ("policy-port-out-of-range", {"all": {"podnet_backend": "canal", "podnet_network_policies": [
+        {"name": "p", "selector": {"app": "db"}, "ingress": [{"ports": [{"port": 70000}]}]}]}},
+     "node1", "podnet_network_policies[p].ingress[0].ports[0].port"),
+    ("policy-malformed-cidr", {"all": {"podnet_backend": "canal", "podnet_network_policies": [
+        {"name": "p", "selector": {"app": "db"}, "ingress": [{"from": [{"cidr": "10.0.0.0/33"}]}]}]}},
+     "node1", "podnet_network_policies[p].ingress[0].from[0].cidr"),
+    ("policy-on-flannel", {"all": {"podnet_network_policies": [{"name": "p", "selector": {"app": "db"}}]}},
+     "node1", "podnet_network_policies"),
+    ("pod-label-value-syntax", {"node2": {"podnet_pods": [{"name": "db", "labels": {"app": "db!"}}]}},
+     "node2", "podnet_pods[db].labels"),
 ]
 
 

@@ -2,15 +2,6 @@
 # Apache License 2.0
 from __future__ import annotations
 
-import os
-import shlex
-import shutil
-
-from ansible.errors import AnsibleConnectionFailure
-from ansible.module_utils.common.text.converters import to_text
-from ansible.plugins.connection.local import Connection as LocalConnection
-from ansible.utils.display import Display
-
 DOCUMENTATION = r"""
 name: netns
 short_description: Run tasks inside a named Linux network namespace on the controller
@@ -58,6 +49,15 @@ notes:
   - Processes that must outlive a task (daemons) keep running inside the namespace; remove them before
     deleting the namespace.
 """
+
+import os
+import shlex
+import shutil
+
+from ansible.errors import AnsibleConnectionFailure
+from ansible.module_utils.common.text.converters import to_text
+from ansible.plugins.connection.local import Connection as LocalConnection
+from ansible.utils.display import Display
 
 display = Display()
 

@@ -10,6 +10,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.plan import (
     PlanError,
     plan_cluster,
 )
+from ansible_collections.podnet.dataplane.plugins.module_utils.policy import ping_surprises
 from ansible_collections.podnet.dataplane.plugins.module_utils.render import node_commands
 
 
@@ -88,9 +89,9 @@ def topology_dot(cluster: dict) -> str:
     """The cluster as a Graphviz graph: nodes (underlay IP, pod subnet, VTEP/tunnel), their pods, and
     one edge per node pair labelled with how pod traffic crosses it (VXLAN, IPIP, plain route, BGP)."""
     nodes = cluster["nodes"]
-    lines = ["graph podnet {", "  graph [rankdir=LR, fontname=Helvetica, labelloc=t, label=" + _dot_id(
-        f"podnet: {next(iter(nodes.values()))['backend'] if nodes else ''}, cluster "
-        f"{cluster['settings']['podnet_cluster_cidr']}") + "];",
+    title = _dot_id(f"podnet: {next(iter(nodes.values()))['backend'] if nodes else ''}, cluster "
+                    f"{cluster['settings']['podnet_cluster_cidr']}")
+    lines = ["graph podnet {", f"  graph [rankdir=LR, fontname=Helvetica, labelloc=t, label={title}];",
              "  node [fontname=Helvetica, fontsize=10]; edge [fontname=Helvetica, fontsize=9];"]
     for name, node in nodes.items():
         device = (node.get("vtep") or node.get("tunnel") or {}).get("name")
@@ -128,4 +129,4 @@ class FilterModule:
     def filters(self):
         return {"plan": plan, "commands": commands, "pod_sources": pod_sources, "pod_targets": pod_targets,
                 "ping_matrix": ping_matrix, "drift": drift, "subnet_env": subnet_env,
-                "topology_dot": topology_dot}
+                "topology_dot": topology_dot, "ping_surprises": ping_surprises}

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 
+from ansible_collections.podnet.dataplane.plugins.module_utils.iptables_chains import apply_record
 from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
     Change,
     Engine,
@@ -72,7 +73,7 @@ def apply_rules(rules: list[dict]) -> list[str]:
     done = []
     for rule in rules:
         base = ["iptables", "-w", "-t", rule["table"]]
-        if subprocess.run(base + ["-C", rule["chain"], *rule["args"]], capture_output=True).returncode != 0:
+        if subprocess.run(base + ["-C", rule["chain"], *rule["args"]], capture_output=True, check=False).returncode != 0:
             subprocess.run(base + ["-A", rule["chain"], *rule["args"]], check=True, capture_output=True)
             done.append(" ".join(["iptables", "-t", rule["table"], "-A", rule["chain"], *rule["args"]]))
     return done
@@ -101,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         done = apply_objects(objects)
         done += apply_rules([rule for r in records for rule in r.get("iptables", [])])
         done += apply_offloads([item for r in records for item in r.get("offload", [])])
+        for record in records:  # network policy chains, after the pods' veths they name exist again
+            if record.get("iptables_chains"):
+                done += apply_record(record["iptables_chains"])
     except (EngineError, OSError, subprocess.CalledProcessError) as exc:
         print(f"podnet-apply: failed: {exc}", file=sys.stderr)
         return 1

@@ -81,10 +81,12 @@ DEFAULTS: dict[str, Any] = {
     "podnet_bgp_as": 64512,
     "podnet_flannel_directrouting": False,
     "podnet_calico_crosssubnet": False,
+    "podnet_network_policies": [],
 }
 CLUSTER_KEYS = ("podnet_backend", "podnet_cluster_cidr", "podnet_subnet_prefix", "podnet_vxlan_vni",
                 "podnet_vxlan_port", "podnet_mtu", "podnet_underlay_mtu", "podnet_ipmasq", "podnet_bridge",
-                "podnet_calico_bgp", "podnet_bgp_as", "podnet_flannel_directrouting", "podnet_calico_crosssubnet")
+                "podnet_calico_bgp", "podnet_bgp_as", "podnet_flannel_directrouting", "podnet_calico_crosssubnet",
+                "podnet_network_policies")
 NODE_KEYS = ("podnet_node_ip", "podnet_pod_subnet", "podnet_vtep_mac", "podnet_underlay_interface",
              "podnet_pods", "podnet_pod_netns_prefix", "podnet_bgp_route_reflector")
 
@@ -348,11 +350,28 @@ def plan_cluster(hosts: list[str], hostvars: dict[str, dict], leases: dict[str, 
         for host in hosts:
             nodes[host] = _node_state(host, hosts, hostvars, settings, node_ips, node_nets, subnets, macs,
                                       problems)
+    _compile_policies(settings, nodes, problems)
     if problems.items:
         raise PlanError(problems.items)
     new_leases = {h: str(subnets[h]) for h in hosts if h not in explicit}
     public = {k: (str(v) if isinstance(v, ipaddress.IPv4Network) else v) for k, v in settings.items()}
     return {"settings": public, "nodes": nodes, "leases": new_leases}
+
+
+def _compile_policies(settings: dict[str, Any], nodes: dict[str, dict], problems: _Problems) -> None:
+    """Each node's policy chains (node["policy"]); policy problems are reported with all others."""
+    from ansible_collections.podnet.dataplane.plugins.module_utils import policy  # it imports this module
+
+    try:
+        if nodes and not problems.items:
+            for host, compiled in policy.compile_policies(settings["podnet_backend"],
+                                                          settings["podnet_network_policies"], nodes).items():
+                nodes[host]["policy"] = compiled
+        else:
+            policy.validate_policies(settings["podnet_backend"], settings["podnet_network_policies"],
+                                     next(iter(nodes), "(all)"))
+    except PlanError as exc:
+        problems.items.extend(exc.problems)
 
 
 def _pods(host: str, hv: dict, subnet: ipaddress.IPv4Network, pod_mode: str,
@@ -383,7 +402,7 @@ def _pods(host: str, hv: dict, subnet: ipaddress.IPv4Network, pod_mode: str,
         address = None
         if item.get("address"):
             try:
-                address = ipaddress.IPv4Address(str(item["address"]).split("/")[0])
+                address = ipaddress.IPv4Address(str(item["address"]).split("/", maxsplit=1)[0])
             except ValueError:
                 problems.add(host, f"podnet_pods[{index}].address", f"{item['address']!r} is not an IPv4 "
                                                                     "address")
@@ -399,7 +418,7 @@ def _pods(host: str, hv: dict, subnet: ipaddress.IPv4Network, pod_mode: str,
         pods.append({"name": name, "netns": item.get("netns") or f"{netns_prefix}{name}", "address": address,
                      "interface": item.get("interface") or "eth0",
                      "host_interface": item.get("host_interface"),
-                     "labels": dict(item.get("labels") or {})})
+                     "labels": item.get("labels") or {}})  # checked with the policies (policy.py)
     free = (a for a in subnet.hosts() if a not in used)
     for pod in pods:
         if pod["address"] is None:

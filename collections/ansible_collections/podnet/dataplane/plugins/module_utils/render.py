@@ -16,6 +16,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.builders import (
     vxlan_peer_objects,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.objects import PODNET_RTPROTO
+from ansible_collections.podnet.dataplane.plugins.module_utils.policy import policy_commands
 
 # Without host access the underlay device cannot be looked up (DESIGN §4): assume eth0.
 RENDER_UNDERLAY = "eth0"
@@ -45,4 +46,5 @@ def node_commands(node: dict[str, Any]) -> list[str]:
     lines += pod_network_commands(node["bridge"], node["pods"], mtu, node["pod_mode"])
     lines += _commands(route_objects(routes))
     lines += [iptables_command(r["table"], "-A", r["chain"], iptables_rule_args(r)) for r in node["iptables"]]
+    lines += policy_commands(node.get("policy"))
     return lines

@@ -46,6 +46,16 @@ options:
     type: list
     elements: dict
     default: [{table: nat, chain: POSTROUTING}, {table: filter, chain: FORWARD}]
+    suboptions:
+      table:
+        description: Table.
+        type: str
+        choices: [filter, nat, mangle, raw]
+        default: filter
+      chain:
+        description: Chain.
+        type: str
+        required: true
   state:
     description:
       - C(merged) and C(replaced) append missing rules.
