@@ -45,7 +45,7 @@ class CNIError(ValueError):
 def free_ranges(subnet: str, used: Iterable[str]) -> list[tuple[str, str]]:
     """(first, last) of every run of usable host addresses of `subnet` that are not in `used`."""
     net = ipaddress.IPv4Network(subnet, strict=False)
-    taken = {ipaddress.IPv4Address(str(a).split("/")[0]) for a in used}
+    taken = {ipaddress.IPv4Address(str(a).split("/", maxsplit=1)[0]) for a in used}
     runs: list[tuple[str, str]] = []
     start = last = None
     for addr in net.hosts():
@@ -97,7 +97,7 @@ def render_conflist(node: dict[str, Any], name: str = DEFAULT_NAME, cni_version:
     mtu = mtu or node.get("mtu") or node.get("render_mtu")
     if pod_mode == "bridge":
         bridge = node.get("bridge") or {}
-        gateway = str(bridge.get("address") or next(subnet.hosts())).split("/")[0]
+        gateway = str(bridge.get("address") or next(subnet.hosts())).split("/", maxsplit=1)[0]
         plugin: dict[str, Any] = {
             "type": "bridge",
             "bridge": bridge.get("name") or DEFAULT_BRIDGE,

@@ -1,0 +1,212 @@
+"""Dataplane benchmark (issue 8, part 4): iperf3 between pods on two different lab nodes.
+
+Paths measured, each in its own two-node namespace lab converged by ``site.yml``:
+  - ``veth (bare)``: two fresh namespaces joined by one veth pair (the baseline; measured first and last,
+    the mean is used),
+  - ``underlay``: node to node over the lab's underlay bridge (no pod hop, no overlay), in every lab,
+  - pod to pod with flannel-host-gw, flannel-vxlan, calico-bgp (static routes) and calico-vxlan.
+The table gives Gbit/s and the ratio to the bare veth path (and to the same lab's underlay). Checks, per
+backend: pods reach each other with full-size unfragmentable packets (``ping -M do -s MTU-28``), one more
+byte does not pass (``-s MTU-27``), and no namespace of the lab fragments anything during the iperf3 run
+(``Ip: FragCreates`` of /proc/net/snmp unchanged in every node, pod and underlay namespace).
+
+    python bench/bench_dataplane.py [--quick] [--backends flannel-vxlan,...] [--seconds 3]
+
+Exits non-zero when a check fails. Labs and the baseline namespaces are always removed; iperf3 servers
+are started by this script and stopped by their PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import labgen  # noqa: E402
+from labgen import labkit  # noqa: E402
+
+SITE = labgen.REPO_ROOT / "playbooks" / "site.yml"
+BACKENDS = ("flannel-host-gw", "flannel-vxlan", "calico-bgp", "calico-vxlan")
+CLUSTER = ipaddress.IPv4Network("10.244.0.0/16")
+PORT = 5201
+BARE_A, BARE_B = "10.99.0.1", "10.99.0.2"  # inside the baseline namespaces only
+
+
+def sh(argv: list[str], timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc
+
+
+def nsx(ns: str, *argv: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return sh(["ip", "netns", "exec", ns, *argv], **kw)
+
+
+def frag_creates(ns: str) -> int:
+    """Ip FragCreates of a namespace (/proc/net/snmp is per network namespace)."""
+    lines = [ln.split() for ln in nsx(ns, "cat", "/proc/net/snmp").stdout.splitlines() if ln.startswith("Ip:")]
+    header, values = lines[0], lines[1]
+    return int(values[header.index("FragCreates")])
+
+
+def iperf(client_ns: str, server_ns: str, address: str, seconds: float) -> float:
+    """Gbit/s received by an iperf3 server in server_ns from a client in client_ns (one run)."""
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-p", str(PORT)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while f":{PORT} " not in nsx(server_ns, "ss", "-Hltn", check=False).stdout:
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError(f"iperf3 server in {server_ns} did not start")
+            time.sleep(0.05)
+        out = nsx(client_ns, "iperf3", "-c", address, "-p", str(PORT), "-t", f"{seconds:g}", "-J",
+                  timeout=seconds + 30)
+        return json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+    finally:
+        if server.poll() is None:
+            try:
+                server.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                server.kill()  # our own process, by its PID
+                server.wait()
+
+
+def best_of(runs: int, *args: Any) -> float:
+    return max(iperf(*args) for _ in range(runs))
+
+
+def bare_veth(prefix: str, seconds: float, runs: int) -> float:
+    """Gbit/s across one veth pair between two fresh namespaces (removed afterwards)."""
+    a, b = f"{prefix}-bare-a", f"{prefix}-bare-b"
+    try:
+        sh(["ip", "netns", "add", a])
+        sh(["ip", "netns", "add", b])
+        sh(["ip", "-n", a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", b])
+        for ns, addr in ((a, BARE_A), (b, BARE_B)):
+            sh(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0"])
+            sh(["ip", "-n", ns, "link", "set", "eth0", "up"])
+            sh(["ip", "-n", ns, "link", "set", "lo", "up"])
+        return best_of(runs, a, b, BARE_B, seconds)
+    finally:
+        for ns in (a, b):
+            sh(["ip", "netns", "del", ns], check=False)
+
+
+def pod_addr_mtu(ns: str) -> tuple[str, int, str]:
+    """(address, MTU, interface) of the pod's interface holding a cluster address."""
+    for link in labkit.netns_json(ns, "addr", "show"):
+        for a in link.get("addr_info", []):
+            if a.get("family") == "inet" and ipaddress.IPv4Address(a["local"]) in CLUSTER:
+                return a["local"], int(link["mtu"]), link["ifname"]
+    raise RuntimeError(f"no pod address in {ns}")
+
+
+def ping_ok(ns: str, address: str, size: int) -> bool:
+    """A don't-fragment ping of `size` payload bytes gets answers."""
+    proc = nsx(ns, "ping", "-n", "-q", "-M", "do", "-c", "2", "-i", "0.2", "-W", "2", "-s", str(size), address,
+               check=False, timeout=20)
+    return proc.returncode == 0
+
+
+def measure_backend(backend: str, tmp: Path, cfg: Path, seconds: float, runs: int) -> dict[str, Any]:
+    inv = labgen.write_inventory(tmp / backend, 2, pods_per_node=1, group_vars={"podnet_backend": backend})
+    res: dict[str, Any] = {"backend": backend, "problems": []}
+    lab = labkit.Lab(inv)
+    try:
+        up = lab.run(labkit.LAB_UP, env={"ANSIBLE_CONFIG": str(cfg)})
+        if up.rc != 0:
+            res["problems"].append(f"lab_up failed:\n{up.output[-2000:]}")
+            return res
+        conv = lab.run(SITE, env={"ANSIBLE_CONFIG": str(cfg)})
+        if conv.rc != 0 or conv.failed():
+            res["problems"].append(f"site.yml failed:\n{conv.output[-3000:]}")
+            return res
+        n1, n2 = labgen.node_name(1), labgen.node_name(2)
+        pod_a, pod_b = lab.pod_ns(n1, "pod1"), lab.pod_ns(n2, "pod1")
+        addr_b, mtu, ifname = pod_addr_mtu(pod_b)
+        _, mtu_a, _ = pod_addr_mtu(pod_a)
+        res["mtu"] = mtu
+        if mtu_a != mtu:
+            res["problems"].append(f"pod MTUs differ: {mtu_a} vs {mtu}")
+        if not ping_ok(pod_a, addr_b, mtu - 28):
+            res["problems"].append(f"ping -M do -s {mtu - 28} (a full {mtu}-byte packet) does not pass")
+        if ping_ok(pod_a, addr_b, mtu - 27):
+            res["problems"].append(f"ping -M do -s {mtu - 27} passes: the pod MTU {mtu} is not the path MTU")
+        node_ips = labgen.node_ips(2)
+        res["underlay"] = best_of(runs, lab.node_ns(n1), lab.node_ns(n2), node_ips[1], seconds)
+        watched = lab.namespaces()
+        before = {ns: frag_creates(ns) for ns in watched}
+        res["gbps"] = best_of(runs, pod_a, pod_b, addr_b, seconds)
+        grew = {ns: frag_creates(ns) - n for ns, n in before.items() if frag_creates(ns) != n}
+        res["frag"] = sum(grew.values())
+        if grew:
+            res["problems"].append(f"fragments created during iperf3: {grew}")
+    except Exception as exc:  # noqa: BLE001  (reported as a failed check; the lab still goes)
+        res["problems"].append(f"{type(exc).__name__}: {exc}")
+    finally:
+        try:
+            lab.down()
+        except Exception as exc:  # noqa: BLE001
+            res["problems"].append(f"teardown: {exc}")
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="1-second iperf3 runs, one run each")
+    ap.add_argument("--backends", default=",".join(BACKENDS))
+    ap.add_argument("--seconds", type=float, help="iperf3 -t (default 3, --quick 1)")
+    ap.add_argument("--runs", type=int, help="iperf3 runs per path, best kept (default 2, --quick 1)")
+    args = ap.parse_args(argv)
+    seconds = args.seconds or (1 if args.quick else 3)
+    runs = args.runs or (1 if args.quick else 2)
+    backends = [b for b in args.backends.split(",") if b]
+
+    prefix = labkit.unique_prefix()
+    results: list[dict[str, Any]] = []
+    problems = []
+    with labgen.tempdir("dataplane") as tmpname:
+        tmp = Path(tmpname)
+        cfg = labgen.write_ansible_cfg(tmp)
+        try:
+            bare = [bare_veth(prefix, seconds, runs)]
+            for backend in backends:
+                print(f"# {backend} ...", file=sys.stderr, flush=True)
+                results.append(measure_backend(backend, tmp, cfg, seconds, runs))
+            bare.append(bare_veth(prefix, seconds, runs))
+        finally:
+            labkit.remove_netns(prefix)  # the baseline namespaces, should anything be left
+    base = sum(bare) / len(bare)
+
+    print(f"\nDataplane: iperf3 -t {seconds:g}, best of {runs}, pod on node 1 -> pod on node 2")
+    rows = [["veth (bare)", "1500", f"{base:.2f}", "1.00", "-", "-",
+             f"runs {' / '.join(f'{b:.2f}' for b in bare)}"]]
+    for r in results:
+        g, u = r.get("gbps"), r.get("underlay")
+        rows.append([
+            r["backend"], str(r.get("mtu", "-")), f"{g:.2f}" if g else "-", f"{g / base:.2f}" if g else "-",
+            f"{g / u:.2f}" if g and u else "-", str(r.get("frag", "-")),
+            "ok" if not r["problems"] else "FAIL",
+        ])
+        problems += [f"{r['backend']}: {p}" for p in r["problems"]]
+    labgen.print_table(["path", "pod MTU", "Gbit/s", "vs bare", "vs underlay", "frags", "check"], rows)
+    und = [r["underlay"] for r in results if r.get("underlay")]
+    if und:
+        print(f"(underlay node->node in the same labs: {' / '.join(f'{u:.2f}' for u in und)} Gbit/s)")
+    for p in problems:
+        print(f"FAIL {p}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
