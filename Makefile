@@ -9,7 +9,7 @@ APT_PACKAGES := iproute2 iptables iputils-ping python3-venv kmod procps bird2 gr
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup demo test unit integration lint clean dist bench
+.PHONY: setup demo test unit integration lint sanity clean dist bench
 
 setup: $(VENV)/.installed
 
@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	./scripts/demo.sh
 
-test: setup lint
+test: setup lint sanity
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
 
 unit: setup
@@ -36,6 +36,11 @@ unit: setup
 lint: setup
 	$(VENV)/bin/ruff check collections tests bench
 	$(VENV)/bin/ansible-lint -q
+
+# ansible-test's sanity tests on the collection, with the local Python (each test's pinned tools are
+# installed by ansible-test into ~/.ansible/test on first use). Ignores, with reasons: tests/sanity/.
+sanity: setup
+	cd collections/ansible_collections/podnet/dataplane && $(CURDIR)/$(VENV)/bin/ansible-test sanity --python 3.11 --color no
 
 dist: setup
 	mkdir -p build && $(VENV)/bin/ansible-galaxy collection build --force --output-path build collections/ansible_collections/podnet/dataplane

@@ -58,7 +58,7 @@ def parse_save(text: str, table: str) -> Table:
         if current != table:
             continue
         if line.startswith(":"):
-            name, _, rest = line[1:].partition(" ")
+            name, _sep, rest = line[1:].partition(" ")
             out.chains[name] = rest.split(" ")[0] if rest else "-"
             out.rules.setdefault(name, [])
         elif line.startswith("-A "):
@@ -228,7 +228,7 @@ def simulate(have: Table, ops: list[Op]) -> Table:
             out.chains.pop(op.chain, None)
             out.rules.pop(op.chain, None)
         elif op.kind == "insert":
-            _, chain, position, *rest = op.line.split(" ")
+            _verb, chain, position, *rest = op.line.split(" ")
             out.rules[chain].insert(int(position) - 1, f"-A {chain} {' '.join(rest)}")
     return out
 

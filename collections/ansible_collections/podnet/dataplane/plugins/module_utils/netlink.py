@@ -883,8 +883,8 @@ class Engine:
             self._flush()  # whatever is queued goes first: the lookup must see the kernel as it is
             if self._nl is not None:
                 try:
-                    buf, off, _unused = self._nl.request(RTM_GETLINK, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
-                                                   + _nla(IFLA_IFNAME, name.encode() + b"\0"))
+                    query = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _nla(IFLA_IFNAME, name.encode() + b"\0")
+                    buf, off, _unused = self._nl.request(RTM_GETLINK, query)
                     found = [_IFINFOMSG.unpack_from(buf, off)[2]]
                 except NetlinkError:
                     found = []
