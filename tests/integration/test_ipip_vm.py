@@ -1,0 +1,58 @@
+"""calico-ipip against a kernel that has the ipip module: one QEMU guest runs test_calico_ipip.py.
+
+This machine's kernel has no ipip module, so this test boots a stock Debian kernel under QEMU's
+software emulation with virtme-ng (DESIGN.md section 6; helpers in tests/vm/vmkit.py), loads ipip
+there and runs ``pytest -m ipip`` on test_calico_ipip.py inside, with the repo and its .venv shared
+read-only. It is skipped, with the reason, where QEMU, virtme-ng or the kernel package cannot be had.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+
+import pytest
+
+from tests.vm.vmkit import REPO_ROOT, VENV_BIN, run_in_vm, vm_unavailable_reason
+
+# Measured here (2 cores, shared): boot 27 s idle, 50-65 s of guest time (4 min wall) with the host at load
+# 40; in the guest, lab_up.yml ~1 min and each site.yml run 7-8 min (every module start is a Python start
+# under TCG). The guest runs 8 playbooks, so this needs far more than the 20 min CI budget: see the report.
+GUEST_TIMEOUT = 4500
+# The whole guest run takes ~50 min here, more than `make test`'s CI budget allows: it runs with
+# `make test-ipip-vm` (which sets this), and `make test` reports it skipped with that reason.
+OPT_IN = "PODNET_IPIP_VM"
+INNER_TESTS = "tests/integration/test_calico_ipip.py"
+# The guest sees the host filesystem read-only (root's home too): ansible's temporary files and
+# anything else that wants a writable $HOME go to the guest's tmpfs.
+GUEST_HOME = "/run/podnet-vm-home"
+GUEST_ENV = {
+    "HOME": GUEST_HOME,
+    "ANSIBLE_LOCAL_TMP": f"{GUEST_HOME}/.ansible/tmp",
+    "ANSIBLE_REMOTE_TMP": f"{GUEST_HOME}/.ansible/tmp",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.timeout(GUEST_TIMEOUT + 300)
+def test_calico_ipip_in_a_qemu_guest():
+    if os.environ.get(OPT_IN) != "1":
+        pytest.skip(f"the QEMU guest run takes ~50 min under software emulation here; run `make test-ipip-vm` "
+                    f"({OPT_IN}=1)")
+    reason = vm_unavailable_reason()
+    if reason:
+        pytest.skip(f"no QEMU guest for the IPIP tests: {reason}")
+    pytest_argv = [str(VENV_BIN / "python"), "-m", "pytest", "-v", "-m", "ipip", "-p", "no:cacheprovider",
+                   "--durations=0", INNER_TESTS]
+    # ANSIBLE_LOG_PATH: the playbooks' progress, readable on the host while the guest runs.
+    script = (f"echo podnet-vm: guest up after $(cut -d' ' -f1 /proc/uptime) s; "
+              f"export ANSIBLE_LOG_PATH=\"$PODNET_VM_OUT/ansible.log\"; "
+              f"mkdir -p {shlex.quote(GUEST_HOME)} && modprobe ipip && exec {shlex.join(pytest_argv)}")
+    rc, log = run_in_vm(["bash", "-c", script], timeout=GUEST_TIMEOUT, env=GUEST_ENV, cwd=REPO_ROOT)
+    assert rc == 0, f"the guest's pytest exited {rc}:\n{log}"
+    # A pass must mean the tests ran there, not that they were all skipped or deselected.
+    summary = re.findall(r"^=*\s*(\d+) passed\b(.*)$", log, re.MULTILINE)
+    assert summary and int(summary[-1][0]) >= 4 and "skipped" not in summary[-1][1], log
