@@ -36,21 +36,25 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.persist import lo
 NETNS_DIR = "/run/netns"
 
 
-def apply_objects(objects: list[KObject]) -> list[str]:
-    """Node namespace first (it creates the veths whose ends live in pod namespaces), then pods."""
+def apply_objects(objects: list[KObject], check: bool = False) -> list[str]:
+    """Node namespace first (it creates the veths whose ends live in pod namespaces), then pods.
+    With check, only report what would be done (the same commands), changing nothing."""
     done: list[str] = []
     by_netns: dict[str | None, list[KObject]] = {}
     for obj in objects:
         by_netns.setdefault(getattr(obj, "netns", None), []).append(obj)
     missing = [ns for ns in by_netns if ns and not os.path.exists(os.path.join(NETNS_DIR, ns))]
-    if missing:
+    if missing and not check:
         from pyroute2 import netns as pyroute2_netns
 
         for name in missing:
             pyroute2_netns.create(name)
-            done.append(f"ip netns add {name}")
+    done += [f"ip netns add {name}" for name in missing]
     for netns in sorted(by_netns, key=lambda n: (n is not None, n or "")):
         want = by_netns[netns]
+        if check and netns in missing:  # nothing to read there yet: everything would be configured
+            done += [cmd for obj in want for cmd in obj.add_commands()]
+            continue
         sysctls = [o.name for o in want if isinstance(o, Sysctl)]
         with Engine(netns) as engine:
             have = engine.gather({Address, Neighbour, FdbEntry, Route}, sysctls)
@@ -64,27 +68,31 @@ def apply_objects(objects: list[KObject]) -> list[str]:
             if netns is not None:  # a pod's end of a veth comes from the node side: configure, never create
                 changes = [Change("update", c.want, None, ["mtu", "up"])
                            if c.op == "add" and isinstance(c.want, Link) else c for c in changes]
-            engine.apply(changes, have)
+            if not check:
+                engine.apply(changes, have)
         done += [cmd for change in changes for cmd in change.commands]
     return done
 
 
-def apply_rules(rules: list[dict]) -> list[str]:
+def apply_rules(rules: list[dict], check: bool = False) -> list[str]:
     done = []
     for rule in rules:
         base = ["iptables", "-w", "-t", rule["table"]]
-        if subprocess.run(base + ["-C", rule["chain"], *rule["args"]], capture_output=True, check=False).returncode != 0:
-            subprocess.run(base + ["-A", rule["chain"], *rule["args"]], check=True, capture_output=True)
+        present = subprocess.run(base + ["-C", rule["chain"], *rule["args"]], capture_output=True, check=False)
+        if present.returncode != 0:
+            if not check:
+                subprocess.run(base + ["-A", rule["chain"], *rule["args"]], check=True, capture_output=True)
             done.append(" ".join(["iptables", "-t", rule["table"], "-A", rule["chain"], *rule["args"]]))
     return done
 
 
-def apply_offloads(offloads: list[dict]) -> list[str]:
+def apply_offloads(offloads: list[dict], check: bool = False) -> list[str]:
     done = []
     for item in offloads:
         current = get_feature(item["device"], item["feature"])
         if current is not None and current != item["enabled"]:
-            set_feature(item["device"], item["feature"], item["enabled"])
+            if not check:
+                set_feature(item["device"], item["feature"], item["enabled"])
             done.append(f"ethtool -K {item['device']} {item['feature']} {'on' if item['enabled'] else 'off'}")
     return done
 
@@ -92,6 +100,7 @@ def apply_offloads(offloads: list[dict]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Re-apply podnet's recorded node state (additive).")
     parser.add_argument("state_dir", nargs="?", default="/etc/podnet/state")
+    parser.add_argument("--check", action="store_true", help="print what would be restored; change nothing")
     args = parser.parse_args(argv)
     if not os.path.isdir(args.state_dir):
         print(f"podnet-apply: {args.state_dir} does not exist: nothing to restore")
@@ -99,11 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     records = load_all(args.state_dir)
     objects = [from_dict(o) for r in records for o in r.get("objects", [])]
     try:
-        done = apply_objects(objects)
-        done += apply_rules([rule for r in records for rule in r.get("iptables", [])])
-        done += apply_offloads([item for r in records for item in r.get("offload", [])])
+        done = apply_objects(objects, args.check)
+        done += apply_rules([rule for r in records for rule in r.get("iptables", [])], args.check)
+        done += apply_offloads([item for r in records for item in r.get("offload", [])], args.check)
         for record in records:  # network policy chains, after the pods' veths they name exist again
-            if record.get("iptables_chains"):
+            if record.get("iptables_chains") and not args.check:
                 done += apply_record(record["iptables_chains"])
     except (EngineError, OSError, subprocess.CalledProcessError) as exc:
         print(f"podnet-apply: failed: {exc}", file=sys.stderr)
@@ -111,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in done:
         print(line)
     changes = [line for line in done if not line.startswith("#")]
-    print(f"podnet-apply: {len(changes)} change(s) from {len(records)} record(s) in {args.state_dir}")
+    print(f"podnet-apply: {len(changes)} change(s){' needed (check: nothing changed)' if args.check else ''} from {len(records)} record(s) in {args.state_dir}")
     return 0
 
 
