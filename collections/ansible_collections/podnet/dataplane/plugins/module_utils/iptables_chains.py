@@ -239,25 +239,26 @@ def podnet_view(table: Table, prefix: str) -> list[str]:
     for name in sorted(c for c in table.chains if c.startswith(prefix)):
         lines.append(f":{name} - [0:0]")
         lines += table.rules.get(name, [])
-    for chain in table.chains:
-        if chain.startswith(prefix):
-            continue
-        for index, line in enumerate(table.rules.get(chain, [])):
-            found = bare_jump(line, prefix)
-            if found is not None:
-                lines.append(f"-I {chain} {index + 1} -j {found[1]}")
+    lines += [f"-I {chain} {position} -j {target}" for chain, position, target in _jumps(table, prefix)]
     return lines
 
 
-def gathered(table: Table, prefix: str) -> dict[str, Any]:
-    jumps = []
+def _jumps(table: Table, prefix: str) -> list[tuple[str, int, str]]:
+    """podnet's bare jumps from chains not its own: (chain, 1-based position, target)."""
+    found = []
     for chain in table.chains:
         if chain.startswith(prefix):
             continue
         for index, line in enumerate(table.rules.get(chain, [])):
-            found = bare_jump(line, prefix)
-            if found is not None:
-                jumps.append({"table": table.name, "chain": chain, "target": found[1], "position": index + 1})
+            jump = bare_jump(line, prefix)
+            if jump is not None:
+                found.append((chain, index + 1, jump[1]))
+    return found
+
+
+def gathered(table: Table, prefix: str) -> dict[str, Any]:
+    jumps = [{"table": table.name, "chain": chain, "target": target, "position": position}
+             for chain, position, target in _jumps(table, prefix)]
     return {"chains": {c: list(table.rules.get(c, [])) for c in table.chains if c.startswith(prefix)},
             "jumps": jumps}
 

@@ -471,6 +471,21 @@ class _Netlink:
                 off += (length + 3) & ~3
 
 
+
+def _neigh_dst_lladdr(buf: bytes, at: int, end: int) -> tuple[bytes | None, bytes | None]:
+    """NDA_DST and NDA_LLADDR of one neighbour/fdb message (attributes from `at` to `end`)."""
+    dst = mac = None
+    while at + 4 <= end:
+        length, kind = _NLA.unpack_from(buf, at)
+        if length < 4:
+            break
+        if kind == NDA_DST:
+            dst = buf[at + 4:at + length]
+        elif kind == NDA_LLADDR:
+            mac = buf[at + 4:at + length]
+        at += (length + 3) & ~3
+    return dst, mac
+
 def _make(cls, **values):
     """A frozen dataclass instance built without its generated __init__ (which sets every field through
     object.__setattr__, about twice as slow); only used with every field given."""
@@ -661,7 +676,6 @@ class Engine:
                     objects[obj.key()] = obj
         # The three big dumps are decoded inline (no per-message attribute dict, no frozen-dataclass
         # __init__): at thousands of entries this is most of a no-op run's time.
-        nla = _NLA.unpack_from
         ntoa = socket.inet_ntoa
         if Neighbour in kinds:
             ndmsg = _NDMSG.unpack_from
@@ -670,17 +684,7 @@ class Engine:
                 dev = names.get(index)
                 if not dev:
                     continue
-                dst = mac = None
-                at = off + 12
-                while at + 4 <= end:
-                    length, kind = nla(buf, at)
-                    if length < 4:
-                        break
-                    if kind == NDA_DST:
-                        dst = buf[at + 4:at + length]
-                    elif kind == NDA_LLADDR:
-                        mac = buf[at + 4:at + length]
-                    at += (length + 3) & ~3
+                dst, mac = _neigh_dst_lladdr(buf, off + 12, end)
                 if dst:
                     dst = ntoa(dst) if len(dst) == 4 else _ip_text(dst)
                     objects[("neigh", netns, dev, dst)] = _make(
@@ -694,17 +698,7 @@ class Engine:
                 _unused, index, _unused, flags, _unused = ndmsg(buf, off)
                 if index not in vxlan_indexes or not flags & NTF_SELF:
                     continue
-                dst = mac = None
-                at = off + 12
-                while at + 4 <= end:
-                    length, kind = nla(buf, at)
-                    if length < 4:
-                        break
-                    if kind == NDA_DST:
-                        dst = buf[at + 4:at + length]
-                    elif kind == NDA_LLADDR:
-                        mac = buf[at + 4:at + length]
-                    at += (length + 3) & ~3
+                dst, mac = _neigh_dst_lladdr(buf, off + 12, end)
                 if not mac:
                     continue
                 dev, mac = names[index], mac.hex(":")
@@ -722,7 +716,7 @@ class Engine:
                 multipath = False
                 at = off + 12
                 while at + 4 <= end:
-                    length, kind = nla(buf, at)
+                    length, kind = _NLA.unpack_from(buf, at)
                     if length < 4:
                         break
                     kind &= NLA_TYPE_MASK
