@@ -471,7 +471,6 @@ class _Netlink:
                 off += (length + 3) & ~3
 
 
-
 def _neigh_dst_lladdr(buf: bytes, at: int, end: int) -> tuple[bytes | None, bytes | None]:
     """NDA_DST and NDA_LLADDR of one neighbour/fdb message (attributes from `at` to `end`)."""
     dst = mac = None
@@ -485,6 +484,7 @@ def _neigh_dst_lladdr(buf: bytes, at: int, end: int) -> tuple[bytes | None, byte
             mac = buf[at + 4:at + length]
         at += (length + 3) & ~3
     return dst, mac
+
 
 def _make(cls, **values):
     """A frozen dataclass instance built without its generated __init__ (which sets every field through
