@@ -388,6 +388,19 @@ class _Netlink:
         """Yield (buffer, payload offset, message end) for every message of a dump."""
         seq = self._next()
         self.sock.send(_NLMSGHDR.pack(16 + len(body), msgtype, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
+        for buf, off, length, kind, flags, mseq in self._incoming():
+            if mseq == seq:
+                if kind == NLMSG_DONE:
+                    return
+                if kind == NLMSG_ERROR:
+                    failure = self._error(buf, off, off + length, flags)
+                    if failure is not None:
+                        raise failure
+                    return
+                yield buf, off + 16, off + length
+
+    def _incoming(self):
+        """Every message the socket receives, as (buffer, offset, length, type, flags, sequence)."""
         unpack = _NLMSGHDR.unpack_from
         while True:
             buf = self.sock.recv(_RECV_SIZE)
@@ -396,33 +409,19 @@ class _Netlink:
                 length, kind, flags, mseq, _unused = unpack(buf, off)
                 if length < 16:
                     raise NetlinkError(errno.EBADMSG)
-                if mseq == seq:
-                    if kind == NLMSG_DONE:
-                        return
-                    if kind == NLMSG_ERROR:
-                        failure = self._error(buf, off, off + length, flags)
-                        if failure is not None:
-                            raise failure
-                        return
-                    yield buf, off + 16, off + length
+                yield buf, off, length, kind, flags, mseq
                 off += (length + 3) & ~3
 
     def request(self, msgtype: int, body: bytes) -> tuple[bytes, int, int]:
         """One request, one answer: (buffer, payload offset, end) of the reply message."""
         seq = self._next()
         self.sock.send(_NLMSGHDR.pack(16 + len(body), msgtype, NLM_F_REQUEST, seq, 0) + body)
-        while True:
-            buf = self.sock.recv(_RECV_SIZE)
-            off, size = 0, len(buf)
-            while off + 16 <= size:
-                length, kind, flags, mseq, _unused = _NLMSGHDR.unpack_from(buf, off)
-                if length < 16:
-                    raise NetlinkError(errno.EBADMSG)
-                if mseq == seq:
-                    if kind == NLMSG_ERROR:
-                        raise self._error(buf, off, off + length, flags) or NetlinkError(errno.ENODATA)
-                    return buf, off + 16, off + length
-                off += (length + 3) & ~3
+        for buf, off, length, kind, flags, mseq in self._incoming():
+            if mseq == seq:
+                if kind == NLMSG_ERROR:
+                    raise self._error(buf, off, off + length, flags) or NetlinkError(errno.ENODATA)
+                return buf, off + 16, off + length
+        raise NetlinkError(errno.ENODATA)  # unreachable: _incoming never ends
 
     def write(self, items: list[tuple[int, int, bytes, object]], fatal: Callable[[object, int], bool]):
         """Send (type, flags, body, tag) messages in chunks, many per sendmsg.
@@ -454,21 +453,15 @@ class _Netlink:
 
     def _collect(self, owners: dict[int, object], last: int) -> list[tuple[object, NetlinkError]]:
         found: list[tuple[int, object, NetlinkError]] = []
-        while True:
-            buf = self.sock.recv(_RECV_SIZE)
-            off, size = 0, len(buf)
-            while off + 16 <= size:
-                length, kind, flags, mseq, _unused = _NLMSGHDR.unpack_from(buf, off)
-                if length < 16:
-                    raise NetlinkError(errno.EBADMSG)
-                if kind == NLMSG_ERROR and mseq in owners:
-                    failure = self._error(buf, off, off + length, flags)
-                    if failure is not None:
-                        found.append((mseq, owners[mseq], failure))
-                    if mseq == last:
-                        found.sort(key=lambda item: item[0])
-                        return [(tag, exc) for _unused, tag, exc in found]
-                off += (length + 3) & ~3
+        for buf, off, length, kind, flags, mseq in self._incoming():
+            if kind == NLMSG_ERROR and mseq in owners:
+                failure = self._error(buf, off, off + length, flags)
+                if failure is not None:
+                    found.append((mseq, owners[mseq], failure))
+                if mseq == last:
+                    found.sort(key=lambda item: item[0])
+                    return [(tag, exc) for _unused, tag, exc in found]
+        raise NetlinkError(errno.ENODATA)  # unreachable: _incoming never ends
 
 
 def _neigh_dst_lladdr(buf: bytes, at: int, end: int) -> tuple[bytes | None, bytes | None]:
