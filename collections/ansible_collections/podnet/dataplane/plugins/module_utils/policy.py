@@ -289,32 +289,20 @@ class _Checker:
             return None
         peers_key = RULE_KEYS[kind][0]
         self.unknown_keys(where, item, RULE_KEYS[kind])
-        ok = True
-        peers: list[Peer] | None = None
-        raw_peers = item.get(peers_key)
-        if raw_peers not in (None, []):
-            if not isinstance(raw_peers, list):
-                self.add(f"{where}.{peers_key}", "must be a list of peers")
-                ok = False
-            else:
-                peers = []
-                for index, raw in enumerate(raw_peers):
-                    peer = self.peer(f"{where}.{peers_key}[{index}]", raw)
-                    ok = ok and peer is not None
-                    peers.append(peer)
-        ports: list[Port] | None = None
-        raw_ports = item.get("ports")
-        if raw_ports not in (None, []):
-            if not isinstance(raw_ports, list):
-                self.add(f"{where}.ports", "must be a list of {port, protocol} mappings")
-                ok = False
-            else:
-                ports = []
-                for index, raw in enumerate(raw_ports):
-                    port = self.port(f"{where}.ports[{index}]", raw)
-                    ok = ok and port is not None
-                    ports.append(port)
-        return Rule(peers, ports) if ok else None
+        peers_ok, peers = self.entries(f"{where}.{peers_key}", item.get(peers_key), self.peer, "a list of peers")
+        ports_ok, ports = self.entries(f"{where}.ports", item.get("ports"), self.port,
+                                       "a list of {port, protocol} mappings")
+        return Rule(peers, ports) if peers_ok and ports_ok else None
+
+    def entries(self, where: str, raw: Any, parse, shape: str) -> tuple[bool, list | None]:
+        """A rule's peers or ports: (all valid, the parsed list, or None for "any" when omitted or [])."""
+        if raw in (None, []):
+            return True, None
+        if not isinstance(raw, list):
+            self.add(where, f"must be {shape}")
+            return False, None
+        parsed = [parse(f"{where}[{index}]", entry) for index, entry in enumerate(raw)]
+        return all(entry is not None for entry in parsed), parsed
 
 
 def validate_policies(backend: str, policies: Any, host: str) -> list[Policy]:
