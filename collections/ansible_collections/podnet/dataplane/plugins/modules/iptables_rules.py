@@ -110,15 +110,11 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.builders import (
 from ansible_collections.podnet.dataplane.plugins.module_utils.persist import PERSIST_OPTION, persist_result
 from ansible_collections.podnet.dataplane.plugins.module_utils.resource import STATES
 
-RULE_SPEC = {
-    "table": {"type": "str", "choices": ["filter", "nat", "mangle", "raw"], "default": "filter"},
-    "chain": {"type": "str", "required": True},
-    "rule": {"type": "list", "elements": "str", "required": True},
-}
 CHAIN_SPEC = {
     "table": {"type": "str", "choices": ["filter", "nat", "mangle", "raw"], "default": "filter"},
     "chain": {"type": "str", "required": True},
 }
+RULE_SPEC = {**CHAIN_SPEC, "rule": {"type": "list", "elements": "str", "required": True}}
 ARGUMENT_SPEC = {
     "persist_dir": PERSIST_OPTION,
     "rules": {"type": "list", "elements": "dict", "options": RULE_SPEC, "default": []},
