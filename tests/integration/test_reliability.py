@@ -64,6 +64,14 @@ def start_site(lab: Lab, backend: str) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
+def converged(lab: Lab, host: str, backend: str) -> bool:
+    """podnet_objects == expected_objects, asked while a run may be halfway (devices still missing)."""
+    try:
+        return podnet_objects(lab, host, backend) == expected_objects(backend)
+    except subprocess.CalledProcessError:
+        return False
+
+
 def test_killed_runs_always_converge(lab):
     rng = random.Random(4242)
     killed_midway = 0
@@ -101,6 +109,34 @@ def test_concurrent_runs_serialize_and_both_finish(lab):
         assert not lock_path(lab, host).exists()  # both gave their locks back
     again = lab.run("playbooks/site.yml", extra_vars={"podnet_backend": "flannel-vxlan"})
     assert all(again.changed(h) == 0 for h in NODES), again.recap
+
+
+def test_a_run_waiting_for_one_node_holds_no_other_node(lab):
+    """No lock is held while waiting for another: two overlapping runs cannot deadlock.
+
+    (In lockstep, a run holding node1 and waiting for node2 while another run holds node2 and waits for
+    node1 would hang both until the lock timeout.)"""
+    converge = lab.run("playbooks/site.yml", extra_vars={"podnet_backend": "calico-vxlan"})
+    assert converge.rc == 0, converge.output
+    held = lock_path(lab, "node2")
+    held.write_text(json.dumps({"owner": {"host": socket.gethostname(), "pid": os.getpid(), "run": "held"}}))
+    proc = start_site(lab, "flannel-vxlan")
+    try:
+        deadline = time.monotonic() + 300
+        free_nodes = ("node1", "node3")
+        while not all(converged(lab, h, "flannel-vxlan") and not lock_path(lab, h).exists() for h in free_nodes):
+            assert proc.poll() is None, "the run ended while node2 was still locked"
+            assert time.monotonic() < deadline, "node1 and node3 were not converged while node2 was locked"
+            time.sleep(0.5)
+        assert podnet_objects(lab, "node2", "calico-vxlan") == expected_objects("calico-vxlan")  # still waiting
+        held.unlink()
+        assert proc.wait(timeout=300) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        held.unlink(missing_ok=True)
+    assert podnet_objects(lab, "node2", "flannel-vxlan") == expected_objects("flannel-vxlan")
 
 
 def test_a_live_lock_blocks_and_a_dead_one_does_not(lab):
