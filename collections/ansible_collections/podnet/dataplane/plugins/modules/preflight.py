@@ -13,6 +13,10 @@ description:
     configured on one of its interfaces (and on I(underlay_interface) when that is given), and that
     pyroute2 works - and reports the underlay device and its MTU, so a play can check that all nodes
     agree before any of them is touched.
+  - Also reports what the cleanup tasks of the roles need to know (which devices exist, which of
+    them podnet owns, which files and recorded states exist, whether podnet's iptables chains are
+    there), so a role can skip a cleanup module that would find nothing to clean. Each of these
+    answers errs towards "present" when it cannot be read.
   - Never changes anything; C(changed) is always false.
 author:
   - podnet maintainers (@podnet)
@@ -26,6 +30,23 @@ options:
   underlay_interface:
     description: The underlay device the inventory names, if any.
     type: str
+  paths:
+    description: Files or directories to look at (see the C(paths) return value).
+    type: list
+    elements: path
+    default: []
+  persist_dir:
+    description: The modules' C(persist_dir); the names of the records in it are returned as C(persisted).
+    type: path
+  iptables_prefix:
+    description:
+      - Prefix of podnet's own iptables chains (C(PODNET-)); when given, C(iptables_save) of
+        I(iptables_table) is searched for it and C(iptables_prefix_present) says whether it occurs.
+    type: str
+  iptables_table:
+    description: The table searched for I(iptables_prefix).
+    type: str
+    default: filter
 """
 
 EXAMPLES = r"""
@@ -46,7 +67,44 @@ underlay_mtu:
   returned: success
   type: int
   sample: 1500
+links:
+  description: Names of all network devices of the node (its own namespace, not the pods').
+  returned: success
+  type: list
+  elements: str
+  sample: [eth0, flannel.1, lo]
+owned_links:
+  description: The devices among C(links) whose alias marks them as podnet's (C(podnet) or C(podnet:...)).
+  returned: success
+  type: list
+  elements: str
+  sample: [flannel.1]
+paths:
+  description:
+    - One entry per path of I(paths) - C(exists), C(isdir), C(mode) (octal string, or null) and, for a
+      regular file of at most 1 MiB, C(checksum) (SHA-1 of its content, else null).
+    - A path that cannot be examined (permissions) counts as existing.
+  returned: success
+  type: dict
+  sample: {"/run/flannel/subnet.env": {"exists": true, "isdir": false, "mode": "0644", "checksum": "da39..."}}
+persisted:
+  description: Names of the records in I(persist_dir) (file names without C(.json)); empty without I(persist_dir).
+  returned: success
+  type: list
+  elements: str
+  sample: [pod_route, vxlan_fdb-flannel.1]
+iptables_prefix_present:
+  description:
+    - Whether I(iptables_prefix) occurs in the I(iptables_table) table; null when I(iptables_prefix) is
+      not given or the table cannot be read (treat as present).
+  returned: success
+  type: bool
+  sample: false
 """
+
+import hashlib
+import os
+import stat
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
@@ -54,12 +112,57 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
     PYROUTE2_IMPORT_ERROR,
     Engine,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.objects import Address
+from ansible_collections.podnet.dataplane.plugins.module_utils.objects import Address, Link, is_owned_alias
+
+MAX_CHECKSUM_SIZE = 1 << 20
+
+
+def describe_path(path: str) -> dict:
+    """exists/isdir/mode/checksum of `path`; anything unreadable errs towards 'exists'."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return {"exists": False, "isdir": False, "mode": None, "checksum": None}
+    except OSError:
+        return {"exists": True, "isdir": None, "mode": None, "checksum": None}
+    info = {"exists": True, "isdir": stat.S_ISDIR(st.st_mode), "mode": f"{stat.S_IMODE(st.st_mode):04o}",
+            "checksum": None}
+    if stat.S_ISREG(st.st_mode) and st.st_size <= MAX_CHECKSUM_SIZE:
+        try:
+            with open(path, "rb") as handle:
+                info["checksum"] = hashlib.sha1(handle.read()).hexdigest()  # noqa: S324 - same as copy's
+        except OSError:
+            pass
+    return info
+
+
+def persisted_records(directory: str | None) -> list[str]:
+    if not directory:
+        return []
+    try:
+        entries = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    return sorted(e[:-len(".json")] for e in entries if e.endswith(".json"))
+
+
+def iptables_prefix_present(module: AnsibleModule, prefix: str | None, table: str) -> bool | None:
+    if not prefix:
+        return None
+    save = module.get_bin_path("iptables-save")
+    if not save:
+        return None
+    rc, out, _err = module.run_command([save, "-t", table])
+    return (prefix in out) if rc == 0 else None
 
 
 def main() -> None:
     module = AnsibleModule(argument_spec={"node_ip": {"type": "str", "required": True},
-                                          "underlay_interface": {"type": "str"}},
+                                          "underlay_interface": {"type": "str"},
+                                          "paths": {"type": "list", "elements": "path", "default": []},
+                                          "persist_dir": {"type": "path"},
+                                          "iptables_prefix": {"type": "str"},
+                                          "iptables_table": {"type": "str", "default": "filter"}},
                            supports_check_mode=True)
     if not HAS_PYROUTE2:
         module.fail_json(msg=missing_required_lib("pyroute2"), exception=str(PYROUTE2_IMPORT_ERROR))
@@ -74,7 +177,15 @@ def main() -> None:
     if named and holder.name != named:
         module.fail_json(msg=f"podnet preflight: podnet_underlay_interface {named} does not hold podnet_node_ip "
                              f"{node_ip} (it is on {holder.name}); nothing was changed on any node")
-    module.exit_json(changed=False, underlay_interface=holder.name, underlay_mtu=holder.mtu)
+    links = have.of_type(Link)
+    p = module.params
+    module.exit_json(changed=False, underlay_interface=holder.name, underlay_mtu=holder.mtu,
+                     links=sorted(link.name for link in links),
+                     owned_links=sorted(link.name for link in links if is_owned_alias(link.alias)),
+                     paths={path: describe_path(path) for path in p["paths"]},
+                     persisted=persisted_records(p["persist_dir"]),
+                     iptables_prefix_present=iptables_prefix_present(module, p["iptables_prefix"],
+                                                                      p["iptables_table"]))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,68 @@
+"""How many module processes site.yml starts on each node (issue 8, part 3: per-node cost is per
+module run). Cleanup modules run only where the read-only preflight saw something to clean, so a
+no-op re-run starts fewer of them; backend switches still clean up (the other tests check the kernel).
+
+Module runs are counted with a Python interpreter wrapper that logs the network namespace each
+module process starts in.
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+from pathlib import Path
+
+import pytest
+
+from .labkit import Lab, list_netns, netns_exec
+
+pytestmark = pytest.mark.integration
+
+NODES = ("node1", "node2", "node3")
+# Module runs per node on a no-op re-run: preflight (plan play, then again under the node lock), the
+# node lock (take, give back), the backend's own modules, iptables_rules and nothing else. The bounds
+# leave no room for an ungated cleanup.
+NOOP_MAX = {"flannel-vxlan": 8, "calico-bgp": 8}
+
+
+def counting_interpreter(tmp: Path) -> tuple[Path, Path]:
+    log = tmp / "module_runs.log"
+    wrapper = tmp / "python"
+    wrapper.write_text(f"#!/bin/sh\nreadlink /proc/self/ns/net >> {log}\nexec {sys.executable} \"$@\"\n")
+    wrapper.chmod(0o755)
+    return wrapper, log
+
+
+def runs_per_node(lab: Lab, log: Path) -> dict[str, int]:
+    inodes = {netns_exec(lab.node_ns(h), ["readlink", "/proc/self/ns/net"]).stdout.strip(): h for h in NODES}
+    counts = collections.Counter(inodes.get(line.strip(), "other") for line in log.read_text().splitlines())
+    log.write_text("")
+    return {h: counts[h] for h in NODES}
+
+
+def counted_run(lab: Lab, wrapper: Path, log: Path, backend: str, playbook: str = "playbooks/site.yml"):
+    log.write_text("")
+    result = lab.run(playbook, extra_vars={"podnet_backend": backend, "ansible_python_interpreter": str(wrapper)})
+    assert result.rc == 0, result.output
+    return result, runs_per_node(lab, log)
+
+
+@pytest.fixture(scope="module")
+def lab():
+    lab = Lab()
+    with lab:
+        yield lab
+    assert list_netns(lab.prefix) == []
+
+
+def test_noop_rerun_starts_only_the_needed_modules(lab, tmp_path):
+    wrapper, log = counting_interpreter(tmp_path)
+    for backend in ("flannel-vxlan", "calico-bgp", "flannel-vxlan"):
+        _, converge = counted_run(lab, wrapper, log, backend)
+        again, noop = counted_run(lab, wrapper, log, backend)
+        print(f"{backend}: module runs per node, converge {converge}, no-op re-run {noop}")
+        assert again.changed() == 0, again.recap
+        assert all(n <= NOOP_MAX[backend] for n in noop.values()), (backend, noop)
+        assert all(noop[h] <= converge[h] for h in NODES), (backend, converge, noop)
+        verify, _ = counted_run(lab, wrapper, log, backend, "playbooks/verify.yml")
+        assert verify.rc == 0, verify.output
