@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ansible_collections.podnet.dataplane.plugins.filter.podnet import FilterModule
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGINS = REPO / "collections/ansible_collections/podnet/dataplane/plugins"
+# Every filter FilterModule exposes, so a new filter without its plugins/filter/<name>.yml fails here.
+FILTERS = sorted(FilterModule().filters())
 DOCUMENTED = [("module", p.stem) for p in sorted((PLUGINS / "modules").glob("*.py"))] + [
-    ("connection", "netns"), ("lookup", "run_owner")]
+    ("connection", "netns"), ("lookup", "run_owner")] + [("filter", name) for name in FILTERS]
 
 
 @pytest.mark.parametrize(("kind", "name"), DOCUMENTED, ids=[f"{k}:{n}" for k, n in DOCUMENTED])
@@ -24,7 +27,11 @@ def test_plugin_documentation_parses(kind, name):
     assert doc.returncode == 0, doc.stderr
     data = json.loads(doc.stdout)[f"podnet.dataplane.{name}"]
     assert data["doc"]["short_description"] and data["doc"]["description"]
-    if kind == "module":
+    if kind in ("module", "filter"):
         assert data["examples"] and yaml.safe_load(data["examples"])
+    if kind == "module":
         assert data["doc"].get("options") is not None
         assert isinstance(data["return"], dict)
+    if kind == "filter":
+        assert data["doc"]["version_added"] == "0.1.0"
+        assert "_value" in data["return"]

@@ -11,22 +11,35 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def test_galaxy_artifact_builds_installs_and_resolves(tmp_path):
+def build_and_install(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """Build the artifact into tmp_path and install it under tmp_path/installed, as a user would:
+    outside the repo, whose ansible.cfg already points at the source tree. Returns the artifact and an
+    environment that finds the installed collection only."""
     build = subprocess.run([str(BIN / "ansible-galaxy"), "collection", "build", "--output-path", str(tmp_path),
                             str(REPO / "collections/ansible_collections/podnet/dataplane")],
                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stdout + build.stderr
     (artifact,) = tmp_path.glob("podnet-dataplane-*.tar.gz")
-    names = tarfile.open(artifact).getnames()
-    assert "plugins/modules/vxlan_fdb.py" in names and "plugins/module_utils/netlink.py" in names
-    assert "meta/runtime.yml" in names and "MANIFEST.json" in names
-    # Outside the repo (whose ansible.cfg already points at the source tree), as a user would.
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
     target = tmp_path / "installed"
     install = subprocess.run([str(BIN / "ansible-galaxy"), "collection", "install", "--force", "-p", str(target),
                               str(artifact)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert install.returncode == 0, install.stdout + install.stderr
     env["ANSIBLE_COLLECTIONS_PATH"] = str(target)
+    env["ANSIBLE_ROLES_PATH"] = str(tmp_path / "no-roles")  # FQCN roles from the collection, nothing else
+    return artifact, env
+
+
+def test_galaxy_artifact_builds_installs_and_resolves(tmp_path):
+    artifact, env = build_and_install(tmp_path)
+    names = tarfile.open(artifact).getnames()
+    assert "plugins/modules/vxlan_fdb.py" in names and "plugins/module_utils/netlink.py" in names
+    assert "meta/runtime.yml" in names and "MANIFEST.json" in names
+    for role in ("plan", "flannel", "calico", "policy", "boot"):
+        assert f"roles/{role}/tasks/main.yml" in names and f"roles/{role}/meta/argument_specs.yml" in names
     doc = subprocess.run([str(BIN / "ansible-doc"), "podnet.dataplane.vxlan_fdb"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)
     assert doc.returncode == 0 and "VXLAN" in doc.stdout, doc.stderr
+    role_doc = subprocess.run([str(BIN / "ansible-doc"), "-t", "role", "podnet.dataplane.flannel"], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=120)
+    assert role_doc.returncode == 0 and "flannel" in role_doc.stdout, role_doc.stderr

@@ -179,13 +179,13 @@ def main() -> None:
                              f"{node_ip} (it is on {holder.name}); nothing was changed on any node")
     links = have.of_type(Link)
     p = module.params
+    chains_present = iptables_prefix_present(module, p["iptables_prefix"], p["iptables_table"])
     module.exit_json(changed=False, underlay_interface=holder.name, underlay_mtu=holder.mtu,
                      links=sorted(link.name for link in links),
                      owned_links=sorted(link.name for link in links if is_owned_alias(link.alias)),
                      paths={path: describe_path(path) for path in p["paths"]},
                      persisted=persisted_records(p["persist_dir"]),
-                     iptables_prefix_present=iptables_prefix_present(module, p["iptables_prefix"],
-                                                                      p["iptables_table"]))
+                     iptables_prefix_present=chains_present)
 
 
 if __name__ == "__main__":
