@@ -9,7 +9,7 @@ APT_PACKAGES := iproute2 iptables iputils-ping python3-venv kmod procps bird2 gr
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup demo test test-ipip-vm unit integration lint sanity clean dist bench
+.PHONY: setup demo test test-ipip-vm molecule-ipip-vm unit integration lint sanity clean dist bench
 
 setup: $(VENV)/.installed
 
@@ -34,6 +34,11 @@ test: setup lint sanity
 # ~50 min under software emulation, so not part of `make test`.
 test-ipip-vm: setup
 	PODNET_IPIP_VM=1 $(PY) -m pytest -q tests/integration/test_ipip_vm.py $(PYTEST_ARGS)
+
+# Molecule scenario ipip-vm: calico-ipip through create, converge, idempotence, verify and destroy inside one
+# QEMU guest (molecule/README.md); ~30-40 min under software emulation, so `make test` excludes it.
+molecule-ipip-vm: setup
+	molecule test -s ipip-vm
 
 unit: setup
 	$(PY) -m pytest -q tests/unit

@@ -13,7 +13,7 @@ import shlex
 
 import pytest
 
-from tests.vm.vmkit import REPO_ROOT, VENV_BIN, run_in_vm, vm_unavailable_reason
+from tests.vm.vmkit import GUEST_ENV, GUEST_HOME, REPO_ROOT, VENV_BIN, run_in_vm, vm_unavailable_reason
 
 # Measured here (2 cores, shared): boot 27 s idle, 50-65 s of guest time (4 min wall) with the host at load
 # 40; in the guest, lab_up.yml ~1 min and each site.yml run 7-8 min (every module start is a Python start
@@ -23,16 +23,6 @@ GUEST_TIMEOUT = 4500
 # `make test-ipip-vm` (which sets this), and `make test` reports it skipped with that reason.
 OPT_IN = "PODNET_IPIP_VM"
 INNER_TESTS = "tests/integration/test_calico_ipip.py"
-# The guest sees the host filesystem read-only (root's home too): ansible's temporary files and
-# anything else that wants a writable $HOME go to the guest's tmpfs.
-GUEST_HOME = "/run/podnet-vm-home"
-GUEST_ENV = {
-    "HOME": GUEST_HOME,
-    "ANSIBLE_LOCAL_TMP": f"{GUEST_HOME}/.ansible/tmp",
-    "ANSIBLE_REMOTE_TMP": f"{GUEST_HOME}/.ansible/tmp",
-    "PYTHONDONTWRITEBYTECODE": "1",
-    "PYTHONUNBUFFERED": "1",
-}
 
 pytestmark = pytest.mark.integration
 ENGINE_TESTS = "tests/integration/test_calico_ipip_engine.py"

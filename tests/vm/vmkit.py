@@ -11,6 +11,9 @@ tmpfs), so the repo's ``.venv`` and tests run inside unchanged.
 - ``vm_unavailable_reason()``: why no guest can be had here (None when one can).
 - ``run_in_vm(command, timeout)``: boot one guest, run ``command`` in it, return ``(rc, log)``. vng's own
   exit code and output are not reliable, so the guest writes both into a ``--rwdir`` folder.
+- ``vng_argv``, ``vng_host_env``, ``kill_group``: run_in_vm's parts, also used by ``vmctl.py``, which keeps
+  one guest up across several commands (molecule scenario ipip-vm); ``GUEST_ENV``: the environment both
+  test_ipip_vm.py and vmctl give commands in the guest.
 
 Typical use (tests/integration/test_ipip_vm.py)::
 
@@ -50,6 +53,17 @@ APT_TIMEOUT = 600
 CACHED_ROOT_TAG = "podnethost"
 CACHED_ROOT_OPTIONS = "trans=virtio,version=9p2000.L,msize=524288,cache=loose,ro"
 GUEST_CACHED_ROOT = "/run/podnet-hostfs"
+# The guest sees the host filesystem read-only (root's home too): ansible's temporary files and
+# anything else that wants a writable $HOME go to the guest's tmpfs. Shared by every guest user
+# (test_ipip_vm.py, vmctl.py), so the playbooks run there see one and the same environment.
+GUEST_HOME = "/run/podnet-vm-home"
+GUEST_ENV = {
+    "HOME": GUEST_HOME,
+    "ANSIBLE_LOCAL_TMP": f"{GUEST_HOME}/.ansible/tmp",
+    "ANSIBLE_REMOTE_TMP": f"{GUEST_HOME}/.ansible/tmp",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "PYTHONUNBUFFERED": "1",
+}
 
 
 class VMUnavailable(RuntimeError):
@@ -205,7 +219,7 @@ def vm_unavailable_reason(cache_dir: str | os.PathLike[str] = DEFAULT_CACHE_DIR)
 # --- running a command in a guest ------------------------------------------------------------------
 
 
-def _group_members(pgid: int) -> list[int]:
+def group_members(pgid: int) -> list[int]:
     """PIDs of the live processes whose process group is pgid (read from /proc)."""
     members = []
     for entry in Path("/proc").iterdir():
@@ -220,14 +234,14 @@ def _group_members(pgid: int) -> list[int]:
     return members
 
 
-def _kill_group(pgid: int, wait: float = 10.0) -> None:
-    """SIGKILL the process group pgid (the session run_in_vm started) and wait until it is empty."""
+def kill_group(pgid: int, wait: float = 10.0) -> None:
+    """SIGKILL the process group pgid (a guest session run_in_vm or vmctl started) and wait until it is empty."""
     try:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + wait
-    while _group_members(pgid) and time.monotonic() < deadline:
+    while group_members(pgid) and time.monotonic() < deadline:
         time.sleep(0.1)
 
 
@@ -258,6 +272,26 @@ def cached_root_prelude(dirs: Sequence[str], cwd: str | os.PathLike[str]) -> str
     return (f"if mkdir -p {mnt} && mount -t 9p -o {CACHED_ROOT_OPTIONS} {CACHED_ROOT_TAG} {mnt} && {binds}; "
             f"then :; else echo 'podnet-vm: no cached 9p root, going on uncached (slow)'; fi; "
             f"cd {shlex.quote(str(cwd))} || exit 1; ")
+
+
+def vng_host_env(vng: Path) -> dict[str, str]:
+    """The host environment for vng: this one, with vng's folder first on PATH (for virtme-run)."""
+    host_env = dict(os.environ)
+    host_env["PATH"] = f"{vng.parent}{os.pathsep}{host_env.get('PATH', GUEST_PATH)}"
+    return host_env
+
+
+def vng_argv(vng: Path, vmlinuz: Path, rwdir: Path, cwd: str | os.PathLike[str], command: Sequence[str], *,
+             memory: str = GUEST_MEMORY, cpus: int = GUEST_CPUS, cached: bool = True) -> list[str]:
+    """The vng command line that boots vmlinuz under TCG with ``rwdir`` shared read-write and runs
+    ``command`` (short: the kernel command line carries it) in ``cwd``; with ``cached``, the extra
+    read-only export of / that cached_root_prelude mounts."""
+    argv = [str(vng), "-r", str(vmlinuz), "--disable-kvm", "-m", memory, "--cpus", str(cpus),
+            "--rwdir", str(rwdir), "--cwd", str(cwd)]
+    if cached:
+        argv += [f"--qemu-opts=-fsdev local,id=podnetfs,path=/,readonly=on,security_model=none "
+                 f"-device virtio-9p-pci,fsdev=podnetfs,mount_tag={CACHED_ROOT_TAG}"]
+    return [*argv, "--", *command]
 
 
 def guest_command(command: Sequence[str], out_dir: Path, env: Mapping[str, str] | None = None,
@@ -296,23 +330,18 @@ def run_in_vm(
     vng = vng_path()
     if vng is None:
         raise VMUnavailable("vng not found (PyPI package virtme-ng)")
-    host_env = dict(os.environ)
-    host_env["PATH"] = f"{vng.parent}{os.pathsep}{host_env.get('PATH', GUEST_PATH)}"  # for virtme-run
+    host_env = vng_host_env(vng)
     with tempfile.TemporaryDirectory(prefix="podnet-vm-") as tmp:
         out = Path(tmp)
         os.chmod(out, 0o755)
         # PODNET_VM_OUT: the shared writable folder, for files the guest wants to hand back.
         guest_env = {"PATH": f"{VENV_BIN}:{GUEST_PATH}", "PODNET_VM_OUT": str(out), **(env or {})}
         prelude = cached_root_prelude(cached_dirs(cwd), cwd) if cached else ""
-        argv = [str(vng), "-r", str(vmlinuz), "--disable-kvm", "-m", memory, "--cpus", str(cpus),
-                "--rwdir", str(out), "--cwd", str(cwd)]
-        if cached:
-            argv += [f"--qemu-opts=-fsdev local,id=podnetfs,path=/,readonly=on,security_model=none "
-                     f"-device virtio-9p-pci,fsdev=podnetfs,mount_tag={CACHED_ROOT_TAG}"]
         # The script goes through the shared folder: the kernel command line (where vng puts the command)
         # holds only 2048 bytes.
         (out / "run.sh").write_text(guest_command(command, out, guest_env, prelude) + "\n")
-        argv += ["--", "bash", str(out / "run.sh")]
+        argv = vng_argv(vng, vmlinuz, out, cwd, ["bash", str(out / "run.sh")], memory=memory, cpus=cpus,
+                        cached=cached)
         start = time.monotonic()
         # Own session: on a timeout the whole group (vng, qemu) is killed, nothing else.
         proc = subprocess.Popen(argv, cwd=cwd, env=host_env, stdin=subprocess.DEVNULL,
@@ -323,12 +352,12 @@ def run_in_vm(
             vng_output, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
-            _kill_group(proc.pid)
+            kill_group(proc.pid)
             vng_output, _ = proc.communicate()
         finally:
             # Whatever happened (a timeout, pytest-timeout's alarm, Ctrl-C): no vng, virtme-run or qemu
             # of this group outlives the call. After a normal exit this finds nothing left.
-            _kill_group(proc.pid)
+            kill_group(proc.pid)
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
