@@ -9,7 +9,7 @@ import pytest
 
 from tests.unit.test_galaxy import build_and_install
 
-from .labkit import Lab, list_netns, run_playbook
+from .labkit import run_playbook
 
 pytestmark = pytest.mark.integration
 
@@ -21,14 +21,6 @@ USER_PLAYBOOK = """\
     - podnet.dataplane.plan
     - podnet.dataplane.flannel
 """
-
-
-@pytest.fixture(scope="module")
-def lab():
-    lab = Lab()
-    with lab:
-        yield lab
-    assert list_netns(lab.prefix) == []
 
 
 def test_installed_collection_converges_the_lab_by_fqcn(lab, tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .labkit import Lab, list_netns, netns_exec
+from .labkit import Lab, netns_exec
 
 pytestmark = pytest.mark.integration
 
@@ -45,14 +45,6 @@ def counted_run(lab: Lab, wrapper: Path, log: Path, backend: str, playbook: str 
     result = lab.run(playbook, extra_vars={"podnet_backend": backend, "ansible_python_interpreter": str(wrapper)})
     assert result.rc == 0, result.output
     return result, runs_per_node(lab, log)
-
-
-@pytest.fixture(scope="module")
-def lab():
-    lab = Lab()
-    with lab:
-        yield lab
-    assert list_netns(lab.prefix) == []
 
 
 def test_noop_rerun_starts_only_the_needed_modules(lab, tmp_path):
