@@ -36,7 +36,7 @@ test-ipip-vm: setup
 	PODNET_IPIP_VM=1 $(PY) -m pytest -q tests/integration/test_ipip_vm.py $(PYTEST_ARGS)
 
 # Molecule scenario ipip-vm: calico-ipip through create, converge, idempotence, verify and destroy inside one
-# QEMU guest (molecule/README.md); ~30-40 min under software emulation, so `make test` excludes it.
+# QEMU guest (molecule/README.md); ~45 min under software emulation, so `make test` excludes it.
 molecule-ipip-vm: setup
 	molecule test -s ipip-vm
 

@@ -1,7 +1,7 @@
 """`molecule test --all` from the repo root: every fast scenario under molecule/ (default = flannel-vxlan,
 calico = calico-bgp with BIRD, canal) builds its own namespace lab, converges, checks idempotence,
 verifies (drift + connectivity matrix) and destroys the lab. The slow scenario ipip-vm (calico-ipip in
-a QEMU guest, 30-40 min) is excluded: `make molecule-ipip-vm` runs it.
+a QEMU guest, ~45 min) is excluded: `make molecule-ipip-vm` runs it.
 
 Molecule keeps its per-scenario state under $ANSIBLE_HOME/tmp; the test points ANSIBLE_HOME at its own
 temporary directory so concurrent runs of this test never share molecule state, and each scenario's
