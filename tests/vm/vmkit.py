@@ -75,7 +75,7 @@ def _run(argv: Sequence[str], timeout: float = APT_TIMEOUT, **kw) -> subprocess.
                           stdin=subprocess.DEVNULL, **kw)
 
 
-def _tail(text: str, lines: int = 20) -> str:
+def tail(text: str, lines: int = 20) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
@@ -160,15 +160,15 @@ def ensure_kernel(cache_dir: str | os.PathLike[str] = DEFAULT_CACHE_DIR) -> Path
             debs = sorted(download.glob(f"{package}_*.deb"))
             if got.returncode != 0 or not debs:
                 raise VMUnavailable(f"apt-get download {package} failed (rc={got.returncode}): "
-                                    f"{_tail(got.stderr or got.stdout, 5)}")
+                                    f"{tail(got.stderr or got.stdout, 5)}")
             unpacked = Path(tmp, "kernel")
             got = _run(["dpkg", "-x", str(debs[-1]), str(unpacked)])
             if got.returncode != 0:
-                raise VMUnavailable(f"dpkg -x {debs[-1].name} failed: {_tail(got.stderr, 5)}")
+                raise VMUnavailable(f"dpkg -x {debs[-1].name} failed: {tail(got.stderr, 5)}")
             debs[-1].unlink()  # 70 MB not needed any more
             got = _run([shutil.which("depmod") or "/usr/sbin/depmod", "-b", str(unpacked), kver])
             if got.returncode != 0:
-                raise VMUnavailable(f"depmod -b {unpacked} {kver} failed: {_tail(got.stderr, 5)}")
+                raise VMUnavailable(f"depmod -b {unpacked} {kver} failed: {tail(got.stderr, 5)}")
             if not (unpacked / "boot" / f"vmlinuz-{kver}").is_file():
                 raise VMUnavailable(f"{package} holds no boot/vmlinuz-{kver}")
             (unpacked / COMPLETE_MARK).write_text(kver + "\n")
@@ -246,10 +246,10 @@ def kill_group(pgid: int, wait: float = 10.0) -> None:
 
 
 def cached_dirs(cwd: str | os.PathLike[str] = REPO_ROOT) -> list[str]:
-    """Host folders the guest reads through the cached 9p mount: the repo (with .venv), Python's
-    standard library and the usual binaries and libraries (what every python, ansible and ip start
-    reads)."""
-    dirs = [str(cwd), str(REPO_ROOT), sysconfig.get_paths()["stdlib"],
+    """Host folders the guest reads through the cached 9p mount: the repo (with .venv, also when .venv
+    links out of the repo, as in a second checkout sharing one venv), Python's standard library and
+    the usual binaries and libraries (what every python, ansible and ip start reads)."""
+    dirs = [str(cwd), str(REPO_ROOT), str(VENV_BIN.parent), sysconfig.get_paths()["stdlib"],
             "/usr/bin", "/usr/sbin", f"/usr/lib/{os.uname().machine}-linux-gnu"]
     out: list[str] = []
     for d in dirs:
@@ -369,5 +369,5 @@ def run_in_vm(
         if rc is None:
             why = f"killed after {timeout:.0f} s" if timed_out else f"vng exited {proc.returncode}"
             log += (f"\n--- the guest wrote no exit status ({why}, {seconds:.0f} s); vng's output ---\n"
-                    f"$ {shlex.join(argv)}\n{_tail(vng_output or '', 80)}\n")
+                    f"$ {shlex.join(argv)}\n{tail(vng_output or '', 80)}\n")
         return rc, log
