@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
+from ansible_collections.podnet.dataplane.plugins.module_utils.builders import subnet_env_text
 from ansible_collections.podnet.dataplane.plugins.module_utils.plan import (
     CLUSTER_KEYS,
     NODE_KEYS,
@@ -67,7 +68,7 @@ def ping_matrix(results: list) -> str:
 
 def subnet_env(values: dict, mtu) -> str:
     """flannel's /run/flannel/subnet.env (seed 004 format), with the MTU the node really got."""
-    return "".join(f"{key}={mtu if key == 'FLANNEL_MTU' else value}\n" for key, value in values.items())
+    return subnet_env_text(values, mtu)
 
 
 def drift(results: list) -> list[str]:

@@ -194,3 +194,8 @@ def iptables_command(table: str, action: str, chain: str, args: list[str]) -> st
     # "!" needs no quoting outside an interactive shell; keep the line as a person types it.
     words = ["iptables", "-t", table, action, chain, *args]
     return " ".join(w if w == "!" else shlex.quote(w) for w in words)
+
+
+def subnet_env_text(values: dict[str, Any], mtu: int | str) -> str:
+    """flannel's /run/flannel/subnet.env (seed 004 format), with the MTU the node really got."""
+    return "".join(f"{key}={mtu if key == 'FLANNEL_MTU' else value}\n" for key, value in values.items())

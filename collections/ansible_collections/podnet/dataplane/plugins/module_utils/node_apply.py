@@ -1,0 +1,241 @@
+# Copyright: podnet contributors
+# Apache License 2.0
+"""A node's whole backend in one module run (podnet.dataplane.node_apply).
+
+Every podnet module costs a process on the node (Python, AnsiballZ, ansible's imports: ~0.3-0.5 CPU-s)
+and a worker on the controller; a backend applied as one task per resource costs 7-9 of them per node,
+which is what dominated a large cluster's converge. Here the same resources run in one process, in the
+order the backend roles used to run them, each through its module's own code (``<module>_resource.run``)
+with its own argument spec, so results, check mode, diffs and error messages are the module's.
+Cleanups (another backend's VTEP, tunl0, proxy-ARP records) always run: in-process they cost a netlink
+dump, not a module run.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible_collections.podnet.dataplane.plugins.module_utils import (
+    ipip_tunnel_resource,
+    iptables_rules_resource,
+    pod_network_resource,
+    pod_route_resource,
+    proxy_arp_resource,
+    vxlan_fdb_resource,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.builders import subnet_env_text
+
+RESOURCES = {
+    "vxlan_fdb": vxlan_fdb_resource,
+    "ipip_tunnel": ipip_tunnel_resource,
+    "pod_route": pod_route_resource,
+    "pod_network": pod_network_resource,
+    "proxy_arp": proxy_arp_resource,
+    "iptables_rules": iptables_rules_resource,
+}
+FLANNEL_BACKENDS = ("flannel-vxlan", "flannel-host-gw")
+SUBNET_ENV_MODE = 0o644
+SUBNET_ENV_DIR_MODE = 0o755
+
+
+class StepFailed(Exception):
+    def __init__(self, step: str, msg: str, extra: dict[str, Any]):
+        super().__init__(msg)
+        self.step, self.msg, self.extra = step, msg, extra
+
+
+class _StepDone(Exception):
+    def __init__(self, result: dict[str, Any]):
+        super().__init__("step done")
+        self.result = result
+
+
+class StepModule:
+    """What a resource's run() uses of AnsibleModule, for one resource inside node_apply: its own
+    validated parameters, the run's check mode, and exit/fail that end the step instead of the process."""
+
+    def __init__(self, parent, step: str, resource: str, params: dict[str, Any]):
+        self.step = step
+        self._parent = parent
+        checked = ArgumentSpecValidator(RESOURCES[resource].ARGUMENT_SPEC).validate(params)
+        if checked.error_messages:
+            raise StepFailed(step, f"podnet.{resource}: " + "; ".join(checked.error_messages), {})
+        self.params = checked.validated_parameters
+        self.check_mode = parent.check_mode
+
+    def exit_json(self, **result: Any) -> None:
+        raise _StepDone(result)
+
+    def fail_json(self, msg: str, **extra: Any) -> None:
+        raise StepFailed(self.step, msg, extra)
+
+    def get_bin_path(self, *args: Any, **kwargs: Any):
+        return self._parent.get_bin_path(*args, **kwargs)
+
+    def run_command(self, *args: Any, **kwargs: Any):
+        return self._parent.run_command(*args, **kwargs)
+
+
+class NodeRun:
+    """Runs a node's steps in order and keeps their results; the first failure ends the run."""
+
+    def __init__(self, module):
+        self.module = module
+        self.results: list[dict[str, Any]] = []
+
+    def resource(self, step: str, resource: str, **params: Any) -> dict[str, Any]:
+        params["persist_dir"] = self.module.params["persist_dir"]
+        sub = StepModule(self.module, step, resource, params)
+        try:
+            RESOURCES[resource].run(sub)
+        except _StepDone as done:
+            result = done.result
+        else:  # every run() ends in exit_json or fail_json; reaching here is a bug in the resource
+            raise StepFailed(step, f"podnet.{resource} returned without a result", {})
+        return self._keep(step, resource, result)
+
+    def file(self, step: str, path: str, content: str | None) -> dict[str, Any]:
+        """A small text file with exactly this content (mode 0644, its folder 0755); None: no file."""
+        try:
+            result = converge_file(self.module, path, content)
+        except OSError as exc:
+            raise StepFailed(step, f"podnet.node_apply: {step} ({path}): {exc}", {}) from exc
+        return self._keep(step, "file", result)
+
+    def _keep(self, step: str, resource: str, result: dict[str, Any]) -> dict[str, Any]:
+        result = dict(result, step=step, resource=resource)
+        diff = result.get("diff")
+        if isinstance(diff, dict):
+            result["diff"] = dict(diff, before_header=step, after_header=step)
+        self.results.append(result)
+        return result
+
+
+def converge_file(module, path: str, content: str | None) -> dict[str, Any]:
+    """What ansible.builtin.file + copy did for subnet.env, in-process: content and modes exactly as
+    wanted, written atomically (module.atomic_move), or the file removed when content is None."""
+    before = _read(path)
+    changed_dir = False
+    if content is None:
+        changed = before is not None
+        if changed and not module.check_mode:
+            os.unlink(path)
+        after = None
+    else:
+        folder = os.path.dirname(path) or "."
+        changed_dir = not os.path.isdir(folder) or _mode(folder) != SUBNET_ENV_DIR_MODE
+        changed = before != content or _mode(path) != SUBNET_ENV_MODE
+        if not module.check_mode:
+            if changed_dir:
+                os.makedirs(folder, mode=SUBNET_ENV_DIR_MODE, exist_ok=True)
+                os.chmod(folder, SUBNET_ENV_DIR_MODE)
+            if changed:
+                fd, tmp = tempfile.mkstemp(dir=folder, prefix=".podnet-")
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(content)
+                os.chmod(tmp, SUBNET_ENV_MODE)
+                module.atomic_move(tmp, path)
+        after = content
+    return {
+        "changed": changed or changed_dir,
+        "path": path,
+        "commands": [],
+        "diff": {"before": before or "", "after": after or ""},
+    }
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+
+
+def _mode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        return None
+
+
+def _vtep_params(vtep: dict[str, Any]) -> dict[str, Any]:
+    keys = ("name", "vni", "port", "local", "underlay_interface", "mtu", "mac", "address", "peers")
+    return {key: vtep.get(key) for key in keys} | {"state": "overridden"}
+
+
+def _pod_mtu(node: dict[str, Any], *device_results: dict[str, Any] | None) -> int:
+    """The MTU the VTEP or tunnel got on the node (derived from the real underlay), else the explicit
+    podnet_mtu, else the planner's render-time value."""
+    for result in device_results:
+        if result and result.get("mtu"):
+            return int(result["mtu"])
+    return int(node.get("mtu") or node["render_mtu"])
+
+
+def _other_vteps(run: NodeRun, node: dict[str, Any]) -> None:
+    own = (node.get("vtep") or {}).get("name")
+    for name in run.module.params["other_vteps"]:
+        if name != own:
+            run.resource(f"no VXLAN endpoint {name}", "vxlan_fdb", name=name, state="deleted")
+
+
+def apply_flannel(run: NodeRun, node: dict[str, Any]) -> None:
+    """flannel-vxlan / flannel-host-gw: VTEP and peers (vxlan), routes, bridge and pods, masquerade,
+    subnet.env; and nothing left of another backend (its VTEP, tunl0, proxy-ARP settings)."""
+    p = run.module.params
+    vtep = None
+    if node.get("vtep"):
+        vtep = run.resource("VXLAN endpoint and static peers", "vxlan_fdb", **_vtep_params(node["vtep"]))
+    _other_vteps(run, node)
+    run.resource("no IPIP tunnel of calico-ipip", "ipip_tunnel", state="deleted")
+    run.resource("routes to every peer's pod subnet", "pod_route", routes=node["routes"], state="overridden")
+    run.resource("no proxy-ARP settings of a routed backend", "proxy_arp", interfaces=["cali*"],
+                 state_file=p["proxy_arp_state_file"], state="deleted")
+    mtu = _pod_mtu(node, vtep)
+    run.resource("pod bridge, pods and forwarding", "pod_network", bridge=node["bridge"], mtu=mtu,
+                 pods=node["pods"], state="overridden")
+    run.resource("masquerade and forward rules", "iptables_rules", rules=node["iptables"], state="overridden")
+    run.file("subnet.env of flannel", p["subnet_env"], subnet_env_text(node["subnet_env"], mtu))
+
+
+def apply_calico(run: NodeRun, node: dict[str, Any]) -> None:
+    """calico-bgp / calico-ipip / calico-vxlan / canal and the routed backends: VTEP or tunnel, pods
+    wired the routed way with proxy ARP, routes, masquerade, subnet.env only for canal."""
+    p = run.module.params
+    _other_vteps(run, node)
+    vtep = tunnel = None
+    if node.get("vtep"):
+        vtep = run.resource("VXLAN endpoint and static peers", "vxlan_fdb", **_vtep_params(node["vtep"]))
+    if node.get("tunnel"):
+        t = node["tunnel"]
+        tunnel = run.resource("IPIP tunnel", "ipip_tunnel", name=t["name"], local=node["node_ip"],
+                              mtu=t.get("mtu"), address=t.get("address"), state="overridden")
+    mtu = _pod_mtu(node, vtep, tunnel)
+    run.resource("pods wired the routed way", "pod_network", mode="routed", mtu=mtu, pods=node["pods"],
+                 state="overridden")
+    if node["pods"]:
+        run.resource("proxy ARP and forwarding on the pods' host interfaces", "proxy_arp",
+                     interfaces=[pod["host_interface"] for pod in node["pods"]], settings=p["pod_sysctls"],
+                     state_file=p["proxy_arp_state_file"], state="merged")
+    run.resource("routes to every peer's block", "pod_route", routes=node["routes"], state="overridden")
+    run.resource("masquerade rules", "iptables_rules", rules=node["iptables"], state="overridden")
+    content = subnet_env_text(node["subnet_env"], mtu) if node.get("subnet_env") else None
+    run.file("subnet.env of flannel (canal only)", p["subnet_env"], content)
+
+
+def backend_of(node: dict[str, Any]) -> Callable[[NodeRun, dict[str, Any]], None]:
+    return apply_flannel if node["backend"] in FLANNEL_BACKENDS else apply_calico
+
+
+def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The module result: changed if any step changed; every step's commands, in order; one diff per step."""
+    return {
+        "changed": any(r.get("changed") for r in results),
+        "commands": [cmd for r in results for cmd in r.get("commands") or []],
+        "diff": [r["diff"] for r in results if r.get("changed") and isinstance(r.get("diff"), dict)],
+        "results": results,
+    }

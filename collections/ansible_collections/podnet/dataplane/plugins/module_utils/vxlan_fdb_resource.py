@@ -1,0 +1,220 @@
+# Copyright: podnet contributors
+# Apache License 2.0
+"""The vxlan_fdb resource: what podnet.dataplane.vxlan_fdb does, as run(module), so that
+podnet.dataplane.node_apply can run it in the same process as the node's other resources."""
+from __future__ import annotations
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.podnet.dataplane.plugins.module_utils.builders import (
+    VXLAN_OVERHEAD,
+    vtep_objects,
+    vxlan_peer_objects,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
+    HAS_PYROUTE2,
+    PYROUTE2_IMPORT_ERROR,
+    Change,
+    Engine,
+    KernelState,
+    plan,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
+    Address,
+    FdbEntry,
+    Link,
+    Neighbour,
+    is_owned_alias,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.offload import (
+    TX_CHECKSUM,
+    feature_command,
+    get_feature,
+    set_feature,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.persist import PERSIST_OPTION, persist_result
+from ansible_collections.podnet.dataplane.plugins.module_utils.resource import (
+    STATES,
+    fail_on_engine_error,
+    result_for,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.validate import (
+    check_interface_name,
+    check_ipv4,
+    check_mac,
+)
+
+PEER_SPEC = {
+    "vtep_ip": {"type": "str", "required": True},
+    "mac": {"type": "str", "required": True},
+    "node_ip": {"type": "str", "required": True},
+}
+ARGUMENT_SPEC = {
+    "name": {"type": "str", "required": True},
+    "vni": {"type": "int", "default": 1},
+    "port": {"type": "int", "default": 8472},
+    "local": {"type": "str"},
+    "underlay_interface": {"type": "str"},
+    "mtu": {"type": "int"},
+    "mac": {"type": "str"},
+    "address": {"type": "str"},
+    "learning": {"type": "bool", "default": False},
+    "tx_checksum_offload": {"type": "bool", "default": False},
+    "persist_dir": PERSIST_OPTION,
+    "peers": {"type": "list", "elements": "dict", "options": PEER_SPEC, "default": []},
+    "state": {"type": "str", "choices": STATES, "default": "merged"},
+}
+
+
+def validate(module: AnsibleModule) -> None:
+    p = module.params
+    problems = []
+    problems += check_interface_name("name", p["name"])
+    if p["underlay_interface"]:
+        problems += check_interface_name("underlay_interface", p["underlay_interface"])
+    if not 1 <= p["vni"] <= 16777215:
+        problems.append(f"vni: {p['vni']} is out of range 1..16777215")
+    if not 1 <= p["port"] <= 65535:
+        problems.append(f"port: {p['port']} is not a UDP port")
+    if p["mtu"] is not None and not 68 <= p["mtu"] <= 65535:
+        problems.append(f"mtu: {p['mtu']} is out of range 68..65535")
+    if p["mac"]:
+        problems += check_mac("mac", p["mac"])
+    if p["local"]:
+        problems += check_ipv4("local", p["local"])
+    for i, peer in enumerate(p["peers"]):
+        problems += check_ipv4(f"peers[{i}].vtep_ip", peer["vtep_ip"])
+        problems += check_ipv4(f"peers[{i}].node_ip", peer["node_ip"])
+        problems += check_mac(f"peers[{i}].mac", peer["mac"])
+    if p["state"] in ("merged", "replaced", "overridden", "rendered") and not p["local"]:
+        problems.append(f"local: required with state={p['state']}")
+    if problems:
+        module.fail_json(msg="podnet.vxlan_fdb: " + "; ".join(problems), problems=problems)
+
+
+def gathered(name: str, have: KernelState) -> dict:
+    link = have.objects.get(("link", None, name))
+    if link is None:
+        return {}
+    fdb = {o.mac: o.dst for o in have.of_type(FdbEntry) if o.dev == name}
+    peers = [{"vtep_ip": n.dst, "mac": n.mac, "node_ip": fdb.get(n.mac)}
+             for n in have.of_type(Neighbour) if n.dev == name and n.permanent]
+    addresses = [a.cidr for a in have.of_type(Address) if a.dev == name]
+    v = link.vxlan
+    return {"name": name, "vni": v and v.vni, "port": v and v.port, "local": v and v.local,
+            "underlay_interface": v and v.underlay, "learning": v and v.learning, "mtu": link.mtu,
+            "mac": link.mac, "address": addresses[0] if addresses else None, "owned": is_owned_alias(link.alias),
+            "peers": sorted(peers, key=lambda peer: peer["vtep_ip"])}
+
+
+def wanted_vtep(module: AnsibleModule, have: KernelState) -> dict:
+    p = module.params
+    underlay = p["underlay_interface"]
+    if not underlay:
+        holder = have.device_holding(p["local"])
+        if holder is None:
+            module.fail_json(msg=f"podnet.vxlan_fdb: local address {p['local']} is not on any interface of "
+                                 "this node; set underlay_interface or fix podnet_node_ip")
+        underlay = holder.name
+    lower = have.objects.get(("link", None, underlay))
+    if lower is None:
+        module.fail_json(msg=f"podnet.vxlan_fdb: underlay_interface {underlay} does not exist on this node")
+    mtu = p["mtu"] or lower.mtu - VXLAN_OVERHEAD
+    return {"name": p["name"], "vni": p["vni"], "port": p["port"], "local": p["local"],
+            "underlay_interface": underlay, "mac": p["mac"], "mtu": mtu, "address": p["address"],
+            "learning": p["learning"]}
+
+
+def purge_predicate(module: AnsibleModule):
+    p = module.params
+    name, state = p["name"], p["state"]
+    peer_vteps = {peer["vtep_ip"] for peer in p["peers"]}
+    peer_nodes = {peer["node_ip"] for peer in p["peers"]}
+
+    def purge(obj) -> bool:
+        if getattr(obj, "dev", None) != name:
+            return False
+        if isinstance(obj, Address):
+            return True  # the VTEP carries exactly one address, podnet's
+        if state == "overridden":
+            return isinstance(obj, (Neighbour, FdbEntry))
+        if state == "replaced":
+            return ((isinstance(obj, Neighbour) and obj.dst in peer_vteps)
+                    or (isinstance(obj, FdbEntry) and obj.dst in peer_nodes))
+        return False
+
+    return purge
+
+
+def run(module: AnsibleModule) -> None:
+    """The module's work: ends in module.exit_json or module.fail_json."""
+    validate(module)
+    p = module.params
+    name, state = p["name"], p["state"]
+
+    if state == "rendered":
+        vtep = {k: p[k] for k in ("name", "vni", "port", "local", "underlay_interface", "mac", "mtu",
+                                  "address", "learning")}
+        objs = vtep_objects(vtep) + vxlan_peer_objects(name, p["peers"])
+        module.exit_json(changed=False, rendered=[c for o in objs for c in o.add_commands()])
+    if not HAS_PYROUTE2:
+        module.fail_json(msg=missing_required_lib("pyroute2"), exception=str(PYROUTE2_IMPORT_ERROR))
+
+    with Engine() as engine:
+        have = engine.gather({Address, Neighbour, FdbEntry})
+        if state == "gathered":
+            module.exit_json(changed=False, gathered=gathered(name, have))
+        existing = have.objects.get(("link", None, name))
+        want: list = []
+        if state == "deleted":
+            changes = deleted_changes(module, have, existing)
+            extra: dict = {}
+        else:
+            if existing is not None and existing.kind != "vxlan":
+                module.fail_json(msg=f"podnet.vxlan_fdb: device {name} exists but is a {existing.kind} "
+                                     "device, not VXLAN; podnet will not replace a device it did not create")
+            vtep = wanted_vtep(module, have)
+            want = vtep_objects(vtep) + vxlan_peer_objects(name, p["peers"])
+            changes = plan(want, have, purge_predicate(module))
+            extra = {"mtu": vtep["mtu"], "mac": vtep["mac"] or (existing.mac if existing else None)}
+        if changes and not module.check_mode:
+            fail_on_engine_error(module, engine.apply, changes, have)
+            if state != "deleted" and not extra["mac"]:
+                extra["mac"] = engine.gather(set()).objects[("link", None, name)].mac
+    result = result_for(changes, **extra)
+    if state != "deleted":
+        converge_offload(module, result, created=existing is None)
+    persist_result(module, f"vxlan_fdb-{name}", want,
+                   offload=[{"device": name, "feature": TX_CHECKSUM, "enabled": p["tx_checksum_offload"]}])
+    module.exit_json(**result)
+
+
+def converge_offload(module: AnsibleModule, result: dict, created: bool) -> None:
+    """Bring TX checksum offload to the wanted state (a fresh device in check mode counts as 'on')."""
+    name, wanted = module.params["name"], module.params["tx_checksum_offload"]
+    current = True if created and module.check_mode else get_feature(name, TX_CHECKSUM)
+    if current is None or current == wanted:
+        return
+    if not module.check_mode:
+        try:
+            set_feature(name, TX_CHECKSUM, wanted)
+        except Exception as exc:
+            module.fail_json(msg=f"podnet.vxlan_fdb: {feature_command(name, TX_CHECKSUM, wanted)}: {exc}")
+    result["changed"] = True
+    result["commands"].append(feature_command(name, TX_CHECKSUM, wanted))
+    result["diff"]["before"] += f"offload dev={name} {TX_CHECKSUM}={'on' if current else 'off'}\n"
+    result["diff"]["after"] += f"offload dev={name} {TX_CHECKSUM}={'on' if wanted else 'off'}\n"
+
+
+def deleted_changes(module: AnsibleModule, have: KernelState, existing: Link | None) -> list[Change]:
+    p = module.params
+    if existing is None:
+        return []
+    if p["peers"]:
+        keys = set()
+        for obj in vxlan_peer_objects(p["name"], p["peers"]):
+            keys.add(obj.key())
+        return [Change("delete", None, have.objects[k]) for k in sorted(keys) if k in have.objects]
+    if not is_owned_alias(existing.alias):
+        module.fail_json(msg=f"podnet.vxlan_fdb: device {p['name']} was not created by podnet "
+                             f"(alias {existing.alias!r}); refusing to delete it")
+    return [Change("delete", None, existing)]
