@@ -92,10 +92,9 @@ class NodeRun:
         try:
             RESOURCES[resource].run(sub)
         except _StepDone as done:
-            result = done.result
-        else:  # every run() ends in exit_json or fail_json; reaching here is a bug in the resource
-            raise StepFailed(step, f"podnet.{resource} returned without a result", {})
-        return self._keep(step, resource, result)
+            return self._keep(step, resource, done.result)
+        # every run() ends in exit_json or fail_json; reaching here is a bug in the resource
+        raise StepFailed(step, f"podnet.{resource} returned without a result", {})
 
     def file(self, step: str, path: str, content: str | None) -> dict[str, Any]:
         """A small text file with exactly this content (mode 0644, its folder 0755); None: no file."""
