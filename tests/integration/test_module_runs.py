@@ -1,6 +1,7 @@
 """How many module processes site.yml starts on each node (issue 8, part 3: per-node cost is per
-module run). Cleanup modules run only where the read-only preflight saw something to clean, so a
-no-op re-run starts fewer of them; backend switches still clean up (the other tests check the kernel).
+module run). A node's backend is one podnet.dataplane.node_apply run; the cleanups outside it (policy
+chains, BIRD) run only where the read-only preflight saw something to clean; backend switches still
+clean up (the other tests check the kernel).
 
 Module runs are counted with a Python interpreter wrapper that logs the network namespace each
 module process starts in.
@@ -19,10 +20,10 @@ from .labkit import Lab, netns_exec
 pytestmark = pytest.mark.integration
 
 NODES = ("node1", "node2", "node3")
-# Module runs per node on a no-op re-run: preflight (plan play, then again under the node lock), the
-# node lock (take, give back), the backend's own modules, iptables_rules and nothing else. The bounds
-# leave no room for an ungated cleanup.
-NOOP_MAX = {"flannel-vxlan": 8, "calico-bgp": 8}
+# Module runs per node on a no-op re-run: preflight (plan play; then again, taking the node lock first),
+# podnet.dataplane.node_apply (the whole backend) and giving the lock back - nothing else. The
+# bounds leave no room for an ungated cleanup (policy chains, BIRD).
+NOOP_MAX = {"flannel-vxlan": 4, "calico-bgp": 4}
 
 
 def counting_interpreter(tmp: Path) -> tuple[Path, Path]:

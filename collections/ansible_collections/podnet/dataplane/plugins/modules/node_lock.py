@@ -59,97 +59,32 @@ broke_stale:
   type: dict
 """
 
-import json
-import os
-import socket
-import time
-
 from ansible.module_utils.basic import AnsibleModule
-
-POLL = 0.25
-
-
-def read_lock(path: str) -> dict | None:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-        data["age"] = time.time() - os.stat(path).st_mtime
-        return data
-    except FileNotFoundError:
-        return None
-    except (ValueError, OSError):
-        return {"owner": {}, "age": time.time() - os.stat(path).st_mtime}  # torn write: judge by age
-
-
-def owner_alive(owner: dict) -> bool | None:
-    """True/False when the owner ran on this machine; None when that cannot be checked from here."""
-    if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
-        return None
-    try:
-        os.kill(owner["pid"], 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def try_create(path: str, owner: dict) -> bool:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump({"owner": owner, "since": time.time()}, handle)
-    return True
+from ansible_collections.podnet.dataplane.plugins.module_utils.node_lock import (
+    LOCK_SPEC,
+    LockTimeout,
+    acquire,
+    release,
+)
 
 
 def main() -> None:
     module = AnsibleModule(argument_spec={
-        "owner": {"type": "dict", "required": True},
-        "path": {"type": "path", "default": "/run/podnet/node.lock"},
+        **LOCK_SPEC,
         "state": {"type": "str", "choices": ["acquired", "released"], "default": "acquired"},
-        "wait_timeout": {"type": "int", "default": 600},
-        "stale_after": {"type": "int", "default": 900},
     }, supports_check_mode=True)
     p = module.params
-    path, owner = p["path"], p["owner"]
     if module.check_mode and p["state"] == "acquired":
         module.exit_json(changed=False, waited=0.0, msg="check mode: lock not taken")
     if p["state"] == "released":
-        current = read_lock(path)
-        if current and current.get("owner", {}).get("run") == owner.get("run") and not module.check_mode:
-            os.unlink(path)
+        if not module.check_mode:
+            release(p["path"], p["owner"])
         module.exit_json(changed=False, waited=0.0)
-
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    start = time.monotonic()
-    broke = None
-    while True:
-        if try_create(path, owner):
-            break
-        current = read_lock(path)
-        if current is None:
-            continue  # released between our attempt and the read
-        holder = current.get("owner", {})
-        if holder.get("run") == owner.get("run"):
-            break  # ours already
-        alive = owner_alive(holder)
-        if alive is False or (alive is None and current["age"] > p["stale_after"]):
-            broke = holder
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            continue
-        if time.monotonic() - start > p["wait_timeout"]:
-            module.fail_json(msg=f"podnet: node is locked by run {holder.get('run')} of {holder.get('host')} "
-                                 f"(pid {holder.get('pid')}) for {current['age']:.0f} s; waited {p['wait_timeout']} s")
-        time.sleep(POLL)
-    result = {"changed": False, "waited": round(time.monotonic() - start, 3)}
-    if broke is not None:
-        result["broke_stale"] = broke
-    module.exit_json(**result)
+    try:
+        taken = acquire(p["path"], p["owner"], p["wait_timeout"], p["stale_after"])
+    except LockTimeout as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(changed=False, **taken)
 
 
 if __name__ == "__main__":
