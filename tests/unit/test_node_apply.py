@@ -1,0 +1,106 @@
+"""node_apply's own parts that need no kernel: the subnet.env file step, step argument checking, the
+pods' MTU choice and the result summary (tests/integration/test_node_apply.py and the backend tests run
+the whole module against namespace labs)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from ansible_collections.podnet.dataplane.plugins.module_utils import node_apply
+from ansible_collections.podnet.dataplane.plugins.module_utils.node_apply import (
+    StepFailed,
+    StepModule,
+    converge_file,
+    summary,
+)
+
+
+class FakeParent:
+    """The parts of AnsibleModule that node_apply's file step and StepModule use."""
+
+    def __init__(self, check_mode: bool = False):
+        self.check_mode = check_mode
+        self.params = {"persist_dir": None}
+
+    def atomic_move(self, src: str, dest: str) -> None:
+        os.replace(src, dest)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_file_step_writes_then_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "flannel" / "subnet.env"
+    first = converge_file(FakeParent(), str(path), "FLANNEL_MTU=1450\n")
+    assert first["changed"] and first["diff"] == {"before": "", "after": "FLANNEL_MTU=1450\n"}
+    assert path.read_text() == "FLANNEL_MTU=1450\n"
+    assert mode(path) == 0o644 and mode(path.parent) == 0o755
+    assert not converge_file(FakeParent(), str(path), "FLANNEL_MTU=1450\n")["changed"]
+    assert [p.name for p in path.parent.iterdir()] == ["subnet.env"]  # no temporary file left
+
+
+def test_file_step_repairs_mode_and_content(tmp_path: Path) -> None:
+    path = tmp_path / "subnet.env"
+    path.write_text("FLANNEL_MTU=1450\n")
+    path.chmod(0o600)
+    assert converge_file(FakeParent(), str(path), "FLANNEL_MTU=1450\n")["changed"]
+    assert mode(path) == 0o644
+    result = converge_file(FakeParent(), str(path), "FLANNEL_MTU=1400\n")
+    assert result["changed"] and result["diff"]["before"] == "FLANNEL_MTU=1450\n"
+    assert path.read_text() == "FLANNEL_MTU=1400\n"
+
+
+def test_file_step_in_check_mode_reports_but_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "flannel" / "subnet.env"
+    assert converge_file(FakeParent(check_mode=True), str(path), "X=1\n")["changed"]
+    assert not path.parent.exists()
+    path.parent.mkdir(mode=0o755)
+    path.write_text("X=1\n")
+    path.chmod(0o644)
+    result = converge_file(FakeParent(check_mode=True), str(path), None)
+    assert result["changed"] and result["diff"] == {"before": "X=1\n", "after": ""}
+    assert path.exists()
+
+
+def test_file_step_removes_the_file_when_no_content(tmp_path: Path) -> None:
+    path = tmp_path / "subnet.env"
+    path.write_text("X=1\n")
+    assert converge_file(FakeParent(), str(path), None)["changed"]
+    assert not path.exists()
+    assert not converge_file(FakeParent(), str(path), None)["changed"]
+
+
+def test_a_step_checks_its_arguments_with_the_modules_spec() -> None:
+    with pytest.raises(StepFailed) as failed:
+        StepModule(FakeParent(), "routes", "pod_route", {"routes": [{"via": "10.0.0.1"}], "state": "overridden"})
+    assert failed.value.step == "routes"
+    assert failed.value.msg.startswith("podnet.pod_route: ") and "dst" in failed.value.msg
+    sub = StepModule(FakeParent(check_mode=True), "routes", "pod_route", {"routes": [{"dst": "10.244.1.0/24"}]})
+    assert sub.check_mode and sub.params["state"] == "merged" and sub.params["routes"][0]["onlink"] is False
+
+
+def test_pod_mtu_is_the_devices_then_the_explicit_then_the_render_time_one() -> None:
+    node = {"mtu": None, "render_mtu": 1450}
+    assert node_apply._pod_mtu(node, {"mtu": 1400}, None) == 1400
+    assert node_apply._pod_mtu(node, None, {"mtu": 1480}) == 1480
+    assert node_apply._pod_mtu(dict(node, mtu=1300), None) == 1300
+    assert node_apply._pod_mtu(node, None, None) == 1450
+
+
+def test_summary_keeps_order_and_shows_only_changed_diffs() -> None:
+    results = [
+        {"step": "a", "changed": False, "commands": [], "diff": {"before": "", "after": ""}},
+        {"step": "b", "changed": True, "commands": ["ip route add 10.244.1.0/24 via 10.0.0.2"],
+         "diff": {"before": "", "after": "route\n", "before_header": "b", "after_header": "b"}},
+        {"step": "c", "changed": True, "commands": ["ip link set cni0 mtu 1450"], "diff": {"before": "x", "after": "y"}},
+    ]
+    out = summary(results)
+    assert out["changed"] is True
+    assert out["commands"] == ["ip route add 10.244.1.0/24 via 10.0.0.2", "ip link set cni0 mtu 1450"]
+    assert [d["after"] for d in out["diff"]] == ["route\n", "y"]
+    assert out["results"] is results
+    assert summary([])["changed"] is False
