@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -122,12 +123,26 @@ def state_dump(lab: Lab) -> dict:
     return out
 
 
+def settled_state(lab: Lab, timeout: float = 30.0) -> dict:
+    """The state once the kernel has stopped changing it on its own (e.g. IPv6 duplicate address
+    detection on links a converge just created, which takes seconds on a loaded machine)."""
+    deadline = time.monotonic() + timeout
+    previous = state_dump(lab)
+    while True:
+        time.sleep(1.0)
+        current = state_dump(lab)
+        if current == previous or time.monotonic() > deadline:
+            return current
+        previous = current
+
+
 @pytest.fixture(scope="module")
 def converged_lab():
     lab = Lab()
     with lab:
         result = lab.run("playbooks/site.yml")
         assert result.rc == 0, result.output
+        settled_state(lab)
         yield lab
     assert list_netns(lab.prefix) == []
 
@@ -169,7 +184,7 @@ def test_underlay_mtu_disagreement_fails_before_changes(converged_lab):
     lab = converged_lab
     lab.exec("node3", ["ip", "link", "set", "eth0", "mtu", "1400"], check=True)
     try:
-        before = state_dump(lab)
+        before = settled_state(lab)
         result = lab.run("playbooks/site.yml")
         assert result.rc != 0 and "underlay MTUs differ" in result.stdout, result.output
         assert state_dump(lab) == before
