@@ -36,7 +36,6 @@ RESOURCES = {
     "proxy_arp": proxy_arp_resource,
     "iptables_rules": iptables_rules_resource,
 }
-FLANNEL_BACKENDS = ("flannel-vxlan", "flannel-host-gw")
 SUBNET_ENV_MODE = 0o644
 SUBNET_ENV_DIR_MODE = 0o755
 
@@ -227,7 +226,9 @@ def apply_calico(run: NodeRun, node: dict[str, Any]) -> None:
 
 
 def backend_of(node: dict[str, Any]) -> Callable[[NodeRun, dict[str, Any]], None]:
-    return apply_flannel if node["backend"] in FLANNEL_BACKENDS else apply_calico
+    """The planner's pod mode says which family the backend is: "bridge" (cni0 + veths) for the
+    flannel backends, "routed" (/32 routes + proxy ARP) for calico and the other routed ones."""
+    return apply_flannel if node["pod_mode"] == "bridge" else apply_calico
 
 
 def summary(results: list[dict[str, Any]]) -> dict[str, Any]:

@@ -35,8 +35,9 @@ options:
   node:
     description:
       - This node's planned state, C(podnet_node) as the C(podnet.dataplane.plan) role sets it
-        (C(backend), C(node_ip), C(vtep), C(tunnel), C(routes), C(pods), C(bridge), C(iptables),
-        C(subnet_env), C(mtu), C(render_mtu)).
+        (C(backend), C(pod_mode), C(node_ip), C(vtep), C(tunnel), C(routes), C(pods), C(bridge),
+        C(iptables), C(subnet_env), C(mtu), C(render_mtu)); C(pod_mode) C(bridge) selects the flannel
+        steps below, C(routed) the calico ones.
     type: dict
     required: true
   other_vteps:
@@ -105,7 +106,6 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
     PYROUTE2_IMPORT_ERROR,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.node_apply import (
-    FLANNEL_BACKENDS,
     NodeRun,
     StepFailed,
     backend_of,
@@ -121,14 +121,14 @@ ARGUMENT_SPEC = {
     "pod_sysctls": {"type": "dict"},
     "persist_dir": PERSIST_OPTION,
 }
-NODE_KEYS = ("backend", "node_ip", "routes", "pods", "iptables", "render_mtu")
-FLANNEL_NODE_KEYS = ("bridge", "subnet_env")
+NODE_KEYS = ("backend", "pod_mode", "node_ip", "routes", "pods", "iptables", "render_mtu")
+BRIDGE_NODE_KEYS = ("bridge", "subnet_env")
 
 
 def main() -> None:
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     node = module.params["node"]
-    wanted = NODE_KEYS + (FLANNEL_NODE_KEYS if node.get("backend") in FLANNEL_BACKENDS else ())
+    wanted = NODE_KEYS + (BRIDGE_NODE_KEYS if node.get("pod_mode") == "bridge" else ())
     missing = [key for key in wanted if key not in node]
     if missing:
         module.fail_json(msg=f"podnet.node_apply: node lacks {', '.join(missing)}; pass podnet_node as the "
