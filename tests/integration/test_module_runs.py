@@ -23,7 +23,7 @@ NODES = ("node1", "node2", "node3")
 # Module runs per node on a no-op re-run: preflight (plan play; then again, taking the node lock first),
 # podnet.dataplane.node_apply (the whole backend) and giving the lock back - nothing else. The
 # bounds leave no room for an ungated cleanup (policy chains, BIRD).
-NOOP_MAX = {"flannel-vxlan": 4, "calico-bgp": 4}
+NOOP_MAX = {"flannel-vxlan": 2, "calico-bgp": 2}
 
 
 def counting_interpreter(tmp: Path) -> tuple[Path, Path]:

@@ -1,5 +1,5 @@
-"""node_apply's own parts that need no kernel: the subnet.env file step, step argument checking, the
-pods' MTU choice and the result summary (tests/integration/test_node_apply.py and the backend tests run
+"""node_apply's own parts that need no kernel: the subnet.env file step, the BIRD cleanup, the policy
+step's skip where no iptables exists, step argument checking, the pods' MTU choice and the result summary (tests/integration/test_node_apply.py and the backend tests run
 the whole module against namespace labs)."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from ansible_collections.podnet.dataplane.plugins.module_utils import node_apply
 from ansible_collections.podnet.dataplane.plugins.module_utils.node_apply import (
+    NodeRun,
     StepFailed,
     StepModule,
     converge_file,
@@ -21,12 +22,21 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.node_apply import
 class FakeParent:
     """The parts of AnsibleModule that node_apply's file step and StepModule use."""
 
-    def __init__(self, check_mode: bool = False):
+    def __init__(self, check_mode: bool = False, binaries: dict[str, str] | None = None):
         self.check_mode = check_mode
         self.params = {"persist_dir": None}
+        self.binaries = binaries or {}
+        self.commands: list[list[str]] = []
 
     def atomic_move(self, src: str, dest: str) -> None:
         os.replace(src, dest)
+
+    def get_bin_path(self, name: str, required: bool = False) -> str | None:
+        return self.binaries.get(name)
+
+    def run_command(self, argv: list[str], **_: object) -> tuple[int, str, str]:
+        self.commands.append(argv)
+        return 0, "", ""
 
 
 def mode(path: Path) -> int:
@@ -104,3 +114,66 @@ def test_summary_keeps_order_and_shows_only_changed_diffs() -> None:
     assert [d["after"] for d in out["diff"]] == ["route\n", "y"]
     assert out["results"] is results
     assert summary([])["changed"] is False
+
+
+def bird_dir(tmp_path: Path, socket: bool) -> Path:
+    folder = tmp_path / "bird"
+    folder.mkdir()
+    (folder / "bird.conf").write_text("router id 10.0.0.1;\n")
+    if socket:
+        (folder / "bird.ctl").write_text("")  # stands for the control socket: only its existence is asked
+    return folder
+
+
+def test_no_bird_shuts_a_left_bird_down_and_removes_its_folder(tmp_path: Path) -> None:
+    folder = bird_dir(tmp_path, socket=True)
+    parent = FakeParent(binaries={"birdc": "/usr/sbin/birdc"})
+    run = NodeRun(parent)
+    node_apply.no_bird(run, str(folder), "birdc")
+    assert parent.commands == [["/usr/sbin/birdc", "-s", f"{folder}/bird.ctl", "down"]]
+    assert not folder.exists()
+    (result,) = run.results
+    assert result["changed"] and result["resource"] == "bird"
+    assert result["commands"] == [f"birdc -s {folder}/bird.ctl down", f"rm -r {folder}"]
+    again = NodeRun(parent)
+    node_apply.no_bird(again, str(folder), "birdc")
+    assert not again.results[0]["changed"] and len(parent.commands) == 1
+
+
+def test_no_bird_without_a_socket_only_removes_the_folder(tmp_path: Path) -> None:
+    folder = bird_dir(tmp_path, socket=False)
+    parent = FakeParent()
+    run = NodeRun(parent)
+    node_apply.no_bird(run, str(folder), "birdc")
+    assert parent.commands == [] and not folder.exists()
+    assert run.results[0]["commands"] == [f"rm -r {folder}"]
+
+
+def test_no_bird_in_check_mode_reports_and_leaves_everything(tmp_path: Path) -> None:
+    folder = bird_dir(tmp_path, socket=True)
+    parent = FakeParent(check_mode=True, binaries={"birdc": "/usr/sbin/birdc"})
+    run = NodeRun(parent)
+    node_apply.no_bird(run, str(folder), "birdc")
+    assert run.results[0]["changed"] and parent.commands == []
+    assert (folder / "bird.conf").exists()
+
+
+def test_policy_step_is_skipped_only_where_no_chain_can_exist(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    class Recorder:  # the network_policy resource, recording what it was asked (its own tests cover it)
+        ARGUMENT_SPEC = node_apply.RESOURCES["network_policy"].ARGUMENT_SPEC
+
+        @staticmethod
+        def run(module) -> None:
+            calls.append(module.params)
+            module.exit_json(changed=False)
+
+    monkeypatch.setitem(node_apply.RESOURCES, "network_policy", Recorder)
+    no_iptables, iptables = FakeParent(), FakeParent(binaries={"iptables-save": "/usr/sbin/iptables-save"})
+    node_apply.apply_policy(NodeRun(no_iptables), {"chains": {}, "jump": {"table": "filter"}})
+    assert calls == []  # nothing to remove where iptables does not exist
+    node_apply.apply_policy(NodeRun(no_iptables), {"chains": {"PODNET-FORWARD": ["-j ACCEPT"]}, "jump": None})
+    node_apply.apply_policy(NodeRun(iptables), {"chains": {}, "jump": None})
+    assert [(c["state"], c["chains"]) for c in calls] == [
+        ("overridden", {"PODNET-FORWARD": ["-j ACCEPT"]}), ("deleted", {})]

@@ -13,6 +13,7 @@ dump, not a module run.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,7 @@ from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible_collections.podnet.dataplane.plugins.module_utils import (
     ipip_tunnel_resource,
     iptables_rules_resource,
+    network_policy_resource,
     pod_network_resource,
     pod_route_resource,
     proxy_arp_resource,
@@ -35,6 +37,7 @@ RESOURCES = {
     "pod_network": pod_network_resource,
     "proxy_arp": proxy_arp_resource,
     "iptables_rules": iptables_rules_resource,
+    "network_policy": network_policy_resource,
 }
 SUBNET_ENV_MODE = 0o644
 SUBNET_ENV_DIR_MODE = 0o755
@@ -91,7 +94,7 @@ class NodeRun:
         try:
             RESOURCES[resource].run(sub)
         except _StepDone as done:
-            return self._keep(step, resource, done.result)
+            return self.keep(step, resource, done.result)
         # every run() ends in exit_json or fail_json; reaching here is a bug in the resource
         raise StepFailed(step, f"podnet.{resource} returned without a result", {})
 
@@ -101,9 +104,9 @@ class NodeRun:
             result = converge_file(self.module, path, content)
         except OSError as exc:
             raise StepFailed(step, f"podnet.node_apply: {step} ({path}): {exc}", {}) from exc
-        return self._keep(step, "file", result)
+        return self.keep(step, "file", result)
 
-    def _keep(self, step: str, resource: str, result: dict[str, Any]) -> dict[str, Any]:
+    def keep(self, step: str, resource: str, result: dict[str, Any]) -> dict[str, Any]:
         result = dict(result, step=step, resource=resource)
         diff = result.get("diff")
         if isinstance(diff, dict):
@@ -223,6 +226,48 @@ def apply_calico(run: NodeRun, node: dict[str, Any]) -> None:
     run.resource("masquerade rules", "iptables_rules", rules=node["iptables"], state="overridden")
     content = subnet_env_text(node["subnet_env"], mtu) if node.get("subnet_env") else None
     run.file("subnet.env of flannel (canal only)", p["subnet_env"], content)
+    if ((node.get("bgp") or {}).get("mode") or "") != "bird":
+        no_bird(run, p["bird_dir"], p["birdc"])
+
+
+def apply_policy(run: NodeRun, policy: dict[str, Any]) -> None:
+    """The node's network policy chains and their jump, as M(network_policy) C(overridden); no chains:
+    C(deleted), which removes podnet's chains and the jump (open access)."""
+    chains = policy.get("chains") or {}
+    jump = policy.get("jump")
+    if not chains and (jump or {}).get("table", "filter") == "filter" and not run.module.get_bin_path("iptables-save"):
+        return  # no iptables on the node: no chain of podnet can exist to remove
+    run.resource("network policy chains and their jump", "network_policy", chains=chains, jump=jump,
+                 state="overridden" if chains else "deleted")
+
+
+def no_bird(run: NodeRun, bird_dir: str, birdc: str) -> None:
+    """A routed node whose BGP is static or absent runs no BIRD of podnet's: a BIRD left from an earlier
+    bird run is shut down (a clean `birdc down` withdraws the routes it installed) and its folder removed."""
+    step = "no BIRD where BGP is static or absent"
+    if not os.path.lexists(bird_dir):
+        run.keep(step, "bird", {"changed": False, "commands": []})
+        return
+    socket = os.path.join(bird_dir, "bird.ctl")
+    commands = [f"rm -r {bird_dir}"]
+    if os.path.exists(socket):
+        commands.insert(0, f"{birdc} -s {socket} down")
+    result: dict[str, Any] = {"changed": True, "commands": commands,
+                              "diff": {"before": f"{bird_dir}\n", "after": ""}}
+    if not run.module.check_mode:
+        if os.path.exists(socket):
+            binary = run.module.get_bin_path(birdc) or birdc
+            # a BIRD that no longer answers is gone already: its files are removed all the same
+            rc, _out, err = run.module.run_command([binary, "-s", socket, "down"])
+            result["birdc_rc"], result["birdc_stderr"] = rc, err.strip()
+        try:
+            if os.path.isdir(bird_dir) and not os.path.islink(bird_dir):
+                shutil.rmtree(bird_dir)
+            else:
+                os.unlink(bird_dir)
+        except OSError as exc:
+            raise StepFailed(step, f"podnet.node_apply: {step}: cannot remove {bird_dir}: {exc}", result) from exc
+    run.keep(step, "bird", result)
 
 
 def backend_of(node: dict[str, Any]) -> Callable[[NodeRun, dict[str, Any]], None]:

@@ -40,6 +40,14 @@ options:
         steps below, C(routed) the calico ones.
     type: dict
     required: true
+  pod_mode:
+    description:
+      - The kind of backend this task is meant to apply - C(bridge) (the flannel backends) or C(routed)
+        (calico and the other routed ones); a node planned for the other kind fails before anything changes
+        (the C(podnet.dataplane.flannel) and C(podnet.dataplane.calico) roles set it). Omitted, the node's
+        own C(pod_mode) decides.
+    type: str
+    choices: [bridge, routed]
   other_vteps:
     description: VXLAN devices of the other backends, removed when this node's backend does not use them.
     type: list
@@ -58,12 +66,88 @@ options:
       - What routed backends set on each host-side pod interface (C({}) stands for the interface).
         Defaults to felix's settings, as M(podnet.dataplane.proxy_arp) does.
     type: dict
+  policy:
+    description:
+      - This node's compiled network policy (C(podnet_node.policy) from the planner), applied after the
+        backend as M(podnet.dataplane.network_policy) does - C(overridden) with its chains, C(deleted)
+        (podnet's chains and the jump removed: open access) when it has none. Omitted, the policy chains
+        are left alone (the C(podnet.dataplane.policy) role manages them).
+    type: dict
+    suboptions:
+      chains:
+        description: Chain name to its rules, as M(podnet.dataplane.network_policy) I(chains).
+        type: dict
+        default: {}
+      jump:
+        description: Where podnet's entry chain is jumped to from, as M(podnet.dataplane.network_policy) I(jump).
+        type: dict
+        apply_defaults: true
+        suboptions:
+          table:
+            description: Table of the jump and the chains.
+            type: str
+            choices: [filter, nat, mangle, raw]
+            default: filter
+          chain:
+            description: Built-in chain holding the jump.
+            type: str
+            default: FORWARD
+          target:
+            description: podnet's entry chain.
+            type: str
+            default: PODNET-FORWARD
+          position:
+            description: Rule number of the jump in I(chain).
+            type: int
+            default: 1
+  bird_dir:
+    description:
+      - Routed backends whose BGP is static or absent (C(podnet_node.bgp.mode) is not C(bird)) run no
+        BIRD of podnet's - a BIRD left in this folder by an earlier C(bird) run is shut down with
+        C(birdc down) (withdrawing its routes) and the folder removed.
+    type: path
+    default: /etc/podnet/bird
+  birdc:
+    description: The C(birdc) binary that shuts such a BIRD down.
+    type: str
+    default: birdc
+  lock:
+    description:
+      - Take the node lock before anything else, exactly as M(podnet.dataplane.node_lock)
+        C(state=acquired) does (so no other podnet run changes the node meanwhile), and give it back at
+        the end - also when a step fails - unless I(release) is false.
+      - Not taken in check mode, as with M(podnet.dataplane.node_lock).
+    type: dict
+    suboptions:
+      owner:
+        description: The run, as returned by the C(podnet.dataplane.run_owner) lookup (C(host), C(pid), C(run)).
+        type: dict
+        required: true
+      path:
+        description: Lock file on the node.
+        type: path
+        default: /run/podnet/node.lock
+      wait_timeout:
+        description: Seconds to wait for a live run's lock before failing.
+        type: int
+        default: 600
+      stale_after:
+        description: Seconds after which a lock whose owner cannot be checked counts as abandoned.
+        type: int
+        default: 900
+      release:
+        description:
+          - Give the lock back when done. False keeps it for the tasks that follow (BIRD, the boot unit);
+            M(podnet.dataplane.node_lock) C(state=released) gives it back then.
+        type: bool
+        default: true
 extends_documentation_fragment:
   - podnet.dataplane.persist
 notes:
   - Supports check mode and diff mode (one diff per step that would change).
   - For a single piece of state, use its own module; this module exists so that a node costs one
-    module run instead of seven to nine.
+    module run instead of seven to twelve (with the lock and the policy, site.yml's whole apply of a
+    node is this one run).
 seealso:
   - module: podnet.dataplane.vxlan_fdb
   - module: podnet.dataplane.pod_network
@@ -75,6 +159,14 @@ EXAMPLES = r"""
   podnet.dataplane.node_apply:
     node: "{{ podnet_node }}"
     persist_dir: /var/lib/podnet/state
+
+- name: Converge the node and its network policy under the node lock (what site.yml does)
+  podnet.dataplane.node_apply:
+    node: "{{ podnet_node }}"
+    policy: "{{ podnet_node.policy | default({}, true) }}"
+    lock:
+      owner: "{{ lookup('podnet.dataplane.run_owner') }}"
+      path: /run/podnet/node.lock
 
 - name: Preview what a converge would change, without changing it
   podnet.dataplane.node_apply:
@@ -97,6 +189,13 @@ results:
   returned: always
   type: list
   elements: dict
+lock:
+  description:
+    - With I(lock) - C(waited) (seconds spent waiting for another run), C(held) (whether this run still
+      holds it: I(release) was false; never in check mode) and, when an abandoned lock was broken,
+      C(broke_stale) (its owner).
+  returned: when I(lock) is given
+  type: dict
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
@@ -105,45 +204,85 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
     HAS_PYROUTE2,
     PYROUTE2_IMPORT_ERROR,
 )
+from ansible_collections.podnet.dataplane.plugins.module_utils.network_policy_resource import JUMP_SPEC
 from ansible_collections.podnet.dataplane.plugins.module_utils.node_apply import (
     NodeRun,
     StepFailed,
+    apply_policy,
     backend_of,
     summary,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.node_lock import (
+    LOCK_SPEC,
+    LockTimeout,
+    acquire,
+    release,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.persist import PERSIST_OPTION
 
 ARGUMENT_SPEC = {
     "node": {"type": "dict", "required": True},
+    "pod_mode": {"type": "str", "choices": ["bridge", "routed"]},
     "other_vteps": {"type": "list", "elements": "str", "default": ["flannel.1", "vxlan.calico", "vxlan-6784"]},
     "subnet_env": {"type": "path", "default": "/run/flannel/subnet.env"},
     "proxy_arp_state_file": {"type": "path", "default": "/var/lib/podnet/proxy_arp.json"},
     "pod_sysctls": {"type": "dict"},
+    "policy": {"type": "dict", "options": {
+        "chains": {"type": "dict", "default": {}},
+        "jump": {"type": "dict", "options": JUMP_SPEC, "apply_defaults": True},
+    }},
+    "bird_dir": {"type": "path", "default": "/etc/podnet/bird"},
+    "birdc": {"type": "str", "default": "birdc"},
+    "lock": {"type": "dict", "options": {**LOCK_SPEC, "release": {"type": "bool", "default": True}}},
     "persist_dir": PERSIST_OPTION,
 }
 NODE_KEYS = ("backend", "pod_mode", "node_ip", "routes", "pods", "iptables", "render_mtu")
 BRIDGE_NODE_KEYS = ("bridge", "subnet_env")
+FAMILIES = {"bridge": "flannel backends (pods on a bridge)", "routed": "routed backends (calico and the like)"}
 
 
 def main() -> None:
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    node = module.params["node"]
+    p = module.params
+    node = p["node"]
     wanted = NODE_KEYS + (BRIDGE_NODE_KEYS if node.get("pod_mode") == "bridge" else ())
     missing = [key for key in wanted if key not in node]
     if missing:
         module.fail_json(msg=f"podnet.node_apply: node lacks {', '.join(missing)}; pass podnet_node as the "
                              "podnet.dataplane.plan role sets it")
+    if p["pod_mode"] and p["pod_mode"] != node["pod_mode"]:
+        module.fail_json(msg=f"podnet.node_apply: this task applies the {FAMILIES[p['pod_mode']]}, but "
+                             f"{node['backend']} wires pods the {node['pod_mode']} way; nothing was changed")
     if not HAS_PYROUTE2:
         module.fail_json(msg=missing_required_lib("pyroute2"), exception=str(PYROUTE2_IMPORT_ERROR))
-    if module.params["pod_sysctls"] is None:
-        module.params["pod_sysctls"] = dict(CALICO_HOST_SYSCTLS)
+    if p["pod_sysctls"] is None:
+        p["pod_sysctls"] = dict(CALICO_HOST_SYSCTLS)
+    lock = p["lock"] if not module.check_mode else None
+    lock_result: dict = {}
+    if lock:
+        try:
+            lock_result = acquire(lock["path"], lock["owner"], lock["wait_timeout"], lock["stale_after"])
+        except LockTimeout as exc:
+            module.fail_json(msg=str(exc))
     run = NodeRun(module)
     try:
         backend_of(node)(run, node)
+        if p["policy"] is not None:
+            apply_policy(run, p["policy"])
     except StepFailed as exc:
         details = {k: v for k, v in exc.extra.items() if k not in ("msg", "step")}
-        module.fail_json(msg=exc.msg, step=exc.step, **{**summary(run.results), **details})
-    module.exit_json(**summary(run.results))
+        outcome = {"msg": exc.msg, "step": exc.step, **summary(run.results), **details}
+    else:
+        outcome = summary(run.results)
+    finally:
+        # given back whatever happened above, so a failed node never blocks the next run
+        if lock and lock["release"]:
+            release(lock["path"], lock["owner"])
+    if p["lock"] is not None:
+        outcome["lock"] = dict(lock_result or {"waited": 0.0}, held=bool(lock and not lock["release"]))
+    if "msg" in outcome:
+        module.fail_json(**outcome)
+    module.exit_json(**outcome)
 
 
 if __name__ == "__main__":

@@ -47,30 +47,6 @@ options:
     description: The table searched for I(iptables_prefix).
     type: str
     default: filter
-  lock:
-    description:
-      - Take the node lock first, exactly as M(podnet.dataplane.node_lock) C(state=acquired) does, and
-        look at the node only once no other run can change it (site.yml decides its cleanups on that look;
-        one module run instead of two). Give it back with M(podnet.dataplane.node_lock) C(state=released).
-      - Not taken in check mode, as with M(podnet.dataplane.node_lock).
-    type: dict
-    suboptions:
-      owner:
-        description: The run, as returned by the C(podnet.dataplane.run_owner) lookup (C(host), C(pid), C(run)).
-        type: dict
-        required: true
-      path:
-        description: Lock file on the node.
-        type: path
-        default: /run/podnet/node.lock
-      wait_timeout:
-        description: Seconds to wait for a live run's lock before failing.
-        type: int
-        default: 600
-      stale_after:
-        description: Seconds after which a lock whose owner cannot be checked counts as abandoned.
-        type: int
-        default: 900
 """
 
 EXAMPLES = r"""
@@ -117,12 +93,6 @@ persisted:
   type: list
   elements: str
   sample: [pod_route, vxlan_fdb-flannel.1]
-lock:
-  description: With I(lock) - C(waited) (seconds spent waiting for another run) and, when an abandoned
-    lock was broken, C(broke_stale) (its owner).
-  returned: when I(lock) is given
-  type: dict
-  sample: {"waited": 0.0}
 iptables_prefix_present:
   description:
     - Whether I(iptables_prefix) occurs in the I(iptables_table) table; null when I(iptables_prefix) is
@@ -141,11 +111,6 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
     HAS_PYROUTE2,
     PYROUTE2_IMPORT_ERROR,
     Engine,
-)
-from ansible_collections.podnet.dataplane.plugins.module_utils.node_lock import (
-    LOCK_SPEC,
-    LockTimeout,
-    acquire,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.objects import Address, Link, is_owned_alias
 
@@ -197,18 +162,10 @@ def main() -> None:
                                           "paths": {"type": "list", "elements": "path", "default": []},
                                           "persist_dir": {"type": "path"},
                                           "iptables_prefix": {"type": "str"},
-                                          "iptables_table": {"type": "str", "default": "filter"},
-                                          "lock": {"type": "dict", "options": LOCK_SPEC}},
+                                          "iptables_table": {"type": "str", "default": "filter"}},
                            supports_check_mode=True)
     if not HAS_PYROUTE2:
         module.fail_json(msg=missing_required_lib("pyroute2"), exception=str(PYROUTE2_IMPORT_ERROR))
-    lock = module.params["lock"]
-    taken = None
-    if lock and not module.check_mode:
-        try:
-            taken = acquire(lock["path"], lock["owner"], lock["wait_timeout"], lock["stale_after"])
-        except LockTimeout as exc:
-            module.fail_json(msg=str(exc))
     node_ip = module.params["node_ip"].split("/")[0]
     named = module.params["underlay_interface"]
     with Engine() as engine:
@@ -228,8 +185,7 @@ def main() -> None:
                      owned_links=sorted(link.name for link in links if is_owned_alias(link.alias)),
                      paths={path: describe_path(path) for path in p["paths"]},
                      persisted=persisted_records(p["persist_dir"]),
-                     iptables_prefix_present=chains_present,
-                     **({"lock": taken or {"waited": 0.0}} if lock else {}))
+                     iptables_prefix_present=chains_present)
 
 
 if __name__ == "__main__":
