@@ -10,9 +10,13 @@ short_description: Check a node before podnet changes anything on any node (read
 version_added: "0.1.0"
 description:
   - Confirms what the planner cannot know from the inventory alone - that the node's IP is really
-    configured on one of its interfaces (and on I(underlay_interface) when that is given), and that
-    pyroute2 works - and reports the underlay device and its MTU, so a play can check that all nodes
-    agree before any of them is touched.
+    configured on one of its interfaces (and on I(underlay_interface) when that is given) - and reports
+    the underlay device and its MTU, so a play can check that all nodes agree before any of them is
+    touched.
+  - Given only I(node_ip) and I(underlay_interface), its action plugin answers from one
+    C(ip -j address show) on the node (no Python run there, so neither pyroute2 nor a module process
+    is needed); with any other option, or where C(ip) gives no JSON, the module runs (and needs pyroute2).
+    The answers are the same either way.
   - Also reports what the cleanup tasks of the roles need to know (which devices exist, which of
     them podnet owns, which files and recorded states exist, whether podnet's iptables chains are
     there), so a role can skip a cleanup module that would find nothing to clean. Each of these
@@ -21,7 +25,7 @@ description:
 author:
   - podnet maintainers (@podnet)
 requirements:
-  - pyroute2 on the managed node
+  - iproute2's C(ip) (with JSON output), or pyroute2, on the managed node
 options:
   node_ip:
     description: The node's underlay IPv4 address (C(podnet_node_ip), a /prefix is ignored).
@@ -112,7 +116,13 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
     PYROUTE2_IMPORT_ERROR,
     Engine,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.objects import Address, Link, is_owned_alias
+from ansible_collections.podnet.dataplane.plugins.module_utils.objects import Address, Link
+from ansible_collections.podnet.dataplane.plugins.module_utils.underlay import (
+    PREFLIGHT_SPEC,
+    Interface,
+    UnderlayProblem,
+    look,
+)
 
 MAX_CHECKSUM_SIZE = 1 << 20
 
@@ -157,35 +167,26 @@ def iptables_prefix_present(module: AnsibleModule, prefix: str | None, table: st
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec={"node_ip": {"type": "str", "required": True},
-                                          "underlay_interface": {"type": "str"},
-                                          "paths": {"type": "list", "elements": "path", "default": []},
-                                          "persist_dir": {"type": "path"},
-                                          "iptables_prefix": {"type": "str"},
-                                          "iptables_table": {"type": "str", "default": "filter"}},
-                           supports_check_mode=True)
+    module = AnsibleModule(argument_spec=PREFLIGHT_SPEC, supports_check_mode=True)
     if not HAS_PYROUTE2:
         module.fail_json(msg=missing_required_lib("pyroute2"), exception=str(PYROUTE2_IMPORT_ERROR))
-    node_ip = module.params["node_ip"].split("/")[0]
-    named = module.params["underlay_interface"]
+    p = module.params
     with Engine() as engine:
         have = engine.gather({Address})
-    holder = have.device_holding(node_ip)
-    if holder is None:
-        module.fail_json(msg=f"podnet preflight: podnet_node_ip {node_ip} is not configured on any interface of "
-                             "this node; nothing was changed on any node")
-    if named and holder.name != named:
-        module.fail_json(msg=f"podnet preflight: podnet_underlay_interface {named} does not hold podnet_node_ip "
-                             f"{node_ip} (it is on {holder.name}); nothing was changed on any node")
-    links = have.of_type(Link)
-    p = module.params
-    chains_present = iptables_prefix_present(module, p["iptables_prefix"], p["iptables_table"])
-    module.exit_json(changed=False, underlay_interface=holder.name, underlay_mtu=holder.mtu,
-                     links=sorted(link.name for link in links),
-                     owned_links=sorted(link.name for link in links if is_owned_alias(link.alias)),
+    addresses: dict[str, list[str]] = {}
+    for address in have.of_type(Address):
+        addresses.setdefault(address.dev, []).append(address.cidr.split("/")[0])
+    interfaces = [Interface(link.name, link.mtu, link.alias, tuple(addresses.get(link.name, ())))
+                  for link in have.of_type(Link)]
+    try:
+        facts = look(interfaces, p["node_ip"], p["underlay_interface"])
+    except UnderlayProblem as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(changed=False, **facts,
                      paths={path: describe_path(path) for path in p["paths"]},
                      persisted=persisted_records(p["persist_dir"]),
-                     iptables_prefix_present=chains_present)
+                     iptables_prefix_present=iptables_prefix_present(module, p["iptables_prefix"],
+                                                                     p["iptables_table"]))
 
 
 if __name__ == "__main__":

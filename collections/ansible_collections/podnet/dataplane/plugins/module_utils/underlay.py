@@ -1,0 +1,69 @@
+# Copyright: podnet contributors
+# Apache License 2.0
+"""The node IP check of podnet.dataplane.preflight, on a list of interfaces however it was read: from a
+netlink dump in the module, or from `ip -j address show` in the preflight action plugin (which then
+needs no Python on the node - a module run costs ~0.3 CPU-s there, mostly Ansible's own imports)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from ansible_collections.podnet.dataplane.plugins.module_utils.objects import is_owned_alias
+
+PREFLIGHT_SPEC = {
+    "node_ip": {"type": "str", "required": True},
+    "underlay_interface": {"type": "str"},
+    "paths": {"type": "list", "elements": "path", "default": []},
+    "persist_dir": {"type": "path"},
+    "iptables_prefix": {"type": "str"},
+    "iptables_table": {"type": "str", "default": "filter"},
+}
+# What the action plugin can answer from one address dump; anything else needs the module.
+ADDRESS_ONLY = ("node_ip", "underlay_interface")
+# /usr/sbin is not on a plain user's PATH on some systems; `ip` lives there on others.
+ADDRESS_DUMP_COMMAND = 'PATH="$PATH:/usr/sbin:/sbin" ip -j address show'
+
+
+class UnderlayProblem(Exception):
+    """The node IP is not where the inventory says; the message is the user's error."""
+
+
+@dataclass(frozen=True)
+class Interface:
+    name: str
+    mtu: int
+    alias: str | None
+    addresses: tuple[str, ...]  # without prefix length
+
+
+def interfaces_from_ip_json(text: str) -> list[Interface]:
+    """`ip -j address show` -> interfaces in the kernel's order; ValueError when it is not that output."""
+    data = json.loads(text)
+    if not isinstance(data, list):
+        raise ValueError("not a list of interfaces")
+    interfaces = []
+    for entry in data:
+        if not entry:  # iproute2 prints {} for links it could not describe
+            continue
+        addresses = tuple(str(a["local"]) for a in entry.get("addr_info", []) if "local" in a)
+        interfaces.append(Interface(str(entry["ifname"]), int(entry["mtu"]), entry.get("ifalias"), addresses))
+    return interfaces
+
+
+def look(interfaces: list[Interface], node_ip: str, named: str | None) -> dict:
+    """Which interface holds the node IP (and its MTU), and the interfaces there are; UnderlayProblem when
+    the node IP is on no interface, or not on the one the inventory names."""
+    ip = node_ip.split("/")[0]
+    holder = next((i for i in interfaces if ip in i.addresses), None)
+    if holder is None:
+        raise UnderlayProblem(f"podnet preflight: podnet_node_ip {ip} is not configured on any interface of "
+                              "this node; nothing was changed on any node")
+    if named and holder.name != named:
+        raise UnderlayProblem(f"podnet preflight: podnet_underlay_interface {named} does not hold podnet_node_ip "
+                              f"{ip} (it is on {holder.name}); nothing was changed on any node")
+    return {
+        "underlay_interface": holder.name,
+        "underlay_mtu": holder.mtu,
+        "links": sorted(i.name for i in interfaces),
+        "owned_links": sorted(i.name for i in interfaces if is_owned_alias(i.alias)),
+    }
