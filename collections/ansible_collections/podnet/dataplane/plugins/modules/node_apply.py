@@ -70,7 +70,7 @@ options:
     description:
       - This node's compiled network policy (C(podnet_node.policy) from the planner), applied after the
         backend as M(podnet.dataplane.network_policy) does - C(overridden) with its chains, C(deleted)
-        (podnet's chains and the jump removed: open access) when it has none. Omitted, the policy chains
+        (podnet's chains and the jump removed, for open access) when it has none. Omitted, the policy chains
         are left alone (the C(podnet.dataplane.policy) role manages them).
     type: dict
     suboptions:
