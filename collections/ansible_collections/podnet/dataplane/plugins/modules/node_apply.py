@@ -192,7 +192,7 @@ results:
 lock:
   description:
     - With I(lock) - C(waited) (seconds spent waiting for another run), C(held) (whether this run still
-      holds it: I(release) was false; never in check mode) and, when an abandoned lock was broken,
+      holds it, that is I(release) was false; never in check mode) and, when an abandoned lock was broken,
       C(broke_stale) (its owner).
   returned: when I(lock) is given
   type: dict
