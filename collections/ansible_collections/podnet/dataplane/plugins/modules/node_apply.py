@@ -115,7 +115,7 @@ options:
     description:
       - Take the node lock before anything else, exactly as M(podnet.dataplane.node_lock)
         C(state=acquired) does (so no other podnet run changes the node meanwhile), and give it back at
-        the end - also when a step fails - unless I(release) is false.
+        the end - always when a step fails, otherwise unless I(release) is false.
       - Not taken in check mode, as with M(podnet.dataplane.node_lock).
     type: dict
     suboptions:
@@ -137,8 +137,8 @@ options:
         default: 900
       release:
         description:
-          - Give the lock back when done. False keeps it for the tasks that follow (BIRD, the boot unit);
-            M(podnet.dataplane.node_lock) C(state=released) gives it back then.
+          - Give the lock back when done. False keeps it (after a successful run) for the tasks that follow
+            (BIRD, the boot unit); M(podnet.dataplane.node_lock) C(state=released) gives it back then.
         type: bool
         default: true
 extends_documentation_fragment:
@@ -265,6 +265,7 @@ def main() -> None:
         except LockTimeout as exc:
             module.fail_json(msg=str(exc))
     run = NodeRun(module)
+    keep = False
     try:
         backend_of(node)(run, node)
         if p["policy"] is not None:
@@ -274,12 +275,13 @@ def main() -> None:
         outcome = {"msg": exc.msg, "step": exc.step, **summary(run.results), **details}
     else:
         outcome = summary(run.results)
+        keep = bool(lock) and not lock["release"]
     finally:
-        # given back whatever happened above, so a failed node never blocks the next run
-        if lock and lock["release"]:
+        # A failed run gives the lock back even when asked to keep it: nothing that needed it follows.
+        if lock and not keep:
             release(lock["path"], lock["owner"])
     if p["lock"] is not None:
-        outcome["lock"] = dict(lock_result or {"waited": 0.0}, held=bool(lock and not lock["release"]))
+        outcome["lock"] = dict(lock_result or {"waited": 0.0}, held=keep)
     if "msg" in outcome:
         module.fail_json(**outcome)
     module.exit_json(**outcome)
