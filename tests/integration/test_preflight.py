@@ -50,7 +50,7 @@ FACTS = ("underlay_interface", "underlay_mtu", "links", "owned_links")
 
 
 def test_address_check_without_a_module_run_answers_as_the_module(lab: Lab, tmp_path: Path) -> None:
-    lab.exec("node1", ["ip", "link", "add", "podnettest0", "type", "dummy"], check=True)
+    lab.exec("node1", ["ip", "link", "add", "podnettest0", "type", "bridge"], check=True)
     lab.exec("node1", ["ip", "link", "set", "podnettest0", "alias", "podnet"], check=True)
     lab.exec("node2", ["ip", "link", "set", "eth0", "mtu", "1400"], check=True)
     playbook = tmp_path / "preflight.yml"

@@ -21,7 +21,7 @@ PREFLIGHT_SPEC = {
 # What the action plugin can answer from one address dump; anything else needs the module.
 ADDRESS_ONLY = ("node_ip", "underlay_interface")
 # /usr/sbin is not on a plain user's PATH on some systems; `ip` lives there on others.
-ADDRESS_DUMP_COMMAND = 'PATH="$PATH:/usr/sbin:/sbin" ip -j address show'
+ADDRESS_DUMP_COMMAND = 'PATH="$PATH:/usr/sbin:/sbin" ip -details -json address show'  # -details: the alias too
 
 
 class UnderlayProblem(Exception):
@@ -37,7 +37,7 @@ class Interface:
 
 
 def interfaces_from_ip_json(text: str) -> list[Interface]:
-    """`ip -j address show` -> interfaces in the kernel's order; ValueError when it is not that output."""
+    """`ip -details -json address show` -> interfaces in the kernel's order; ValueError when it is not that output."""
     data = json.loads(text)
     if not isinstance(data, list):
         raise ValueError("not a list of interfaces")
