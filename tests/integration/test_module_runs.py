@@ -1,6 +1,6 @@
 """How many module processes site.yml starts on each node (issue 8, part 3: per-node cost is per
 module run, ~0.3 CPU-s of Python and Ansible's imports on the node). The plan play's look at every node
-is one `ip -j address show` (the preflight action plugin), and the whole apply of a node - lock, backend
+is one `ip -j -d address show` (the preflight action plugin), and the whole apply of a node - lock, backend
 with every cleanup, network policy, unlock - is one podnet.dataplane.node_apply run; backend switches
 still clean up (the other tests check the kernel).
 

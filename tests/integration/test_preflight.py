@@ -1,4 +1,4 @@
-"""podnet.dataplane.preflight answers the node IP check from one `ip -j address show` (its action plugin,
+"""podnet.dataplane.preflight answers the node IP check from one `ip -j -d address show` (its action plugin,
 no module process on the node) exactly as the module does over netlink, fails the same way, and runs
 the module for anything more."""
 

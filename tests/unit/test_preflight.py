@@ -1,5 +1,5 @@
 """What preflight reports: the read-only facts for cleanup gates (they must err towards 'present'), and
-the node IP check, which its action plugin makes from `ip -details -json address show` and the module
+the node IP check, which its action plugin makes from `ip -j -d address show` and the module
 from a netlink dump (both through module_utils/underlay.py)."""
 
 from __future__ import annotations

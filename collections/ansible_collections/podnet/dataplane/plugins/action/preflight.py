@@ -1,7 +1,7 @@
 # Copyright: podnet contributors
 # Apache License 2.0
 """podnet.dataplane.preflight's action: where only the node IP check is asked for (what the plan play
-asks of every node before any node changes), one `ip -j address show` on the node answers it - no module
+asks of every node before any node changes), one `ip -j -d address show` on the node answers it - no module
 run, which costs ~0.3 CPU-s of Python and Ansible imports on the node and was a third of a no-op
 converge of a large cluster. Anything else asked, or a node whose `ip` gives no JSON, runs the module."""
 from __future__ import annotations

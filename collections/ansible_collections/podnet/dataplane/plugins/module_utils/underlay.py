@@ -1,7 +1,7 @@
 # Copyright: podnet contributors
 # Apache License 2.0
 """The node IP check of podnet.dataplane.preflight, on a list of interfaces however it was read: from a
-netlink dump in the module, or from `ip -j address show` in the preflight action plugin (which then
+netlink dump in the module, or from `ip -j -d address show` in the preflight action plugin (which then
 needs no Python on the node - a module run costs ~0.3 CPU-s there, mostly Ansible's own imports)."""
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ PREFLIGHT_SPEC = {
 # What the action plugin can answer from one address dump; anything else needs the module.
 ADDRESS_ONLY = ("node_ip", "underlay_interface")
 # /usr/sbin is not on a plain user's PATH on some systems; `ip` lives there on others.
-ADDRESS_DUMP_COMMAND = 'PATH="$PATH:/usr/sbin:/sbin" ip -details -json address show'  # -details: the alias too
+ADDRESS_DUMP_COMMAND = 'PATH="$PATH:/usr/sbin:/sbin" ip -j -d address show'  # -d: the alias too
 
 
 class UnderlayProblem(Exception):
@@ -37,7 +37,7 @@ class Interface:
 
 
 def interfaces_from_ip_json(text: str) -> list[Interface]:
-    """`ip -details -json address show` -> interfaces in the kernel's order; ValueError when it is not that output."""
+    """`ip -j -d address show` -> interfaces in the kernel's order; ValueError when it is not that output."""
     data = json.loads(text)
     if not isinstance(data, list):
         raise ValueError("not a list of interfaces")

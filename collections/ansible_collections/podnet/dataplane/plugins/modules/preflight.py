@@ -14,7 +14,7 @@ description:
     the underlay device and its MTU, so a play can check that all nodes agree before any of them is
     touched.
   - Given only I(node_ip) and I(underlay_interface), its action plugin answers from one
-    C(ip -j address show) on the node (no Python run there, so neither pyroute2 nor a module process
+    C(ip -j -d address show) on the node (no Python run there, so neither pyroute2 nor a module process
     is needed); with any other option, or where C(ip) gives no JSON, the module runs (and needs pyroute2).
     The answers are the same either way.
   - Also reports what the cleanup tasks of the roles need to know (which devices exist, which of
