@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	fi
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q '.[dev]'
 	touch $@
 
 demo: setup
