@@ -149,6 +149,15 @@ def test_no_bird_without_a_socket_only_removes_the_folder(tmp_path: Path) -> Non
     assert run.results[0]["commands"] == [f"rm -r {folder}"]
 
 
+def test_no_bird_without_birdc_still_removes_the_folder(tmp_path: Path) -> None:
+    folder = bird_dir(tmp_path, socket=True)
+    parent = FakeParent()  # no birdc on this node
+    run = NodeRun(parent)
+    node_apply.no_bird(run, str(folder), "birdc")
+    assert parent.commands == [] and not folder.exists()
+    assert run.results[0]["changed"] and "birdc not found" in run.results[0]["birdc_stderr"]
+
+
 def test_no_bird_in_check_mode_reports_and_leaves_everything(tmp_path: Path) -> None:
     folder = bird_dir(tmp_path, socket=True)
     parent = FakeParent(check_mode=True, binaries={"birdc": "/usr/sbin/birdc"})

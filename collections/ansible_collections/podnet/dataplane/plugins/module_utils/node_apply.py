@@ -255,11 +255,13 @@ def no_bird(run: NodeRun, bird_dir: str, birdc: str) -> None:
     result: dict[str, Any] = {"changed": True, "commands": commands,
                               "diff": {"before": f"{bird_dir}\n", "after": ""}}
     if not run.module.check_mode:
-        if os.path.exists(socket):
-            binary = run.module.get_bin_path(birdc) or birdc
+        binary = run.module.get_bin_path(birdc) if os.path.exists(socket) else None
+        if binary:
             # a BIRD that no longer answers is gone already: its files are removed all the same
             rc, _out, err = run.module.run_command([binary, "-s", socket, "down"])
             result["birdc_rc"], result["birdc_stderr"] = rc, err.strip()
+        elif os.path.exists(socket):
+            result["birdc_rc"], result["birdc_stderr"] = None, f"{birdc} not found: BIRD not asked to shut down"
         try:
             if os.path.isdir(bird_dir) and not os.path.islink(bird_dir):
                 shutil.rmtree(bird_dir)
