@@ -64,6 +64,36 @@ def start_site(lab: Lab, backend: str) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (read from /proc while `pid` is still their ancestor)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_run(proc: subprocess.Popen) -> None:
+    """SIGKILL a playbook run and everything it started. Its process group is not enough: ansible's
+    workers start their own sessions, and would be left blocked on a pipe to the dead playbook."""
+    below = descendants(proc.pid)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in below:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def converged(lab: Lab, host: str, backend: str) -> bool:
     """podnet_objects == expected_objects, asked while a run may be halfway (devices still missing)."""
     try:
@@ -81,7 +111,7 @@ def test_killed_runs_always_converge(lab):
         time.sleep(rng.uniform(1.0, 4.0))  # a switching run of this lab takes ~3.5-5 s
         if proc.poll() is None:
             killed_midway += 1
-            os.killpg(proc.pid, signal.SIGKILL)  # the playbook and every module process it started
+            kill_run(proc)  # the playbook, its workers and every module process they started
         proc.wait()
         result = lab.run("playbooks/site.yml", extra_vars={"podnet_backend": backend})
         assert result.rc == 0, f"trial {trial}: rerun failed\n{result.output}"
@@ -133,7 +163,7 @@ def test_a_run_waiting_for_one_node_holds_no_other_node(lab):
         assert proc.wait(timeout=300) == 0
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_run(proc)
             proc.wait()
         held.unlink(missing_ok=True)
     assert podnet_objects(lab, "node2", "flannel-vxlan") == expected_objects("flannel-vxlan")
