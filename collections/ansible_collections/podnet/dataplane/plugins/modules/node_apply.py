@@ -79,9 +79,10 @@ options:
         type: dict
         default: {}
       jump:
-        description: Where podnet's entry chain is jumped to from, as M(podnet.dataplane.network_policy) I(jump).
+        description:
+          - Where podnet's entry chain is jumped to from, as M(podnet.dataplane.network_policy) I(jump).
+          - Omitted, the defaults below apply.
         type: dict
-        apply_defaults: true
         suboptions:
           table:
             description: Table of the jump and the chains.
