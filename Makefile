@@ -44,12 +44,16 @@ unit: setup
 	$(PY) -m pytest -q tests/unit
 
 lint: setup
-	$(VENV)/bin/ruff check collections tests bench
+	$(VENV)/bin/ruff check collections tests bench scripts
 	$(VENV)/bin/ansible-lint -q
 
 # ansible-test's sanity tests on the collection, with the local Python (each test's pinned tools are
-# installed by ansible-test into ~/.ansible/test on first use). Ignores, with reasons: tests/sanity/.
+# installed by ansible-test into ~/.ansible/test on first use). ansible-test would download a get-pip
+# script from a host of its own for that: scripts/ansible_test_offline.py puts an offline stand-in where
+# ansible-test looks (pip from the bundled wheel, then from pip's configured index). Ignores, with
+# reasons: tests/sanity/.
 sanity: setup
+	$(PY) scripts/ansible_test_offline.py --python 3.11
 	cd collections/ansible_collections/podnet/dataplane && $(CURDIR)/$(VENV)/bin/ansible-test sanity --python 3.11 --color no
 
 dist: setup

@@ -43,3 +43,24 @@ def test_galaxy_artifact_builds_installs_and_resolves(tmp_path):
     role_doc = subprocess.run([str(BIN / "ansible-doc"), "-t", "role", "podnet.dataplane.flannel"], cwd=tmp_path,
                               env=env, capture_output=True, text=True, timeout=120)
     assert role_doc.returncode == 0 and "flannel" in role_doc.stdout, role_doc.stderr
+
+
+def test_requires_ansible_is_the_tested_range():
+    """meta/runtime.yml declares exactly the ansible-core range pyproject.toml installs for the tests."""
+    import tomllib
+
+    import ansible
+    import yaml
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    runtime = yaml.safe_load((REPO / "collections/ansible_collections/podnet/dataplane/meta/runtime.yml").read_text())
+    declared = SpecifierSet(runtime["requires_ansible"])
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    (tested,) = [Requirement(r).specifier for r in project["dependencies"] if Requirement(r).name == "ansible-core"]
+    def bounds(specifiers: SpecifierSet) -> set[tuple[str, Version]]:
+        return {(s.operator, Version(s.version)) for s in specifiers}  # 2.19 and 2.19.0 are one version
+
+    assert bounds(declared) == bounds(tested)
+    assert ansible.__version__ in declared
