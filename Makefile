@@ -9,7 +9,7 @@ APT_PACKAGES := iproute2 iptables iputils-ping python3-venv kmod procps bird2 gr
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup demo test test-ipip-vm molecule-ipip-vm unit integration lint sanity clean dist bench
+.PHONY: setup demo test test-quick test-ipip-vm molecule-ipip-vm unit lint sanity clean dist bench
 
 setup: $(VENV)/.installed
 
@@ -27,8 +27,22 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	./scripts/demo.sh
 
+# pytest runs test modules in parallel (pytest-xdist, --dist loadfile: a module's tests share its lab in
+# order, so a module runs whole on one worker; tests/conftest.py hands out the slowest modules first).
+# PYTEST_WORKERS=0 runs everything in one process.
+# Each stage prints its time ("[time] ...", pytest in its closing line, which stays the last line of the
+# run): the whole `make test` must stay under 40 minutes here.
+PYTEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
+
 test: setup lint sanity
-	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+	$(PYTEST) tests $(PYTEST_ARGS)
+
+# The inner loop, a few minutes: unit and tooling tests and one lab (flannel-vxlan, converged, checked,
+# drifted, reset).
+test-quick: setup
+	$(PYTEST) tests/unit tests/tooling tests/integration/test_flannel.py \
+		-k "not (test_flannel.py and flannel-host-gw)" $(PYTEST_ARGS)
 
 # calico-ipip's lab inside a QEMU guest with a stock Debian kernel (this kernel has no ipip module);
 # ~50 min under software emulation, so not part of `make test`.
@@ -44,8 +58,8 @@ unit: setup
 	$(PY) -m pytest -q tests/unit
 
 lint: setup
-	$(VENV)/bin/ruff check collections tests bench scripts
-	$(VENV)/bin/ansible-lint -q
+	scripts/timed ruff $(VENV)/bin/ruff check collections tests bench scripts
+	scripts/timed ansible-lint $(VENV)/bin/ansible-lint -q
 
 # ansible-test's sanity tests on the collection, with the local Python (each test's pinned tools are
 # installed by ansible-test into ~/.ansible/test on first use). ansible-test would download a get-pip
@@ -54,7 +68,8 @@ lint: setup
 # reasons: tests/sanity/.
 sanity: setup
 	$(PY) scripts/ansible_test_offline.py --python 3.11
-	cd collections/ansible_collections/podnet/dataplane && $(CURDIR)/$(VENV)/bin/ansible-test sanity --python 3.11 --color no
+	cd collections/ansible_collections/podnet/dataplane && \
+		$(CURDIR)/scripts/timed sanity $(CURDIR)/$(VENV)/bin/ansible-test sanity --python 3.11 --color no
 
 dist: setup
 	mkdir -p build && $(VENV)/bin/ansible-galaxy collection build --force --output-path build collections/ansible_collections/podnet/dataplane

@@ -3,6 +3,7 @@ only the process group it recorded (a stand-in process plays vng; the real guest
 molecule scenario ipip-vm)."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +71,15 @@ def test_stop_kills_the_recorded_group_when_the_guest_does_not_power_off(tmp_pat
         if hung.poll() is None:
             hung.kill()
             hung.wait()
+
+
+def test_no_guest_fails_the_ipip_test_instead_of_skipping(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel download that fails must not turn the IPIP coverage into a quiet skip."""
+    from tests.integration import test_ipip_vm
+
+    if os.uname().machine != "x86_64":
+        pytest.skip("the guest's x86_64 rule applies first on this host")
+    reason = "no guest kernel: apt-get download linux-image-6.1.0-99-amd64 failed (rc=100)"
+    monkeypatch.setattr(test_ipip_vm, "vm_unavailable_reason", lambda: reason)
+    with pytest.raises(pytest.fail.Exception, match="apt-get download"):
+        test_ipip_vm.guest_pytest(test_ipip_vm.ENGINE_TESTS, 60)
