@@ -28,12 +28,13 @@ demo: setup
 	./scripts/demo.sh
 
 # pytest runs test modules in parallel (pytest-xdist, --dist loadfile: a module's tests share its lab in
-# order, so a module runs whole on one worker; tests/conftest.py hands out the slowest modules first).
+# order, so a module runs whole on one worker; tests/conftest.py orders the modules slowest first, and
+# --no-loadscope-reorder keeps xdist from reordering them by their number of tests).
 # PYTEST_WORKERS=0 runs everything in one process.
 # Each stage prints its time ("[time] ...", pytest in its closing line, which stays the last line of the
 # run): the whole `make test` must stay under 40 minutes here.
 PYTEST_WORKERS ?= 2
-PYTEST := $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
+PYTEST := $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: setup lint sanity
 	$(PYTEST) tests $(PYTEST_ARGS)

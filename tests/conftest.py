@@ -1,10 +1,11 @@
 """Suite-wide setup: the collection importable as `ansible_collections.podnet.dataplane`, and the order
 in which pytest-xdist hands out the test modules.
 
-`make test` runs ``pytest -n 2 --dist loadfile``: each test module runs whole, in order, on one worker,
-because the tests of a module share its lab in sequence (check mode on the fresh lab, converge, drift,
-reset). Modules are handed out in collection order, so the ones that take minutes come first: a long
-module started last would run alone at the end while the other worker idles.
+`make test` runs ``pytest -n 2 --dist loadfile --no-loadscope-reorder``: each test module runs whole, in
+order, on one worker, because the tests of a module share its lab in sequence (check mode on the fresh
+lab, converge, drift, reset). Modules are handed out in collection order (xdist would otherwise order them
+by their number of tests), so the ones that take minutes come first: a long module started last would run
+alone at the end while the other worker idles.
 """
 from __future__ import annotations
 
