@@ -59,6 +59,7 @@ def test_requires_ansible_is_the_tested_range():
     declared = SpecifierSet(runtime["requires_ansible"])
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     (tested,) = [Requirement(r).specifier for r in project["dependencies"] if Requirement(r).name == "ansible-core"]
+
     def bounds(specifiers: SpecifierSet) -> set[tuple[str, Version]]:
         return {(s.operator, Version(s.version)) for s in specifiers}  # 2.19 and 2.19.0 are one version
 
