@@ -1,9 +1,10 @@
 """ansible-test bootstraps pip through podnet's offline get-pip stand-in (scripts/ansible_test_offline.py).
 
-Each test starts from an empty home, as a new machine has (only the machine's pip configuration is
-carried over), seeds the stand-in and runs a real ``ansible-test sanity`` test, which builds a virtual
-environment without pip and must bootstrap it. The second test breaks the stand-in on purpose and
-expects ansible-test to fail: the first one can tell a working bootstrap from a broken one.
+The ansible-test tests start from an empty home, as a new machine has (only the machine's pip
+configuration is carried over), seed the stand-in and run a real ``ansible-test sanity`` test, which
+builds a virtual environment without pip and must bootstrap it. test_a_broken_bootstrap_fails_ansible_test
+breaks the stand-in on purpose and expects ansible-test to fail: the positive test can tell a working
+bootstrap from a broken one. The rest check the seeder's rules without running ansible-test.
 """
 from __future__ import annotations
 
