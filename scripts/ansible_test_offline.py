@@ -34,11 +34,6 @@ class SeedError(RuntimeError):
     """ansible-test is missing or computes its bootstrap differently from what this script knows."""
 
 
-def marker() -> str:
-    """The first line of the stand-in: how its own copies are recognised."""
-    return BOOTSTRAP.read_text().splitlines()[0]
-
-
 def ansible_test_root() -> Path:
     try:
         import ansible_test
@@ -104,9 +99,10 @@ def cache_path(python_version: str) -> Path:
 def seed(path: Path) -> str:
     """Write the stand-in to `path` unless a file without its marker is there; what was done."""
     wanted = BOOTSTRAP.read_text()
+    marker = wanted.splitlines()[0]  # the stand-in's first line: how its own copies are recognised
     if path.exists():
         current = path.read_text(errors="replace")
-        if current.splitlines()[:1] != [marker()]:
+        if current.splitlines()[:1] != [marker]:
             return f"kept {path}: not written by podnet (a real get-pip script is used as it is)"
         if current == wanted:
             return f"up to date: {path}"

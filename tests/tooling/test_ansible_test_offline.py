@@ -32,11 +32,16 @@ pytestmark = pytest.mark.skipif(shutil.which("ansible-test", path=str(BIN)) is N
                                 reason="needs ansible-test in this Python's environment (make setup)")
 
 
-def load_seeder():
-    spec = importlib.util.spec_from_file_location("ansible_test_offline", SEEDER)
+def load_script(path: Path):
+    """A script of scripts/ imported as a module (scripts/ is no package)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_seeder():
+    return load_script(SEEDER)
 
 
 def empty_home(tmp_path: Path) -> tuple[Path, dict[str, str]]:
@@ -169,9 +174,7 @@ def test_the_seeder_writes_and_then_keeps_its_own_file(tmp_path: Path) -> None:
 
 
 def test_the_bootstrap_tells_requested_packages_from_options() -> None:
-    spec = importlib.util.spec_from_file_location("ansible_test_get_pip", BOOTSTRAP)
-    bootstrap = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bootstrap)
+    bootstrap = load_script(BOOTSTRAP)
     args = ["--disable-pip-version-check", "pip==24.2", "setuptools-scm==8"]
     assert bootstrap.requested(args, "pip")
     assert not bootstrap.requested(args, "setuptools")
