@@ -1,16 +1,19 @@
-"""Dataplane benchmark (issue 8, part 4): iperf3 between pods on two different lab nodes.
+"""Dataplane benchmark: throughput (iperf3) and TCP request/response latency between pods on two lab nodes.
 
 Paths measured, each in its own two-node namespace lab converged by ``site.yml``:
   - ``veth (bare)``: two fresh namespaces joined by one veth pair (the baseline; measured first and last,
     the mean is used),
   - ``underlay``: node to node over the lab's underlay bridge (no pod hop, no overlay), in every lab,
-  - pod to pod with flannel-host-gw, flannel-vxlan, calico-bgp (static routes) and calico-vxlan.
-The table gives Gbit/s and the ratio to the bare veth path (and to the same lab's underlay). Checks, per
-backend: pods reach each other with full-size unfragmentable packets (``ping -M do -s MTU-28``), one more
-byte does not pass (``-s MTU-27``), and no namespace of the lab fragments anything during the iperf3 run
-(``Ip: FragCreates`` of /proc/net/snmp unchanged in every node, pod and underlay namespace).
+  - pod to pod with flannel-host-gw, flannel-vxlan, calico-bgp (static routes), calico-vxlan and canal.
+Every figure is the median of ``--runs`` runs (5 by default). The table gives Gbit/s and its ratio to the
+bare veth path (and to the same lab's underlay), then the mean round trip of a 1-byte TCP request/response
+(``bench/tcp_rr.py``) and its ratio to the bare veth's (lower is better). Checks, per backend: pods reach
+each other with full-size unfragmentable packets (``ping -M do -s MTU-28``), one more byte does not pass
+(``-s MTU-27``), and no namespace of the lab fragments anything during the iperf3 runs (``Ip: FragCreates``
+of /proc/net/snmp unchanged in every node, pod and underlay namespace). The goals (throughput ratios) are
+reported, not enforced: a noisy machine must not fail a correct dataplane.
 
-    python bench/bench_dataplane.py [--quick] [--backends flannel-vxlan,...] [--seconds 3]
+    python bench/bench_dataplane.py [--quick] [--backends flannel-vxlan,...] [--seconds 3] [--runs 5]
 
 Exits non-zero when a check fails. Labs and the baseline namespaces are always removed; iperf3 servers
 are started by this script and stopped by their PID.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -33,9 +37,13 @@ import labgen  # noqa: E402
 from labgen import labkit  # noqa: E402
 
 SITE = labgen.REPO_ROOT / "playbooks" / "site.yml"
-BACKENDS = ("flannel-host-gw", "flannel-vxlan", "calico-bgp", "calico-vxlan")
+BACKENDS = ("flannel-host-gw", "flannel-vxlan", "calico-bgp", "calico-vxlan", "canal")
+# Throughput goals as ratios to the bare veth pair: routed paths close to it, overlays above 0.6.
+GOALS = {"flannel-host-gw": 0.95, "calico-bgp": 0.95, "flannel-vxlan": 0.6, "calico-vxlan": 0.6, "canal": 0.6}
 CLUSTER = ipaddress.IPv4Network("10.244.0.0/16")
 PORT = 5201
+RR_PORT = 5202
+TCP_RR = Path(__file__).resolve().parent / "tcp_rr.py"
 BARE_A, BARE_B = "10.99.0.1", "10.99.0.2"  # inside the baseline namespaces only
 
 
@@ -57,36 +65,53 @@ def frag_creates(ns: str) -> int:
     return int(values[header.index("FragCreates")])
 
 
-def iperf(client_ns: str, server_ns: str, address: str, seconds: float) -> float:
-    """Gbit/s received by an iperf3 server in server_ns from a client in client_ns (one run)."""
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-p", str(PORT)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+def with_server(server_ns: str, argv: list[str], port: int, client) -> Any:
+    """Start a one-connection server (argv) in server_ns, wait until it listens on `port`, run client();
+    the server is ours and is stopped by its PID should it outlive the client."""
+    server = subprocess.Popen(["ip", "netns", "exec", server_ns, *argv],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
-        while f":{PORT} " not in nsx(server_ns, "ss", "-Hltn", check=False).stdout:
+        while f":{port} " not in nsx(server_ns, "ss", "-Hltn", check=False).stdout:
             if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError(f"iperf3 server in {server_ns} did not start")
+                raise RuntimeError(f"{argv[0]} server in {server_ns} did not start")
             time.sleep(0.05)
-        out = nsx(client_ns, "iperf3", "-c", address, "-p", str(PORT), "-t", f"{seconds:g}", "-J",
-                  timeout=seconds + 30)
-        return json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+        return client()
     finally:
         if server.poll() is None:
             try:
                 server.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                server.kill()  # our own process, by its PID
+                server.kill()
                 server.wait()
 
 
-def best_of(runs: int, *args: Any) -> float:
-    return max(iperf(*args) for _ in range(runs))
+def iperf(client_ns: str, server_ns: str, address: str, seconds: float) -> float:
+    """Gbit/s received by an iperf3 server in server_ns from a client in client_ns (one run)."""
+    def client() -> float:
+        out = nsx(client_ns, "iperf3", "-c", address, "-p", str(PORT), "-t", f"{seconds:g}", "-J",
+                  timeout=seconds + 30)
+        return json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+
+    return with_server(server_ns, ["iperf3", "-s", "-1", "-p", str(PORT)], PORT, client)
 
 
-def bare_veth(prefix: str, seconds: float, runs: int) -> float:
-    """Gbit/s across one veth pair between two fresh namespaces (removed afterwards)."""
+def tcp_rr(client_ns: str, server_ns: str, address: str, seconds: float) -> float:
+    """Mean round trip in microseconds of 1-byte TCP request/responses (one run of bench/tcp_rr.py)."""
+    def client() -> float:
+        out = nsx(client_ns, sys.executable, str(TCP_RR), "client", address, "--port", str(RR_PORT),
+                  "--seconds", f"{seconds:g}", timeout=seconds + 30)
+        return float(json.loads(out.stdout)["rtt_us"])
+
+    return with_server(server_ns, [sys.executable, str(TCP_RR), "server", "--port", str(RR_PORT)], RR_PORT, client)
+
+
+def median_of(runs: int, measure, *args: Any) -> float:
+    return statistics.median(measure(*args) for _ in range(runs))
+
+
+def bare_veth(prefix: str, seconds: float, runs: int, rr_seconds: float) -> tuple[float, float]:
+    """(Gbit/s, TCP RR µs) across one veth pair between two fresh namespaces (removed afterwards)."""
     a, b = f"{prefix}-bare-a", f"{prefix}-bare-b"
     try:
         sh(["ip", "netns", "add", a])
@@ -96,7 +121,7 @@ def bare_veth(prefix: str, seconds: float, runs: int) -> float:
             sh(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0"])
             sh(["ip", "-n", ns, "link", "set", "eth0", "up"])
             sh(["ip", "-n", ns, "link", "set", "lo", "up"])
-        return best_of(runs, a, b, BARE_B, seconds)
+        return median_of(runs, iperf, a, b, BARE_B, seconds), median_of(runs, tcp_rr, a, b, BARE_B, rr_seconds)
     finally:
         for ns in (a, b):
             sh(["ip", "netns", "del", ns], check=False)
@@ -118,7 +143,8 @@ def ping_ok(ns: str, address: str, size: int) -> bool:
     return proc.returncode == 0
 
 
-def measure_backend(backend: str, tmp: Path, cfg: Path, seconds: float, runs: int) -> dict[str, Any]:
+def measure_backend(backend: str, tmp: Path, cfg: Path, seconds: float, runs: int,
+                    rr_seconds: float) -> dict[str, Any]:
     inv = labgen.write_inventory(tmp / backend, 2, pods_per_node=1, group_vars={"podnet_backend": backend})
     res: dict[str, Any] = {"backend": backend, "problems": []}
     lab = labkit.Lab(inv)
@@ -143,10 +169,11 @@ def measure_backend(backend: str, tmp: Path, cfg: Path, seconds: float, runs: in
         if ping_ok(pod_a, addr_b, mtu - 27):
             res["problems"].append(f"ping -M do -s {mtu - 27} passes: the pod MTU {mtu} is not the path MTU")
         node_ips = labgen.node_ips(2)
-        res["underlay"] = best_of(runs, lab.node_ns(n1), lab.node_ns(n2), node_ips[1], seconds)
+        res["underlay"] = median_of(runs, iperf, lab.node_ns(n1), lab.node_ns(n2), node_ips[1], seconds)
         watched = lab.namespaces()
         before = {ns: frag_creates(ns) for ns in watched}
-        res["gbps"] = best_of(runs, pod_a, pod_b, addr_b, seconds)
+        res["gbps"] = median_of(runs, iperf, pod_a, pod_b, addr_b, seconds)
+        res["rr_us"] = median_of(runs, tcp_rr, pod_a, pod_b, addr_b, rr_seconds)
         grew = {ns: frag_creates(ns) - n for ns, n in before.items() if frag_creates(ns) != n}
         res["frag"] = sum(grew.values())
         if grew:
@@ -163,13 +190,16 @@ def measure_backend(backend: str, tmp: Path, cfg: Path, seconds: float, runs: in
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="1-second iperf3 runs, one run each")
+    ap.add_argument("--quick", action="store_true", help="1-second runs, one run each")
     ap.add_argument("--backends", default=",".join(BACKENDS))
     ap.add_argument("--seconds", type=float, help="iperf3 -t (default 3, --quick 1)")
-    ap.add_argument("--runs", type=int, help="iperf3 runs per path, best kept (default 2, --quick 1)")
+    ap.add_argument("--rr-seconds", type=float, help="length of one TCP request/response run (default 2, "
+                                                     "--quick 1)")
+    ap.add_argument("--runs", type=int, help="runs per path and measure, median kept (default 5, --quick 1)")
     args = ap.parse_args(argv)
     seconds = args.seconds or (1 if args.quick else 3)
-    runs = args.runs or (1 if args.quick else 2)
+    rr_seconds = args.rr_seconds or (1 if args.quick else 2)
+    runs = args.runs or (1 if args.quick else 5)
     backends = [b for b in args.backends.split(",") if b]
 
     prefix = labkit.unique_prefix()
@@ -179,30 +209,40 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmpname)
         cfg = labgen.write_ansible_cfg(tmp)
         try:
-            bare = [bare_veth(prefix, seconds, runs)]
+            bare = [bare_veth(prefix, seconds, runs, rr_seconds)]
             for backend in backends:
                 print(f"# {backend} ...", file=sys.stderr, flush=True)
-                results.append(measure_backend(backend, tmp, cfg, seconds, runs))
-            bare.append(bare_veth(prefix, seconds, runs))
+                results.append(measure_backend(backend, tmp, cfg, seconds, runs, rr_seconds))
+            bare.append(bare_veth(prefix, seconds, runs, rr_seconds))
         finally:
             labkit.remove_netns(prefix)  # the baseline namespaces, should anything be left
-    base = sum(bare) / len(bare)
+    base = statistics.mean(g for g, _ in bare)
+    base_rr = statistics.mean(rr for _, rr in bare)
 
-    print(f"\nDataplane: iperf3 -t {seconds:g}, best of {runs}, pod on node 1 -> pod on node 2")
-    rows = [["veth (bare)", "1500", f"{base:.2f}", "1.00", "-", "-",
-             f"runs {' / '.join(f'{b:.2f}' for b in bare)}"]]
+    print(f"\nDataplane: pod on node 1 -> pod on node 2; median of {runs} runs of iperf3 -t {seconds:g} "
+          f"and of {rr_seconds:g} s of 1-byte TCP request/response")
+    rows = [["veth (bare)", "1500", f"{base:.2f}", "1.00", "-", f"{base_rr:.1f}", "1.00", "-",
+             "runs " + " / ".join(f"{g:.2f} Gbit/s {rr:.1f} us" for g, rr in bare)]]
+    goals = []
     for r in results:
-        g, u = r.get("gbps"), r.get("underlay")
+        g, u, rr = r.get("gbps"), r.get("underlay"), r.get("rr_us")
         rows.append([
             r["backend"], str(r.get("mtu", "-")), f"{g:.2f}" if g else "-", f"{g / base:.2f}" if g else "-",
-            f"{g / u:.2f}" if g and u else "-", str(r.get("frag", "-")),
-            "ok" if not r["problems"] else "FAIL",
+            f"{g / u:.2f}" if g and u else "-", f"{rr:.1f}" if rr else "-", f"{rr / base_rr:.2f}" if rr else "-",
+            str(r.get("frag", "-")), "ok" if not r["problems"] else "FAIL",
         ])
         problems += [f"{r['backend']}: {p}" for p in r["problems"]]
-    labgen.print_table(["path", "pod MTU", "Gbit/s", "vs bare", "vs underlay", "frags", "check"], rows)
+        if g and r["backend"] in GOALS:
+            goal = GOALS[r["backend"]]
+            goals.append(f"{r['backend']} {g / base:.2f}x {'>=' if g / base >= goal else '<'} {goal}x "
+                         f"({'met' if g / base >= goal else 'missed'})")
+    labgen.print_table(["path", "pod MTU", "Gbit/s", "vs bare", "vs underlay", "RR us", "RR vs bare", "frags",
+                        "check"], rows)
     und = [r["underlay"] for r in results if r.get("underlay")]
     if und:
         print(f"(underlay node->node in the same labs: {' / '.join(f'{u:.2f}' for u in und)} Gbit/s)")
+    if goals:
+        print("goals (throughput vs bare veth): " + "; ".join(goals))
     for p in problems:
         print(f"FAIL {p}", file=sys.stderr)
     return 1 if problems else 0

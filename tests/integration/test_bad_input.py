@@ -54,6 +54,8 @@ CASES = [
      "podnet_underlay_interface"),
     ("ifname-illegal-characters", {"node3": {"podnet_underlay_interface": "eth 0/1"}}, "node3",
      "podnet_underlay_interface"),
+    ("tx-checksum-offload-unknown", {"node2": {"podnet_vxlan_tx_checksum_offload": "disabled"}}, "node2",
+     "podnet_vxlan_tx_checksum_offload"),
     ("bridge-name-too-long", {"all": {"podnet_bridge": "cni0-bridge-name-x"}}, "node1", "podnet_bridge"),
     ("unknown-backend", {"all": {"podnet_backend": "weave-net"}}, "node1", "podnet_backend"),
     ("backend-disagreement", {"node2": {"podnet_backend": "flannel-host-gw"}}, "node1", "podnet_backend"),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .labkit import Lab, list_netns, netns_exec, netns_json
+from .labkit import VXLAN_CHECKSUM_FIXED, Lab, list_netns, netns_exec, netns_json, tx_checksum
 
 pytestmark = pytest.mark.integration
 
@@ -79,6 +79,7 @@ def assert_calico_state(lab: Lab, backend: str) -> None:
             info = link["linkinfo"]["info_data"]
             assert (info["id"], info["port"], info["local"], info["learning"], link["mtu"]) == (
                 vni, port, node_ip, False, 1450)
+            assert tx_checksum(lab.node_ns(host), dev) is VXLAN_CHECKSUM_FIXED  # off only before Linux 5.7
             fdb = {f["mac"]: f["dst"] for f in lab.json(host, "fdb", "show", "dev", dev, tool="bridge")}
             neigh = {n["dst"]: n["lladdr"] for n in lab.json(host, "neigh", "show", "dev", dev)
                      if n["state"] == ["PERMANENT"]}

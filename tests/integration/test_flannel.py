@@ -7,14 +7,25 @@ VTEP MAC read from that node), not from podnet's planner, and compared with `ip 
 from __future__ import annotations
 
 import ipaddress
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from .labkit import REPO_ROOT, Lab, list_netns, netns_exec, netns_json
+from .labkit import (
+    REPO_ROOT,
+    VXLAN_CHECKSUM_FIXED,
+    Lab,
+    list_netns,
+    netns_exec,
+    netns_json,
+    set_tx_checksum_argv,
+    tx_checksum,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -42,14 +53,6 @@ def node_subnet(lab: Lab, host: str) -> ipaddress.IPv4Network:
 
 def vtep_mac(lab: Lab, host: str) -> str:
     return lab.json(host, "link", "show", "flannel.1")[0]["address"]
-
-
-def tx_checksum(lab: Lab, host: str, device: str) -> bool:
-    """The device's tx-checksum-ip-generic feature, read over ethtool netlink inside the node."""
-    code = ("from pyroute2.ethtool import Ethtool; import sys; "
-            f"print(Ethtool().get_features('{device}').features['tx-checksum-ip-generic'].enable)")
-    out = lab.exec(host, [sys.executable, "-c", code], check=True).stdout.strip()
-    return out == "True"
 
 
 def podnet_routes(lab: Lab, host: str) -> dict[str, dict]:
@@ -81,7 +84,8 @@ def assert_node_state(lab: Lab, hosts: dict[str, str]) -> None:
                 False,
             )
             assert link["mtu"] == 1450 and "UP" in link["flags"]
-            assert tx_checksum(lab, host, "flannel.1") is False  # flannel's fix for the 63 s stalls
+            # podnet's default (auto): off only where the kernel has the 63 s stall bug (before 5.7)
+            assert tx_checksum(lab.node_ns(host), "flannel.1") is VXLAN_CHECKSUM_FIXED
             addrs = lab.json(host, "addr", "show", "dev", "flannel.1")[0]["addr_info"]
             assert [(a["local"], a["prefixlen"]) for a in addrs if a["family"] == "inet"] == [
                 (str(subnet.network_address), 32)
@@ -166,10 +170,8 @@ def test_drift_is_repaired_and_foreign_state_survives(flannel_lab):
     lab.exec("node1", ["ip", "route", "add", "10.99.0.0/24", "via", "172.30.0.1"], check=True)
     lab.exec("node1", ["ip", "route", "del", peer_subnet], check=True)
     if lab.backend == "flannel-vxlan":
-        code = ("from pyroute2.ethtool import Ethtool; e = Ethtool(); f = e.get_features('flannel.1'); "
-                "f.features['tx-checksum-ip-generic'].enable = True; e.set_features('flannel.1', f)")
-        lab.exec("node1", [sys.executable, "-c", code], check=True)
-        assert tx_checksum(lab, "node1", "flannel.1") is True
+        lab.exec("node1", set_tx_checksum_argv("flannel.1", not VXLAN_CHECKSUM_FIXED), check=True)
+        assert tx_checksum(lab.node_ns("node1"), "flannel.1") is not VXLAN_CHECKSUM_FIXED
         mac = vtep_mac(lab, "node2")
         lab.exec(
             "node1", ["bridge", "fdb", "del", mac, "dev", "flannel.1", "dst", NODES["node2"]], check=True
@@ -215,6 +217,51 @@ def test_removing_a_node_removes_its_peer_entries(flannel_lab, tmp_path):
     assert back.rc == 0, back.output
     assert node_subnet(lab, "node3") == old_node3_subnet
     assert_node_state(lab, NODES)
+
+
+def boot_apply(lab: Lab, host: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The podnet-apply unit's command on a node: podnet's engine restoring the node's records."""
+    state_dir = f"/run/podnet-lab/{lab.prefix}/{host}/state"
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT / "collections"))
+    return subprocess.run(["ip", "netns", "exec", lab.node_ns(host), sys.executable, "-m",
+                           "ansible_collections.podnet.dataplane.plugins.module_utils.boot_apply", state_dir, *args],
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_forced_offload_is_honoured_by_run_check_and_boot_restore(flannel_lab):
+    """podnet_vxlan_tx_checksum_offload forced against the kernel's rule (as a NIC that needs it would have
+    it), then back to auto: the run, check mode (verify.yml) and the boot restore all agree."""
+    lab = flannel_lab
+    if lab.backend != "flannel-vxlan":
+        pytest.skip("flannel-host-gw has no VXLAN device")
+    auto = VXLAN_CHECKSUM_FIXED
+    forced = {"podnet_vxlan_tx_checksum_offload": "on" if not auto else "off"}
+    result = lab.run("playbooks/site.yml", extra_vars=forced, diff=True)
+    assert result.rc == 0, result.output
+    assert all(tx_checksum(lab.node_ns(h), "flannel.1") is not auto for h in NODES)
+    assert all(result.changed(h) > 0 for h in NODES), result.recap
+    value = forced["podnet_vxlan_tx_checksum_offload"]
+    assert f"offload dev=flannel.1 tx-checksum-ip-generic={value} (forced {value})" in result.stdout  # --diff
+    assert lab.run("playbooks/verify.yml", extra_vars=forced).rc == 0  # check mode agrees with the run
+    assert lab.run("playbooks/verify.yml").rc != 0  # ...and sees that auto would change it back
+
+    lab.exec("node2", set_tx_checksum_argv("flannel.1", auto), check=True)  # drift, then a "reboot" restore
+    restored = boot_apply(lab, "node2")
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert tx_checksum(lab.node_ns("node2"), "flannel.1") is not auto, restored.stdout
+    assert "forced" in restored.stdout
+
+    back = lab.run("playbooks/site.yml")  # auto again
+    assert back.rc == 0, back.output
+    assert all(tx_checksum(lab.node_ns(h), "flannel.1") is auto for h in NODES)
+    lab.exec("node2", set_tx_checksum_argv("flannel.1", not auto), check=True)
+    restored = boot_apply(lab, "node2")  # a record made in auto is decided again for the booted kernel
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert tx_checksum(lab.node_ns("node2"), "flannel.1") is auto, restored.stdout
+    check = boot_apply(lab, "node2", "--check").stdout
+    assert "podnet-apply: 0 change(s) needed" in check, check
+    verify = lab.run("playbooks/verify.yml")
+    assert verify.rc == 0, verify.output
 
 
 def test_reset_removes_everything_podnet_created(flannel_lab):

@@ -66,6 +66,23 @@ def test_seed_pod_wiring_and_masquerade(rendered):
     assert "iptables -t nat -A POSTROUTING ! -s 10.244.0.0/16 -d 10.244.0.0/24 -m comment" in text
 
 
+def test_seed_vxlan_offload_rendered_for_a_modern_kernel_by_default(rendered):
+    lines = (rendered / "192.168.0.4.sh").read_text().splitlines()
+    assert in_order(lines, [SEED_LINES_04[0], "ethtool -K flannel.1 tx-checksum-ip-generic on"]), "\n".join(lines)
+
+
+def test_render_kernel_decides_the_vxlan_offload_and_is_checked(tmp_path):
+    old = run_render(tmp_path / "old", "-e", "podnet_render_kernel=5.4.0-150-generic")
+    assert old.returncode == 0, old.stdout + old.stderr
+    lines = (tmp_path / "old" / "192.168.0.4.sh").read_text().splitlines()
+    assert "ethtool -K flannel.1 tx-checksum-ip-generic off" in lines
+    assert ("# flannel.1 tx-checksum-ip-generic: auto: kernel 5.4.0-150-generic is older than 5.7 "
+            "(VXLAN + SNAT checksum bug): off") in lines
+    bad = run_render(tmp_path / "bad", "-e", "podnet_render_kernel='6.1; reboot'")
+    assert bad.returncode != 0 and "is not a kernel release" in bad.stdout, bad.stdout
+    assert not list((tmp_path / "bad").glob("*.sh"))
+
+
 def test_host_gw_lines(tmp_path):
     result = run_render(tmp_path, "-e", "podnet_backend=flannel-host-gw")
     assert result.returncode == 0, result.stdout + result.stderr

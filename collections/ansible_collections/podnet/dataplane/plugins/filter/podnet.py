@@ -12,7 +12,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.plan import (
     plan_cluster,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.policy import ping_surprises
-from ansible_collections.podnet.dataplane.plugins.module_utils.render import node_commands
+from ansible_collections.podnet.dataplane.plugins.module_utils.render import RenderError, node_commands
 
 
 def _node_vars(hostvars, host: str) -> dict:
@@ -34,9 +34,13 @@ def plan(hostvars, hosts, leases=None) -> dict:
         raise AnsibleFilterError(str(exc)) from None
 
 
-def commands(node_state: dict) -> list[str]:
-    """{{ podnet_node | podnet.dataplane.commands }}: the node's exact commands, one per line."""
-    return node_commands(node_state)
+def commands(node_state: dict, kernel: str | None = None) -> list[str]:
+    """{{ podnet_node | podnet.dataplane.commands(podnet_render_kernel) }}: the node's exact commands, one
+    per line, for a node running kernel release `kernel` (default: render.RENDER_KERNEL)."""
+    try:
+        return node_commands(node_state, kernel)
+    except RenderError as exc:
+        raise AnsibleFilterError(str(exc)) from None
 
 
 def pod_sources(cluster: dict, host: str) -> list[dict]:

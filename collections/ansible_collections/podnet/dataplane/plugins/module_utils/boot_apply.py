@@ -30,7 +30,14 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
     Sysctl,
     from_dict,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.offload import get_feature, set_feature
+from ansible_collections.podnet.dataplane.plugins.module_utils.offload import (
+    TX_CHECKSUM,
+    TX_CHECKSUM_MODES,
+    decide_tx_checksum,
+    feature_command,
+    get_feature,
+    set_feature,
+)
 from ansible_collections.podnet.dataplane.plugins.module_utils.persist import load_all
 
 NETNS_DIR = "/run/netns"
@@ -86,14 +93,22 @@ def apply_rules(rules: list[dict], check: bool = False) -> list[str]:
     return done
 
 
-def apply_offloads(offloads: list[dict], check: bool = False) -> list[str]:
+def apply_offloads(offloads: list[dict], check: bool = False, release: str | None = None) -> list[str]:
+    """Recorded offload settings. A TX checksum record made in mode auto is decided again for the kernel
+    that booted (`release`, default: the running one) by the rule the run used: a node that booted
+    into a newer or older kernel since gets what a run would give it there."""
+    release = release or os.uname().release
     done = []
     for item in offloads:
+        enabled, why = item["enabled"], ""
+        if item["feature"] == TX_CHECKSUM and item.get("mode") in TX_CHECKSUM_MODES:
+            decision = decide_tx_checksum(item["mode"], release)
+            enabled, why = decision.enabled, f"  # {decision.reason}"
         current = get_feature(item["device"], item["feature"])
-        if current is not None and current != item["enabled"]:
+        if current is not None and current != enabled:
             if not check:
-                set_feature(item["device"], item["feature"], item["enabled"])
-            done.append(f"ethtool -K {item['device']} {item['feature']} {'on' if item['enabled'] else 'off'}")
+                set_feature(item["device"], item["feature"], enabled)
+            done.append(feature_command(item["device"], item["feature"], enabled) + why)
     return done
 
 

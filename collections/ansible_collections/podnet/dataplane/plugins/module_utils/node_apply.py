@@ -165,7 +165,9 @@ def _mode(path: str) -> int | None:
 
 def _vtep_params(vtep: dict[str, Any]) -> dict[str, Any]:
     keys = ("name", "vni", "port", "local", "underlay_interface", "mtu", "mac", "address", "peers")
-    return {key: vtep.get(key) for key in keys} | {"state": "overridden"}
+    # a plan made before the offload decision existed carries none: the module's default (auto) then
+    return ({key: vtep.get(key) for key in keys} | {"state": "overridden"}
+            | {"tx_checksum_offload": vtep.get("tx_checksum_offload") or "auto"})
 
 
 def _pod_mtu(node: dict[str, Any], *device_results: dict[str, Any] | None) -> int:

@@ -1,19 +1,66 @@
 # Copyright: podnet contributors
 # Apache License 2.0
-"""Device offload features: read with the ethtool ioctl, changed through pyroute2.ethtool.
+"""Device offload features: read with the ethtool ioctl, changed through pyroute2.ethtool; and the rule
+that decides TX checksum offload on a VXLAN device from the node's kernel.
 
-flannel turns TX checksum offload off on its VXLAN device: with it on, some kernels/NICs send
-VXLAN packets whose inner checksum is wrong once kube-proxy SNATs them, and connections stall for
-about 63 seconds (flannel issue #1279).  podnet does the same by default.
+flannel turns TX checksum offload off on its VXLAN device: on kernels before 5.7, VXLAN packets whose
+inner headers were SNATed (kube-proxy's masquerade) leave with a wrong inner checksum, the receiver drops
+them and connections stall for about 63 seconds (kubernetes #88986, calico #3145).  The kernel fixed it
+in 5.7, and calico applies the workaround only below that version (felix #2815).  Turning the offload
+off costs a software checksum per packet and the loss of GSO on the device: flannel-vxlan ran at about
+a sixth of its speed with it.  So podnet decides per node: "auto" keeps the kernel's default (on) from
+5.7 and turns it off before; "on"/"off" force it (some virtual NICs, e.g. vmxnet3, have had
+tunnel checksum bugs of their own whatever the kernel).
 """
 from __future__ import annotations
 
 import ctypes
 import fcntl
+import re
 import socket
 import struct
+from typing import NamedTuple
 
 TX_CHECKSUM = "tx-checksum-ip-generic"
+TX_CHECKSUM_MODES = ("auto", "on", "off")
+# First kernel without the SNAT + VXLAN checksum bug.
+FIXED_KERNEL = (5, 7)
+# "5.4.0-150-generic", "4.18.0-553.el8_10.x86_64", "6.1.0-28-amd64", "5.7.0-rc1", "6.18.44-fc-v669":
+# major.minor, then (optionally) a separator and the characters kernel releases are made of.
+_RELEASE_RE = re.compile(r"(\d+)\.(\d+)(?:[.\-+_~][A-Za-z0-9.\-+_~]*)?")
+
+
+class OffloadDecision(NamedTuple):
+    """What TX checksum offload a VXLAN device gets, and why (shown in results, diffs and renders)."""
+
+    mode: str
+    kernel: str
+    enabled: bool
+    reason: str
+
+
+def kernel_version(release: str) -> tuple[int, int] | None:
+    """(major, minor) of a kernel release string (`uname -r`), None when it is not one."""
+    match = _RELEASE_RE.fullmatch(release) if isinstance(release, str) else None
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def decide_tx_checksum(mode: str, release: str) -> OffloadDecision:
+    """The offload a VXLAN device gets on a kernel `release` for a mode of TX_CHECKSUM_MODES."""
+    if mode not in TX_CHECKSUM_MODES:
+        raise ValueError(f"tx checksum offload mode {mode!r} is not one of {', '.join(TX_CHECKSUM_MODES)}")
+    if mode != "auto":
+        return OffloadDecision(mode, release, mode == "on", f"forced {mode}")
+    fixed = ".".join(map(str, FIXED_KERNEL))
+    version = kernel_version(release)
+    if version is None:
+        return OffloadDecision(mode, release, False, f"auto: kernel release {release!r} not understood; off, "
+                                                     f"the safe side (the checksum bug is fixed from {fixed})")
+    if version < FIXED_KERNEL:
+        return OffloadDecision(mode, release, False, f"auto: kernel {release} is older than {fixed} "
+                                                     "(VXLAN + SNAT checksum bug): off")
+    return OffloadDecision(mode, release, True, f"auto: kernel {release} is {fixed} or newer: "
+                                                "the kernel's default, on")
 # <linux/sockios.h>, <linux/ethtool.h>
 SIOCETHTOOL = 0x8946
 ETHTOOL_GSTRINGS = 0x1B
@@ -26,6 +73,16 @@ IFREQ_SIZE = 40
 
 def feature_command(device: str, feature: str, enabled: bool) -> str:
     return f"ethtool -K {device} {feature} {'on' if enabled else 'off'}"
+
+
+def tx_checksum_lines(device: str, decision: OffloadDecision) -> list[str]:
+    """The decision as a script prints it: why (a comment), then the command."""
+    lines = [f"# {device} {TX_CHECKSUM}: {decision.reason}"]
+    if decision.mode == "auto":
+        fixed = ".".join(map(str, FIXED_KERNEL))
+        lines.insert(0, f"# {device} {TX_CHECKSUM} is decided per node (auto): off on kernels before {fixed}, "
+                        f"the kernel's default (on) from {fixed}")
+    return lines + [feature_command(device, TX_CHECKSUM, decision.enabled)]
 
 
 def get_feature(device: str, feature: str) -> bool | None:

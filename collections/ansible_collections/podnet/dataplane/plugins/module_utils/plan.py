@@ -88,7 +88,8 @@ CLUSTER_KEYS = ("podnet_backend", "podnet_cluster_cidr", "podnet_subnet_prefix",
                 "podnet_calico_bgp", "podnet_bgp_as", "podnet_flannel_directrouting", "podnet_calico_crosssubnet",
                 "podnet_network_policies")
 NODE_KEYS = ("podnet_node_ip", "podnet_pod_subnet", "podnet_vtep_mac", "podnet_underlay_interface",
-             "podnet_pods", "podnet_pod_netns_prefix", "podnet_bgp_route_reflector")
+             "podnet_pods", "podnet_pod_netns_prefix", "podnet_bgp_route_reflector",
+             "podnet_vxlan_tx_checksum_offload")
 
 
 class PlanError(ValueError):
@@ -133,6 +134,17 @@ def _bool(value: Any) -> bool | None:
     if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
         return value.lower() in ("true", "yes", "on", "1")
     return None
+
+
+def tx_checksum_mode(value: Any) -> str | None:
+    """podnet_vxlan_tx_checksum_offload as one of auto/on/off (YAML reads a bare on/off as a boolean),
+    None when it is none of them."""
+    if value in (None, ""):
+        return "auto"
+    if value == "auto":
+        return value
+    flag = _bool(value)
+    return None if flag is None else ("on" if flag else "off")
 
 
 def _check_ifname(problems: _Problems, host: str, var: str, name: Any) -> None:
@@ -324,6 +336,9 @@ def plan_cluster(hosts: list[str], hostvars: dict[str, dict], leases: dict[str, 
         underlay = hv.get("podnet_underlay_interface")
         if underlay not in (None, ""):
             _check_ifname(problems, host, "podnet_underlay_interface", underlay)
+        if tx_checksum_mode(hv.get("podnet_vxlan_tx_checksum_offload")) is None:
+            problems.add(host, "podnet_vxlan_tx_checksum_offload",
+                         f"{hv['podnet_vxlan_tx_checksum_offload']!r} must be auto, on or off")
         reflector = hv.get("podnet_bgp_route_reflector")
         if reflector not in (None, "") and _bool(reflector) is None:
             problems.add(host, "podnet_bgp_route_reflector", f"{reflector!r} is not a boolean")
@@ -491,6 +506,7 @@ def _node_state(host: str, hosts: list[str], hostvars: dict[str, dict], settings
             "mtu": settings["podnet_mtu"],
             "address": f"{subnet.network_address}/32",
             "learning": False,
+            "tx_checksum_offload": tx_checksum_mode(hv.get("podnet_vxlan_tx_checksum_offload")),
             # exactly the vxlan_fdb module's `peers` shape
             "peers": [{"vtep_ip": p["vtep_ip"], "mac": p["mac"], "node_ip": p["node_ip"]} for p in encapsulated],
         }

@@ -16,17 +16,33 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.builders import (
     vxlan_peer_objects,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.objects import PODNET_RTPROTO
+from ansible_collections.podnet.dataplane.plugins.module_utils.offload import (
+    decide_tx_checksum,
+    kernel_version,
+    tx_checksum_lines,
+)
 from ansible_collections.podnet.dataplane.plugins.module_utils.policy import policy_commands
 
 # Without host access the underlay device cannot be looked up (DESIGN §4): assume eth0.
 RENDER_UNDERLAY = "eth0"
+# Nor can the kernel: unless told the nodes' release, render for Debian 12's kernel line.
+RENDER_KERNEL = "6.1"
+
+
+class RenderError(ValueError):
+    """A render input that cannot be rendered (the message says which and why)."""
 
 
 def _commands(objs) -> list[str]:
     return [cmd for obj in objs for cmd in obj.add_commands()]
 
 
-def node_commands(node: dict[str, Any]) -> list[str]:
+def node_commands(node: dict[str, Any], kernel: str | None = None) -> list[str]:
+    """`kernel`: the nodes' kernel release (`uname -r`), for the decisions that depend on it; None or ""
+    renders for a kernel of RENDER_KERNEL."""
+    if kernel and kernel_version(kernel) is None:
+        raise RenderError(f"podnet_render_kernel: {kernel!r} is not a kernel release (like 6.1.0-28-amd64 "
+                          "or 5.4.0)")
     underlay = node.get("underlay_interface") or RENDER_UNDERLAY
     mtu = node["render_mtu"]
     lines = [
@@ -38,6 +54,8 @@ def node_commands(node: dict[str, Any]) -> list[str]:
         vtep = dict(node["vtep"], underlay_interface=node["vtep"].get("underlay_interface") or underlay)
         lines += _commands(vtep_objects(vtep))
         lines += _commands(vxlan_peer_objects(vtep["name"], vtep["peers"]))
+        decision = decide_tx_checksum(vtep.get("tx_checksum_offload") or "auto", kernel or RENDER_KERNEL)
+        lines += tx_checksum_lines(vtep["name"], decision)
     if node.get("tunnel"):
         lines += _commands(tunnel_objects(dict(node["tunnel"], mtu=node["tunnel"].get("mtu") or mtu)))
     # calico-bgp routes name no device (as in seed 003); host-gw and direct routes use the underlay.

@@ -4,6 +4,8 @@
 podnet.dataplane.node_apply can run it in the same process as the node's other resources."""
 from __future__ import annotations
 
+import os
+
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.podnet.dataplane.plugins.module_utils.builders import (
     VXLAN_OVERHEAD,
@@ -27,9 +29,13 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.offload import (
     TX_CHECKSUM,
+    TX_CHECKSUM_MODES,
+    OffloadDecision,
+    decide_tx_checksum,
     feature_command,
     get_feature,
     set_feature,
+    tx_checksum_lines,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.persist import PERSIST_OPTION, persist_result
 from ansible_collections.podnet.dataplane.plugins.module_utils.resource import (
@@ -58,7 +64,8 @@ ARGUMENT_SPEC = {
     "mac": {"type": "str"},
     "address": {"type": "str"},
     "learning": {"type": "bool", "default": False},
-    "tx_checksum_offload": {"type": "bool", "default": False},
+    # a str with on/off choices: YAML's bare on/off (booleans) and the old bool values map onto them
+    "tx_checksum_offload": {"type": "str", "choices": list(TX_CHECKSUM_MODES), "default": "auto"},
     "persist_dir": PERSIST_OPTION,
     "peers": {"type": "list", "elements": "dict", "options": PEER_SPEC, "default": []},
     "state": {"type": "str", "choices": STATES, "default": "merged"},
@@ -155,7 +162,8 @@ def run(module: AnsibleModule) -> None:
         vtep = {k: p[k] for k in ("name", "vni", "port", "local", "underlay_interface", "mac", "mtu",
                                   "address", "learning")}
         objs = vtep_objects(vtep) + vxlan_peer_objects(name, p["peers"])
-        module.exit_json(changed=False, rendered=[c for o in objs for c in o.add_commands()])
+        rendered = [c for o in objs for c in o.add_commands()] + tx_checksum_lines(name, offload_decision(module))
+        module.exit_json(changed=False, rendered=rendered)
     if not HAS_PYROUTE2:
         module.fail_json(msg=missing_required_lib("pyroute2"), exception=str(PYROUTE2_IMPORT_ERROR))
 
@@ -181,28 +189,38 @@ def run(module: AnsibleModule) -> None:
             if state != "deleted" and not extra["mac"]:
                 extra["mac"] = engine.gather(set()).objects[("link", None, name)].mac
     result = result_for(changes, **extra)
+    offload = []
     if state != "deleted":
-        converge_offload(module, result, created=existing is None)
-    persist_result(module, f"vxlan_fdb-{name}", want,
-                   offload=[{"device": name, "feature": TX_CHECKSUM, "enabled": p["tx_checksum_offload"]}])
+        decision = offload_decision(module)
+        converge_offload(module, result, decision, created=existing is None)
+        result["tx_checksum_offload"] = decision._asdict()
+        offload = [{"device": name, "feature": TX_CHECKSUM, **decision._asdict()}]
+    persist_result(module, f"vxlan_fdb-{name}", want, offload=offload)
     module.exit_json(**result)
 
 
-def converge_offload(module: AnsibleModule, result: dict, created: bool) -> None:
-    """Bring TX checksum offload to the wanted state (a fresh device in check mode counts as 'on')."""
-    name, wanted = module.params["name"], module.params["tx_checksum_offload"]
+def offload_decision(module: AnsibleModule) -> OffloadDecision:
+    """TX checksum offload for this node's kernel (the module runs on the node)."""
+    return decide_tx_checksum(module.params["tx_checksum_offload"], os.uname().release)
+
+
+def converge_offload(module: AnsibleModule, result: dict, decision: OffloadDecision, created: bool) -> None:
+    """Bring TX checksum offload to the decided state. A device created in this run starts with the
+    kernel's default (on); the diff shows the decision whenever the device is new or the feature changes."""
+    name, wanted = module.params["name"], decision.enabled
     current = True if created and module.check_mode else get_feature(name, TX_CHECKSUM)
-    if current is None or current == wanted:
+    if current is None or (current == wanted and not created):
         return
-    if not module.check_mode:
-        try:
-            set_feature(name, TX_CHECKSUM, wanted)
-        except Exception as exc:
-            module.fail_json(msg=f"podnet.vxlan_fdb: {feature_command(name, TX_CHECKSUM, wanted)}: {exc}")
-    result["changed"] = True
-    result["commands"].append(feature_command(name, TX_CHECKSUM, wanted))
-    result["diff"]["before"] += f"offload dev={name} {TX_CHECKSUM}={'on' if current else 'off'}\n"
-    result["diff"]["after"] += f"offload dev={name} {TX_CHECKSUM}={'on' if wanted else 'off'}\n"
+    if current != wanted:
+        if not module.check_mode:
+            try:
+                set_feature(name, TX_CHECKSUM, wanted)
+            except Exception as exc:
+                module.fail_json(msg=f"podnet.vxlan_fdb: {feature_command(name, TX_CHECKSUM, wanted)}: {exc}")
+        result["changed"] = True
+        result["commands"].append(feature_command(name, TX_CHECKSUM, wanted))
+        result["diff"]["before"] += f"offload dev={name} {TX_CHECKSUM}={'on' if current else 'off'}\n"
+    result["diff"]["after"] += f"offload dev={name} {TX_CHECKSUM}={'on' if wanted else 'off'} ({decision.reason})\n"
 
 
 def deleted_changes(module: AnsibleModule, have: KernelState, existing: Link | None) -> list[Change]:

@@ -38,6 +38,9 @@ options:
         (C(backend), C(pod_mode), C(node_ip), C(vtep), C(tunnel), C(routes), C(pods), C(bridge),
         C(iptables), C(subnet_env), C(mtu), C(render_mtu)); C(pod_mode) C(bridge) selects the flannel
         steps below, C(routed) the calico ones.
+      - C(vtep.tx_checksum_offload) (C(auto), C(on) or C(off), from C(podnet_vxlan_tx_checksum_offload)) is
+        passed to M(podnet.dataplane.vxlan_fdb), which decides the VTEP's TX checksum offload from the node's
+        kernel for C(auto); a plan without it means C(auto).
     type: dict
     required: true
   pod_mode:

@@ -58,10 +58,22 @@ options:
     default: false
   tx_checksum_offload:
     description:
-      - TX checksum offload (C(tx-checksum-ip-generic)) on the device. Off by default, as flannel does,
-        to avoid the 63-second connection stalls of SNATed VXLAN traffic on affected kernels and NICs.
-    type: bool
-    default: false
+      - TX checksum offload (C(tx-checksum-ip-generic)) on the device.
+      - C(auto) decides from the node's kernel (C(uname -r)). Before 5.7 it is turned off, as flannel does;
+        those kernels send SNATed VXLAN packets with a wrong inner checksum and connections stall for about
+        63 seconds (kubernetes issue 88986, calico issue 3145). From 5.7 on the bug is fixed and the device
+        keeps the kernel's default, on; with the offload off the device also loses segmentation offload,
+        which cost flannel-vxlan about five sixths of its throughput in podnet's benchmark.
+        A kernel release that cannot be read counts as old (off).
+      - C(off) or C(on) force it whatever the kernel. Some virtual NICs need C(off) on any kernel, for
+        example vmxnet3 (VMware), whose tunnel checksum offload has had bugs of its own; C(true)/C(false)
+        mean C(on)/C(off).
+      - The decision and its reason are returned as RV(tx_checksum_offload), shown in the diff when the
+        device is created or the feature changes, and recorded for the boot restore, which decides C(auto)
+        again for the kernel that booted.
+    type: str
+    choices: [auto, "on", "off"]
+    default: auto
   peers:
     description: The other nodes' endpoints.
     type: list
@@ -147,8 +159,31 @@ mac:
   description: MAC address of the VXLAN device after the run.
   returned: when state is merged, replaced or overridden
   type: str
+tx_checksum_offload:
+  description: The TX checksum offload decision for this node (see I(tx_checksum_offload)).
+  returned: when state is merged, replaced or overridden
+  type: dict
+  contains:
+    mode:
+      description: The mode asked for.
+      type: str
+      sample: auto
+    kernel:
+      description: The node's kernel release the decision was made for.
+      type: str
+      sample: 6.1.0-28-amd64
+    enabled:
+      description: Whether the offload is on.
+      type: bool
+      sample: true
+    reason:
+      description: Why, in words.
+      type: str
+      sample: "auto: kernel 6.1.0-28-amd64 is 5.7 or newer: the kernel's default, on"
 rendered:
-  description: The full configuration as commands, for I(state=rendered).
+  description:
+    - The full configuration as commands, for I(state=rendered), the TX checksum offload decision for this
+      node's kernel last (a comment with its reason, then the C(ethtool -K) command).
   returned: when state is rendered
   type: list
   elements: str
