@@ -1,11 +1,11 @@
 """Dataplane benchmark: throughput (iperf3) and TCP request/response latency between pods on two lab nodes.
 
 Paths measured, each in its own two-node namespace lab converged by ``site.yml``:
-  - ``veth (bare)``: two fresh namespaces joined by one veth pair (the baseline; measured first and last,
-    the mean is used),
+  - ``veth (bare)``: two fresh namespaces joined by one veth pair, the baseline, measured in the same rounds
+    as each lab's paths (bare, underlay, pods, in turn), so that a ratio compares runs made together,
   - ``underlay``: node to node over the lab's underlay bridge (no pod hop, no overlay), in every lab,
   - pod to pod with flannel-host-gw, flannel-vxlan, calico-bgp (static routes), calico-vxlan and canal.
-Every figure is the median of ``--runs`` runs (5 by default). The table gives Gbit/s and its ratio to the
+Every figure is the median of ``--runs`` rounds (5 by default). The table gives Gbit/s and its ratio to the
 bare veth path (and to the same lab's underlay), then the mean round trip of a 1-byte TCP request/response
 (``bench/tcp_rr.py``) and its ratio to the bare veth's (lower is better). Checks, per backend: pods reach
 each other with full-size unfragmentable packets (``ping -M do -s MTU-28``), one more byte does not pass
@@ -106,25 +106,17 @@ def tcp_rr(client_ns: str, server_ns: str, address: str, seconds: float) -> floa
     return with_server(server_ns, [sys.executable, str(TCP_RR), "server", "--port", str(RR_PORT)], RR_PORT, client)
 
 
-def median_of(runs: int, measure, *args: Any) -> float:
-    return statistics.median(measure(*args) for _ in range(runs))
-
-
-def bare_veth(prefix: str, seconds: float, runs: int, rr_seconds: float) -> tuple[float, float]:
-    """(Gbit/s, TCP RR µs) across one veth pair between two fresh namespaces (removed afterwards)."""
+def create_bare_pair(prefix: str) -> tuple[str, str]:
+    """Two fresh namespaces joined by one veth pair (the baseline path); removed by remove_netns(prefix)."""
     a, b = f"{prefix}-bare-a", f"{prefix}-bare-b"
-    try:
-        sh(["ip", "netns", "add", a])
-        sh(["ip", "netns", "add", b])
-        sh(["ip", "-n", a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", b])
-        for ns, addr in ((a, BARE_A), (b, BARE_B)):
-            sh(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0"])
-            sh(["ip", "-n", ns, "link", "set", "eth0", "up"])
-            sh(["ip", "-n", ns, "link", "set", "lo", "up"])
-        return median_of(runs, iperf, a, b, BARE_B, seconds), median_of(runs, tcp_rr, a, b, BARE_B, rr_seconds)
-    finally:
-        for ns in (a, b):
-            sh(["ip", "netns", "del", ns], check=False)
+    sh(["ip", "netns", "add", a])
+    sh(["ip", "netns", "add", b])
+    sh(["ip", "-n", a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", b])
+    for ns, addr in ((a, BARE_A), (b, BARE_B)):
+        sh(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0"])
+        sh(["ip", "-n", ns, "link", "set", "eth0", "up"])
+        sh(["ip", "-n", ns, "link", "set", "lo", "up"])
+    return a, b
 
 
 def pod_addr_mtu(ns: str) -> tuple[str, int, str]:
@@ -143,8 +135,10 @@ def ping_ok(ns: str, address: str, size: int) -> bool:
     return proc.returncode == 0
 
 
-def measure_backend(backend: str, tmp: Path, cfg: Path, seconds: float, runs: int,
+def measure_backend(backend: str, tmp: Path, cfg: Path, bare: tuple[str, str], seconds: float, runs: int,
                     rr_seconds: float) -> dict[str, Any]:
+    """Converge a two-node lab and measure it; the bare veth pair is measured in the same rounds, interleaved
+    with the lab's paths, so that every ratio compares runs made at the same time on this shared machine."""
     inv = labgen.write_inventory(tmp / backend, 2, pods_per_node=1, group_vars={"podnet_backend": backend})
     res: dict[str, Any] = {"backend": backend, "problems": []}
     lab = labkit.Lab(inv)
@@ -169,11 +163,17 @@ def measure_backend(backend: str, tmp: Path, cfg: Path, seconds: float, runs: in
         if ping_ok(pod_a, addr_b, mtu - 27):
             res["problems"].append(f"ping -M do -s {mtu - 27} passes: the pod MTU {mtu} is not the path MTU")
         node_ips = labgen.node_ips(2)
-        res["underlay"] = median_of(runs, iperf, lab.node_ns(n1), lab.node_ns(n2), node_ips[1], seconds)
         watched = lab.namespaces()
         before = {ns: frag_creates(ns) for ns in watched}
-        res["gbps"] = median_of(runs, iperf, pod_a, pod_b, addr_b, seconds)
-        res["rr_us"] = median_of(runs, tcp_rr, pod_a, pod_b, addr_b, rr_seconds)
+        runs_of: dict[str, list[float]] = {"bare": [], "underlay": [], "gbps": [], "bare_rr": [], "rr_us": []}
+        for _ in range(runs):
+            runs_of["bare"].append(iperf(*bare, BARE_B, seconds))
+            runs_of["underlay"].append(iperf(lab.node_ns(n1), lab.node_ns(n2), node_ips[1], seconds))
+            runs_of["gbps"].append(iperf(pod_a, pod_b, addr_b, seconds))
+            runs_of["bare_rr"].append(tcp_rr(*bare, BARE_B, rr_seconds))
+            runs_of["rr_us"].append(tcp_rr(pod_a, pod_b, addr_b, rr_seconds))
+        res.update({key: statistics.median(values) for key, values in runs_of.items()})
+        res["runs"] = runs_of
         grew = {ns: frag_creates(ns) - n for ns, n in before.items() if frag_creates(ns) != n}
         res["frag"] = sum(grew.values())
         if grew:
@@ -209,38 +209,33 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmpname)
         cfg = labgen.write_ansible_cfg(tmp)
         try:
-            bare = [bare_veth(prefix, seconds, runs, rr_seconds)]
+            bare = create_bare_pair(prefix)
             for backend in backends:
                 print(f"# {backend} ...", file=sys.stderr, flush=True)
-                results.append(measure_backend(backend, tmp, cfg, seconds, runs, rr_seconds))
-            bare.append(bare_veth(prefix, seconds, runs, rr_seconds))
+                results.append(measure_backend(backend, tmp, cfg, bare, seconds, runs, rr_seconds))
         finally:
-            labkit.remove_netns(prefix)  # the baseline namespaces, should anything be left
-    base = statistics.mean(g for g, _ in bare)
-    base_rr = statistics.mean(rr for _, rr in bare)
+            labkit.remove_netns(prefix)  # the baseline namespaces
 
-    print(f"\nDataplane: pod on node 1 -> pod on node 2; median of {runs} runs of iperf3 -t {seconds:g} "
-          f"and of {rr_seconds:g} s of 1-byte TCP request/response")
-    rows = [["veth (bare)", "1500", f"{base:.2f}", "1.00", "-", f"{base_rr:.1f}", "1.00", "-",
-             "runs " + " / ".join(f"{g:.2f} Gbit/s {rr:.1f} us" for g, rr in bare)]]
+    print(f"\nDataplane: pod on node 1 -> pod on node 2; median of {runs} runs of iperf3 -t {seconds:g} and of "
+          f"{rr_seconds:g} s of 1-byte TCP request/response; each path against the bare veth pair measured in "
+          "the same rounds (interleaved)")
+    rows = []
     goals = []
     for r in results:
-        g, u, rr = r.get("gbps"), r.get("underlay"), r.get("rr_us")
+        g, u, rr, base, base_rr = (r.get(k) for k in ("gbps", "underlay", "rr_us", "bare", "bare_rr"))
         rows.append([
-            r["backend"], str(r.get("mtu", "-")), f"{g:.2f}" if g else "-", f"{g / base:.2f}" if g else "-",
-            f"{g / u:.2f}" if g and u else "-", f"{rr:.1f}" if rr else "-", f"{rr / base_rr:.2f}" if rr else "-",
+            r["backend"], str(r.get("mtu", "-")), f"{g:.2f}" if g else "-", f"{base:.2f}" if base else "-",
+            f"{g / base:.2f}" if g else "-", f"{u / base:.2f}" if u else "-", f"{g / u:.2f}" if g and u else "-",
+            f"{rr:.1f}" if rr else "-", f"{base_rr:.1f}" if base_rr else "-", f"{rr / base_rr:.2f}" if rr else "-",
             str(r.get("frag", "-")), "ok" if not r["problems"] else "FAIL",
         ])
         problems += [f"{r['backend']}: {p}" for p in r["problems"]]
         if g and r["backend"] in GOALS:
-            goal = GOALS[r["backend"]]
-            goals.append(f"{r['backend']} {g / base:.2f}x {'>=' if g / base >= goal else '<'} {goal}x "
-                         f"({'met' if g / base >= goal else 'missed'})")
-    labgen.print_table(["path", "pod MTU", "Gbit/s", "vs bare", "vs underlay", "RR us", "RR vs bare", "frags",
-                        "check"], rows)
-    und = [r["underlay"] for r in results if r.get("underlay")]
-    if und:
-        print(f"(underlay node->node in the same labs: {' / '.join(f'{u:.2f}' for u in und)} Gbit/s)")
+            goal, ratio = GOALS[r["backend"]], g / base
+            goals.append(f"{r['backend']} {ratio:.2f}x {'>=' if ratio >= goal else '<'} {goal}x "
+                         f"({'met' if ratio >= goal else 'missed'})")
+    labgen.print_table(["path", "pod MTU", "Gbit/s", "bare Gbit/s", "vs bare", "underlay vs bare", "vs underlay",
+                        "RR us", "bare RR us", "RR vs bare", "frags", "check"], rows)
     if goals:
         print("goals (throughput vs bare veth): " + "; ".join(goals))
     for p in problems:

@@ -127,3 +127,16 @@ def test_render_writes_no_offload_without_a_vxlan_device(backend):
 def test_render_refuses_a_kernel_that_is_not_a_release(kernel):
     with pytest.raises(RenderError, match="podnet_render_kernel: .* is not a kernel release"):
         node_commands(planned()["a"], kernel)
+
+
+@pytest.mark.parametrize(("value", "mode"), [(False, "off"), (True, "on"), ("off", "off"), ("auto", "auto")])
+def test_the_module_option_takes_yaml_booleans_and_the_old_bool_values(value, mode):
+    from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+    from ansible_collections.podnet.dataplane.plugins.module_utils.vxlan_fdb_resource import ARGUMENT_SPEC
+
+    checked = ArgumentSpecValidator(ARGUMENT_SPEC).validate({"name": "flannel.1", "tx_checksum_offload": value})
+    assert checked.error_messages == [] and checked.validated_parameters["tx_checksum_offload"] == mode
+    assert ArgumentSpecValidator(ARGUMENT_SPEC).validate({"name": "flannel.1"}).validated_parameters[
+        "tx_checksum_offload"] == "auto"
+    assert ArgumentSpecValidator(ARGUMENT_SPEC).validate(
+        {"name": "flannel.1", "tx_checksum_offload": "yes"}).error_messages

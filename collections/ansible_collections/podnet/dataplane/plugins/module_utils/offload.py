@@ -25,9 +25,18 @@ TX_CHECKSUM = "tx-checksum-ip-generic"
 TX_CHECKSUM_MODES = ("auto", "on", "off")
 # First kernel without the SNAT + VXLAN checksum bug.
 FIXED_KERNEL = (5, 7)
+FIXED_KERNEL_TEXT = ".".join(map(str, FIXED_KERNEL))
 # "5.4.0-150-generic", "4.18.0-553.el8_10.x86_64", "6.1.0-28-amd64", "5.7.0-rc1", "6.18.44-fc-v669":
 # major.minor, then (optionally) a separator and the characters kernel releases are made of.
 _RELEASE_RE = re.compile(r"(\d+)\.(\d+)(?:[.\-+_~][A-Za-z0-9.\-+_~]*)?")
+# <linux/sockios.h>, <linux/ethtool.h>
+SIOCETHTOOL = 0x8946
+ETHTOOL_GSTRINGS = 0x1B
+ETHTOOL_GSSET_INFO = 0x37
+ETHTOOL_GFEATURES = 0x3A
+ETH_SS_FEATURES = 4
+ETH_GSTRING_LEN = 32
+IFREQ_SIZE = 40
 
 
 class OffloadDecision(NamedTuple):
@@ -51,7 +60,7 @@ def decide_tx_checksum(mode: str, release: str) -> OffloadDecision:
         raise ValueError(f"tx checksum offload mode {mode!r} is not one of {', '.join(TX_CHECKSUM_MODES)}")
     if mode != "auto":
         return OffloadDecision(mode, release, mode == "on", f"forced {mode}")
-    fixed = ".".join(map(str, FIXED_KERNEL))
+    fixed = FIXED_KERNEL_TEXT
     version = kernel_version(release)
     if version is None:
         return OffloadDecision(mode, release, False, f"auto: kernel release {release!r} not understood; off, "
@@ -61,14 +70,6 @@ def decide_tx_checksum(mode: str, release: str) -> OffloadDecision:
                                                      "(VXLAN + SNAT checksum bug): off")
     return OffloadDecision(mode, release, True, f"auto: kernel {release} is {fixed} or newer: "
                                                 "the kernel's default, on")
-# <linux/sockios.h>, <linux/ethtool.h>
-SIOCETHTOOL = 0x8946
-ETHTOOL_GSTRINGS = 0x1B
-ETHTOOL_GSSET_INFO = 0x37
-ETHTOOL_GFEATURES = 0x3A
-ETH_SS_FEATURES = 4
-ETH_GSTRING_LEN = 32
-IFREQ_SIZE = 40
 
 
 def feature_command(device: str, feature: str, enabled: bool) -> str:
@@ -79,9 +80,8 @@ def tx_checksum_lines(device: str, decision: OffloadDecision) -> list[str]:
     """The decision as a script prints it: why (a comment), then the command."""
     lines = [f"# {device} {TX_CHECKSUM}: {decision.reason}"]
     if decision.mode == "auto":
-        fixed = ".".join(map(str, FIXED_KERNEL))
-        lines.insert(0, f"# {device} {TX_CHECKSUM} is decided per node (auto): off on kernels before {fixed}, "
-                        f"the kernel's default (on) from {fixed}")
+        lines.insert(0, f"# {device} {TX_CHECKSUM} is decided per node (auto): off on kernels before "
+                        f"{FIXED_KERNEL_TEXT}, the kernel's default (on) from {FIXED_KERNEL_TEXT}")
     return lines + [feature_command(device, TX_CHECKSUM, decision.enabled)]
 
 
