@@ -142,8 +142,12 @@ def test_removing_a_node_withdraws_its_routes(mesh_lab, tmp_path):
 
 def test_reset_stops_bird_and_its_routes_go(mesh_lab):
     lab = mesh_lab
+    foreign = Path(bird_path(lab, "node1", "admin-notes.txt"))  # someone else's file in BIRD's folder
+    foreign.write_text("not podnet's\n")
     result = lab.run("playbooks/reset.yml")
     assert result.rc == 0, result.output
+    assert [p.name for p in foreign.parent.iterdir()] == ["admin-notes.txt"]  # podnet's files gone, not it
+    assert not Path(bird_path(lab, "node2", "bird.conf")).parent.exists()  # an emptied folder goes
     for host in NODES:
         assert lab.json(host, "route", "show", "proto", "bird") == []
         pids = lab.exec(host, ["ip", "netns", "pids", lab.node_ns(host)]).stdout.split()

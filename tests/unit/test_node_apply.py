@@ -53,6 +53,15 @@ def test_file_step_writes_then_changes_nothing(tmp_path: Path) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["subnet.env"]  # no temporary file left
 
 
+def test_file_step_leaves_an_existing_folders_mode_alone(tmp_path: Path) -> None:
+    folder = tmp_path / "shared"
+    folder.mkdir(mode=0o700)
+    folder.chmod(0o1777)  # a folder the admin made, e.g. sticky and world-writable like /tmp
+    assert converge_file(FakeParent(), str(folder / "subnet.env"), "X=1\n")["changed"]
+    assert mode(folder) == 0o1777 and mode(folder / "subnet.env") == 0o644
+    assert not converge_file(FakeParent(), str(folder / "subnet.env"), "X=1\n")["changed"]
+
+
 def test_file_step_repairs_mode_and_content(tmp_path: Path) -> None:
     path = tmp_path / "subnet.env"
     path.write_text("FLANNEL_MTU=1450\n")
@@ -116,10 +125,11 @@ def test_summary_keeps_order_and_shows_only_changed_diffs() -> None:
     assert summary([])["changed"] is False
 
 
-def bird_dir(tmp_path: Path, socket: bool) -> Path:
+def bird_dir(tmp_path: Path, socket: bool, conf: str = "# Ansible managed\n# podnet:bird\nrouter id 10.0.0.1;\n"
+             ) -> Path:
     folder = tmp_path / "bird"
     folder.mkdir()
-    (folder / "bird.conf").write_text("router id 10.0.0.1;\n")
+    (folder / "bird.conf").write_text(conf)
     if socket:
         (folder / "bird.ctl").write_text("")  # stands for the control socket: only its existence is asked
     return folder
@@ -134,7 +144,8 @@ def test_no_bird_shuts_a_left_bird_down_and_removes_its_folder(tmp_path: Path) -
     assert not folder.exists()
     (result,) = run.results
     assert result["changed"] and result["resource"] == "bird"
-    assert result["commands"] == [f"birdc -s {folder}/bird.ctl down", f"rm -r {folder}"]
+    assert result["commands"] == [f"birdc -s {folder}/bird.ctl down",
+                                  f"rm -f {folder}/bird.conf {folder}/bird.ctl", f"rmdir {folder}"]
     again = NodeRun(parent)
     node_apply.no_bird(again, str(folder), "birdc")
     assert not again.results[0]["changed"] and len(parent.commands) == 1
@@ -146,7 +157,7 @@ def test_no_bird_without_a_socket_only_removes_the_folder(tmp_path: Path) -> Non
     run = NodeRun(parent)
     node_apply.no_bird(run, str(folder), "birdc")
     assert parent.commands == [] and not folder.exists()
-    assert run.results[0]["commands"] == [f"rm -r {folder}"]
+    assert run.results[0]["commands"] == [f"rm -f {folder}/bird.conf", f"rmdir {folder}"]
 
 
 def test_no_bird_without_birdc_still_removes_the_folder(tmp_path: Path) -> None:
@@ -156,6 +167,29 @@ def test_no_bird_without_birdc_still_removes_the_folder(tmp_path: Path) -> None:
     node_apply.no_bird(run, str(folder), "birdc")
     assert parent.commands == [] and not folder.exists()
     assert run.results[0]["changed"] and "birdc not found" in run.results[0]["birdc_stderr"]
+
+
+def test_no_bird_leaves_a_bird_conf_that_is_not_podnets_alone(tmp_path: Path) -> None:
+    # podnet_bird_dir pointed at the admin's own BIRD (/etc/bird): nothing there is podnet's
+    folder = bird_dir(tmp_path, socket=True, conf="# my BIRD\nrouter id 10.0.0.9;\n")
+    (folder / "bird.pid").write_text("4242\n")
+    parent = FakeParent(binaries={"birdc": "/usr/sbin/birdc"})
+    run = NodeRun(parent)
+    node_apply.no_bird(run, str(folder), "birdc")
+    assert parent.commands == [] and not run.results[0]["changed"]
+    assert sorted(p.name for p in folder.iterdir()) == ["bird.conf", "bird.ctl", "bird.pid"]
+    assert "left alone" in run.results[0]["msg"]
+
+
+def test_no_bird_removes_only_podnets_files_and_keeps_a_shared_folder(tmp_path: Path) -> None:
+    folder = bird_dir(tmp_path, socket=False, conf="# BIRD 2 for podnet's calico-bgp backend on n1 (10.0.0.1):\n")
+    (folder / "bird.log").write_text("log\n")
+    (folder / "admin-notes.txt").write_text("mine\n")
+    run = NodeRun(FakeParent())
+    node_apply.no_bird(run, str(folder), "birdc")  # a bird.conf of an earlier release is podnet's too
+    assert [p.name for p in folder.iterdir()] == ["admin-notes.txt"]
+    assert run.results[0]["changed"] and "admin-notes.txt" in run.results[0]["msg"]
+    assert run.results[0]["commands"] == [f"rm -f {folder}/bird.conf {folder}/bird.log"]
 
 
 def test_no_bird_in_check_mode_reports_and_leaves_everything(tmp_path: Path) -> None:

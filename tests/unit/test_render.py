@@ -72,8 +72,11 @@ def test_seed_vxlan_offload_rendered_for_a_modern_kernel_by_default(rendered):
 
 
 def test_render_kernel_decides_the_vxlan_offload_and_is_checked(tmp_path):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old").chmod(0o711)  # an existing output directory keeps its mode
     old = run_render(tmp_path / "old", "-e", "podnet_render_kernel=5.4.0-150-generic")
     assert old.returncode == 0, old.stdout + old.stderr
+    assert (tmp_path / "old").stat().st_mode & 0o7777 == 0o711
     lines = (tmp_path / "old" / "192.168.0.4.sh").read_text().splitlines()
     assert "ethtool -K flannel.1 tx-checksum-ip-generic off" in lines
     assert ("# flannel.1 tx-checksum-ip-generic: auto: kernel 5.4.0-150-generic is older than 5.7 "

@@ -8,6 +8,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.builders import s
 from ansible_collections.podnet.dataplane.plugins.module_utils.plan import (
     CLUSTER_KEYS,
     NODE_KEYS,
+    PATH_KEYS,
     PlanError,
     plan_cluster,
 )
@@ -19,7 +20,7 @@ def _node_vars(hostvars, host: str) -> dict:
     """Only the variables podnet reads, templated now, as plain data."""
     source = hostvars[host]
     out = {}
-    for key in CLUSTER_KEYS + NODE_KEYS:
+    for key in CLUSTER_KEYS + NODE_KEYS + PATH_KEYS:
         if key in source:
             out[key] = source[key]
     return out

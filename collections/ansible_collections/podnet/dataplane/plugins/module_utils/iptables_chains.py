@@ -20,7 +20,7 @@ from typing import Any
 
 DEFAULT_PREFIX = "PODNET-"
 MAX_CHAIN_NAME = 28  # XT_EXTENSION_MAXNAMELEN - 1
-_CHAIN_NAME = re.compile(r"^[A-Za-z0-9_.:+-]+$")
+_CHAIN_NAME = re.compile(r"[A-Za-z0-9_.:+-]+")
 BUILTIN_CHAINS = {
     "filter": ("INPUT", "FORWARD", "OUTPUT"),
     "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
@@ -97,7 +97,7 @@ def normalize_chains(chains: dict[str, Any] | None, prefix: str) -> tuple[dict[s
         if not name.startswith(prefix):
             problems.append(f"chains: {name!r} does not start with the prefix {prefix!r}; podnet manages "
                             "only its own chains")
-        if len(name) > MAX_CHAIN_NAME or not _CHAIN_NAME.match(name):
+        if len(name) > MAX_CHAIN_NAME or not _CHAIN_NAME.fullmatch(name):
             problems.append(f"chains: {name!r} is not a valid chain name (at most {MAX_CHAIN_NAME} letters, "
                             "digits and -_.:+)")
         lines = []

@@ -13,7 +13,6 @@ dump, not a module run.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -116,8 +115,9 @@ class NodeRun:
 
 
 def converge_file(module, path: str, content: str | None) -> dict[str, Any]:
-    """What ansible.builtin.file + copy did for subnet.env, in-process: content and modes exactly as
-    wanted, written atomically (module.atomic_move), or the file removed when content is None."""
+    """What ansible.builtin.file + copy did for subnet.env, in-process: content and mode exactly as
+    wanted, written atomically (module.atomic_move), or the file removed when content is None. A missing
+    folder is made 0755; an existing one keeps its mode (it may be someone else's)."""
     before = _read(path)
     changed_dir = False
     if content is None:
@@ -127,12 +127,12 @@ def converge_file(module, path: str, content: str | None) -> dict[str, Any]:
         after = None
     else:
         folder = os.path.dirname(path) or "."
-        changed_dir = not os.path.isdir(folder) or _mode(folder) != SUBNET_ENV_DIR_MODE
+        changed_dir = not os.path.isdir(folder)
         changed = before != content or _mode(path) != SUBNET_ENV_MODE
         if not module.check_mode:
             if changed_dir:
                 os.makedirs(folder, mode=SUBNET_ENV_DIR_MODE, exist_ok=True)
-                os.chmod(folder, SUBNET_ENV_DIR_MODE)
+                os.chmod(folder, SUBNET_ENV_DIR_MODE)  # the folder made just now; not under the umask
             if changed:
                 fd, tmp = tempfile.mkstemp(dir=folder, prefix=".podnet-")
                 with os.fdopen(fd, "w") as handle:
@@ -243,19 +243,44 @@ def apply_policy(run: NodeRun, policy: dict[str, Any]) -> None:
                  state="overridden" if chains else "deleted")
 
 
+# bird.conf as podnet writes it carries this line; podnet's own files in podnet_bird_dir, and nothing else.
+BIRD_MARKER = "# podnet:bird"
+BIRD_LEGACY_MARKER = "# BIRD 2 for podnet's calico-bgp backend on "  # bird.conf of earlier releases
+BIRD_FILES = ("bird.conf", "bird.ctl", "bird.pid", "bird.log")
+
+
+def bird_conf_is_podnets(bird_dir: str) -> bool:
+    try:
+        with open(os.path.join(bird_dir, "bird.conf"), encoding="utf-8", errors="replace") as handle:
+            head = [handle.readline() for _ in range(10)]  # after ansible_managed, however long
+    except OSError:
+        return False
+    return any(line.rstrip("\n") == BIRD_MARKER or line.startswith(BIRD_LEGACY_MARKER) for line in head)
+
+
 def no_bird(run: NodeRun, bird_dir: str, birdc: str) -> None:
     """A routed node whose BGP is static or absent runs no BIRD of podnet's: a BIRD left from an earlier
-    bird run is shut down (a clean `birdc down` withdraws the routes it installed) and its folder removed."""
+    bird run is shut down (a clean `birdc down` withdraws the routes it installed), podnet's files are
+    removed, and the folder too once nothing else is in it. A folder whose bird.conf is not podnet's
+    (no BIRD_MARKER) is someone else's BIRD: nothing in it is touched."""
     step = "no BIRD where BGP is static or absent"
     if not os.path.lexists(bird_dir):
         run.keep(step, "bird", {"changed": False, "commands": []})
         return
+    if os.path.islink(bird_dir) or not os.path.isdir(bird_dir) or not bird_conf_is_podnets(bird_dir):
+        run.keep(step, "bird", {"changed": False, "commands": [],
+                                "msg": f"{bird_dir} holds no bird.conf of podnet's ({BIRD_MARKER!r}): left alone"})
+        return
     socket = os.path.join(bird_dir, "bird.ctl")
-    commands = [f"rm -r {bird_dir}"]
+    ours = [os.path.join(bird_dir, name) for name in BIRD_FILES if os.path.lexists(os.path.join(bird_dir, name))]
+    others = sorted(set(os.listdir(bird_dir)) - set(BIRD_FILES))
+    commands = [f"rm -f {' '.join(ours)}"] + ([] if others else [f"rmdir {bird_dir}"])
     if os.path.exists(socket):
         commands.insert(0, f"{birdc} -s {socket} down")
     result: dict[str, Any] = {"changed": True, "commands": commands,
-                              "diff": {"before": f"{bird_dir}\n", "after": ""}}
+                              "diff": {"before": "".join(f"{path}\n" for path in ours), "after": ""}}
+    if others:
+        result["msg"] = f"{bird_dir} kept: it also holds {', '.join(others)}, which is not podnet's"
     if not run.module.check_mode:
         binary = run.module.get_bin_path(birdc) if os.path.exists(socket) else None
         if binary:
@@ -265,12 +290,13 @@ def no_bird(run: NodeRun, bird_dir: str, birdc: str) -> None:
         elif os.path.exists(socket):
             result["birdc_rc"], result["birdc_stderr"] = None, f"{birdc} not found: BIRD not asked to shut down"
         try:
-            if os.path.isdir(bird_dir) and not os.path.islink(bird_dir):
-                shutil.rmtree(bird_dir)
-            else:
-                os.unlink(bird_dir)
+            for path in ours:
+                os.unlink(path)
+            if not others:
+                os.rmdir(bird_dir)
         except OSError as exc:
-            raise StepFailed(step, f"podnet.node_apply: {step}: cannot remove {bird_dir}: {exc}", result) from exc
+            raise StepFailed(step, f"podnet.node_apply: {step}: cannot remove podnet's BIRD files in {bird_dir}: "
+                                   f"{exc}", result) from exc
     run.keep(step, "bird", result)
 
 

@@ -23,11 +23,19 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.builders import (
     normalize_mac,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.validate import (
+    POD_NAME_MAX,
     check_interface_name,
     check_mac,
+    check_netns_name,
 )
 
-POD_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+# An inventory hostname becomes a file name (render.yml), a comment in the rendered script and a BIRD
+# protocol name: letters, digits, '_', '.', '-', starting and ending with a letter or digit (DNS names and
+# IPv4 addresses fit).
+HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,251}[A-Za-z0-9])?")
+# BIRD 2 symbols are at most 64 characters (SYM_MAX_LEN); a peer's is "peer_" + its name.
+BIRD_SYMBOL_MAX = 64
+POD_NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
 
 FLANNEL_BACKENDS = ("flannel-vxlan", "flannel-host-gw")
 CALICO_BACKENDS = ("calico-bgp", "calico-ipip", "calico-vxlan")
@@ -90,6 +98,11 @@ CLUSTER_KEYS = ("podnet_backend", "podnet_cluster_cidr", "podnet_subnet_prefix",
 NODE_KEYS = ("podnet_node_ip", "podnet_pod_subnet", "podnet_vtep_mac", "podnet_underlay_interface",
              "podnet_pods", "podnet_pod_netns_prefix", "podnet_bgp_route_reflector",
              "podnet_vxlan_tx_checksum_offload")
+# Paths on the node that reach a systemd unit, bird.conf or a command line (the roles' defaults are safe;
+# these are checked when the inventory sets them). An empty podnet_persist_dir means "record nothing".
+PATH_KEYS = ("podnet_persist_dir", "podnet_boot_lib", "podnet_boot_python", "podnet_bird_dir", "podnet_lock_file",
+             "podnet_flannel_subnet_env", "podnet_proxy_arp_state_file")
+_PATH_RE = re.compile(r"(/[A-Za-z0-9_.+@-]+)+")
 
 
 class PlanError(ValueError):
@@ -105,10 +118,53 @@ class _Problems:
     items: list[str]
 
     def add(self, host: str, var: str, message: str) -> None:
-        self.items.append(f"host {host}: {var}: {message}")
+        self.items.append(f"host {shown_host(host)}: {var}: {message}")
 
     def extend(self, host: str, messages: list[str]) -> None:
-        self.items.extend(f"host {host}: {m}" for m in messages)
+        self.items.extend(f"host {shown_host(host)}: {m}" for m in messages)
+
+
+def shown_host(host: Any) -> str:
+    """A hostname as messages show it: as it is when valid, quoted (newlines and all escaped) when not."""
+    return host if isinstance(host, str) and HOSTNAME_RE.fullmatch(host) else repr(host)
+
+
+def bird_symbol(host: str) -> str:
+    """The BIRD protocol name of a BGP peer (bird.conf): "peer_" + its name with every other character '_'."""
+    return "peer_" + re.sub(r"[^A-Za-z0-9_]", "_", host)
+
+
+def _check_paths(host: str, hv: dict[str, Any], problems: _Problems) -> None:
+    for key in PATH_KEYS:
+        value = hv.get(key)
+        if value is None or (key == "podnet_persist_dir" and value == ""):
+            continue
+        if (not isinstance(value, str) or not _PATH_RE.fullmatch(value)
+                or any(part in (".", "..") for part in value.split("/"))):
+            problems.add(host, key, f"{value!r} must be an absolute path of letters, digits and '_.+@-' "
+                                    "(no spaces, quotes, newlines, '.' or '..' parts)")
+
+
+def _check_hostnames(hosts: list[str], settings: dict[str, Any], problems: _Problems) -> None:
+    """Inventory hostnames podnet can write into files, scripts and bird.conf; BIRD names distinct."""
+    symbols: dict[str, str] = {}
+    bird = settings["podnet_backend"] == "calico-bgp" and settings["podnet_calico_bgp"] == "bird"
+    for host in hosts:
+        if not isinstance(host, str) or not HOSTNAME_RE.fullmatch(host):
+            problems.add(host, "inventory_hostname", "must be letters, digits, '_', '.' and '-', starting and "
+                                                     "ending with a letter or digit (at most 253)")
+            continue
+        if not bird:
+            continue
+        symbol = bird_symbol(host)
+        if len(symbol) > BIRD_SYMBOL_MAX:
+            problems.add(host, "inventory_hostname", f"BIRD names this peer {symbol}, {len(symbol)} characters; "
+                                                     f"BIRD allows {BIRD_SYMBOL_MAX} (a hostname of at most "
+                                                     f"{BIRD_SYMBOL_MAX - len('peer_')} with podnet_calico_bgp: bird)")
+        elif symbol in symbols:
+            problems.add(host, "inventory_hostname", f"BIRD would name it {symbol}, as {symbols[symbol]}: "
+                                                     "rename one (bird.conf cannot tell them apart)")
+        symbols.setdefault(symbol, host)
 
 
 def vtep_mac_for(node_ip: str) -> str:
@@ -285,6 +341,7 @@ def plan_cluster(hosts: list[str], hostvars: dict[str, dict], leases: dict[str, 
     cidr: ipaddress.IPv4Network | None = settings["podnet_cluster_cidr"]
     prefix: int | None = settings["podnet_subnet_prefix"]
 
+    _check_hostnames(hosts, settings, problems)
     node_ips: dict[str, str] = {}
     node_nets: dict[str, ipaddress.IPv4Network] = {}
     explicit: dict[str, ipaddress.IPv4Network] = {}
@@ -333,6 +390,7 @@ def plan_cluster(hosts: list[str], hostvars: dict[str, dict], leases: dict[str, 
                     if other_mac == mac:
                         problems.add(host, "podnet_vtep_mac", f"{mac} is also the VTEP MAC of {other}")
                 macs[host] = mac
+        _check_paths(host, hv, problems)
         underlay = hv.get("podnet_underlay_interface")
         if underlay not in (None, ""):
             _check_ifname(problems, host, "podnet_underlay_interface", underlay)
@@ -400,6 +458,8 @@ def _pods(host: str, hv: dict, subnet: ipaddress.IPv4Network, pod_mode: str,
         problems.add(host, "podnet_pods", "must be a list of {name, address} mappings")
         return []
     netns_prefix = hv.get("podnet_pod_netns_prefix") or ""
+    if netns_prefix:
+        problems.extend(host, check_netns_name("podnet_pod_netns_prefix", netns_prefix, prefix=True))
     used = {bridge_gateway}
     pods: list[dict[str, Any]] = []
     names: set[str] = set()
@@ -408,9 +468,12 @@ def _pods(host: str, hv: dict, subnet: ipaddress.IPv4Network, pod_mode: str,
             problems.add(host, f"podnet_pods[{index}]", "each pod needs at least a name")
             continue
         name = str(item["name"])
-        if not POD_NAME_RE.match(name) or len(name) > 63:
+        if not POD_NAME_RE.fullmatch(name) or len(name) > POD_NAME_MAX:
             problems.add(host, f"podnet_pods[{index}].name", f"{name!r} must be lowercase letters, digits "
-                                                             "and '-' (at most 63)")
+                                                             f"and '-' (at most {POD_NAME_MAX})")
+            continue  # later messages name the pod: only a valid name may appear in them
+        if item.get("netns") not in (None, ""):
+            problems.extend(host, check_netns_name(f"podnet_pods[{name}].netns", item["netns"]))
         if name in names:
             problems.add(host, f"podnet_pods[{index}].name", f"duplicate pod name {name!r}")
         names.add(name)
@@ -554,7 +617,7 @@ def _bgp(host: str, hosts: list[str], hostvars: dict[str, dict], settings: dict[
             continue
         if reflectors and not me_reflector and other not in reflectors:
             continue
-        neighbors.append({"name": other, "address": node_ips[other],
+        neighbors.append({"name": other, "symbol": bird_symbol(other), "address": node_ips[other],
                           "rr_client": me_reflector and other not in reflectors})
     return {"mode": settings["podnet_calico_bgp"], "asn": settings["podnet_bgp_as"],
             "router_id": node_ips[host], "block": str(subnet), "route_reflector": me_reflector,

@@ -78,9 +78,9 @@ PEER_KEYS = ("selector", "cidr")
 PORT_KEYS = ("port", "protocol", "end_port")
 
 # Kubernetes label syntax (apimachinery validation): key = [prefix/]name, value = name or "".
-_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-_DNS_SUBDOMAIN = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
+_DNS_SUBDOMAIN = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*")
 LABEL_NAME_MAX = 63
 LABEL_PREFIX_MAX = 253
 POLICY_NAME_MAX = 253
@@ -128,12 +128,12 @@ def label_key_problems(key: Any) -> list[str]:
     if slash:
         if not prefix:
             problems.append(f"label key {key!r}: the prefix before '/' is empty")
-        elif len(prefix) > LABEL_PREFIX_MAX or not _DNS_SUBDOMAIN.match(prefix):
+        elif len(prefix) > LABEL_PREFIX_MAX or not _DNS_SUBDOMAIN.fullmatch(prefix):
             problems.append(f"label key {key!r}: prefix {prefix!r} must be a DNS subdomain (lowercase "
                             f"letters, digits, '-' and '.', at most {LABEL_PREFIX_MAX} characters)")
     if not name:
         problems.append(f"label key {key!r}: the name is empty")
-    elif len(name) > LABEL_NAME_MAX or not _LABEL_NAME.match(name):
+    elif len(name) > LABEL_NAME_MAX or not _LABEL_NAME.fullmatch(name):
         problems.append(f"label key {key!r}: name {name!r} must be at most {LABEL_NAME_MAX} characters of "
                         "letters, digits, '-', '_' and '.', starting and ending with a letter or digit")
     return problems
@@ -142,7 +142,7 @@ def label_key_problems(key: Any) -> list[str]:
 def label_value_problems(key: Any, value: Any) -> list[str]:
     if not isinstance(value, str):
         return [f"label {key}: value {value!r} must be a string (quote it in YAML)"]
-    if value and (len(value) > LABEL_NAME_MAX or not _LABEL_NAME.match(value)):
+    if value and (len(value) > LABEL_NAME_MAX or not _LABEL_NAME.fullmatch(value)):
         return [f"label {key}: value {value!r} must be empty or at most {LABEL_NAME_MAX} characters of "
                 "letters, digits, '-', '_' and '.', starting and ending with a letter or digit"]
     return []
@@ -324,7 +324,9 @@ def validate_policies(backend: str, policies: Any, host: str) -> list[Policy]:
     names: set[str] = set()
     for index, item in enumerate(policies):
         name = item.get("name") if isinstance(item, dict) else None
-        label = name if isinstance(name, str) and name else str(index)
+        # the name labels every message of this policy: only a printable one of sane length may
+        label = (name if isinstance(name, str) and name and name.isprintable() and len(name) <= POLICY_NAME_MAX
+                 else str(index))
         where = f"{VAR}[{label}]"
         if not isinstance(item, dict):
             check.add(where, f"must be a mapping with {', '.join(POLICY_KEYS)}, got {item!r}")
@@ -333,7 +335,7 @@ def validate_policies(backend: str, policies: Any, host: str) -> list[Policy]:
         check.unknown_keys(where, item, POLICY_KEYS)
         if not isinstance(name, str) or not name:
             check.add(f"{where}.name", "is required (a name like allow-web-to-db)")
-        elif len(name) > POLICY_NAME_MAX or not _DNS_SUBDOMAIN.match(name):
+        elif len(name) > POLICY_NAME_MAX or not _DNS_SUBDOMAIN.fullmatch(name):
             check.add(f"{where}.name", f"{name!r} must be lowercase letters, digits, '-' and '.', starting "
                                        f"and ending with a letter or digit (at most {POLICY_NAME_MAX})")
         elif name in names:

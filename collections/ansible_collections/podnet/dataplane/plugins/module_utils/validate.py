@@ -12,8 +12,13 @@ import re
 from typing import Any
 
 IFNAMSIZ = 15  # usable characters of a Linux interface name (IFNAMSIZ 16 incl. the NUL)
-_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]+$")
-_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+_IFNAME_RE = re.compile(r"[A-Za-z0-9_.@-]+")
+_MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
+# A network namespace is a file in /run/netns that `ip netns add/exec` names on a command line: letters,
+# digits, '_', '.', '-', not starting with '.' or '-' (no option, no hidden or relative name).
+NETNS_MAX = 128
+POD_NAME_MAX = 63
+_NETNS_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 def check_interface_name(field: str, name: Any) -> list[str]:
@@ -21,17 +26,29 @@ def check_interface_name(field: str, name: Any) -> list[str]:
         return [f"{field}: interface name {name!r} must be a non-empty string"]
     if len(name) > IFNAMSIZ:
         return [f"{field}: interface name {name!r} is {len(name)} characters; Linux allows at most {IFNAMSIZ}"]
-    if not _IFNAME_RE.match(name) or name in (".", ".."):
+    if not _IFNAME_RE.fullmatch(name) or name in (".", ".."):
         return [f"{field}: interface name {name!r} contains characters Linux does not allow "
                 "(use letters, digits, '_', '.', '-', '@')"]
     return []
 
 
+def check_netns_name(field: str, name: Any, prefix: bool = False) -> list[str]:
+    """A network namespace name (or, with prefix, the start of one: the rest is a pod name)."""
+    if not isinstance(name, str) or not name:
+        return [f"{field}: {name!r} must be a non-empty string"]
+    limit = NETNS_MAX - POD_NAME_MAX if prefix else NETNS_MAX  # a prefix leaves room for the pod's name
+    if len(name) > limit:
+        return [f"{field}: {name[:20]!r}... is {len(name)} characters; at most {limit}"]
+    if not _NETNS_RE.fullmatch(name):
+        return [f"{field}: {name!r} must be letters, digits, '_', '.' and '-', not starting with '.' or '-'"]
+    return []
+
+
 def check_mac(field: str, mac: Any) -> list[str]:
     """A unicast, non-zero MAC: what a VTEP must have for peers' fdb entries to reach it."""
-    if not isinstance(mac, str) or not _MAC_RE.match(mac.strip()):
+    if not isinstance(mac, str) or not _MAC_RE.fullmatch(mac):
         return [f"{field}: {mac!r} is not a MAC address (expected six colon-separated hex bytes)"]
-    mac = mac.strip().lower()
+    mac = mac.lower()
     if mac == "ff:ff:ff:ff:ff:ff":
         return [f"{field}: {mac} is the broadcast address; a VTEP needs a unicast MAC"]
     if int(mac[:2], 16) & 0x01:

@@ -176,7 +176,7 @@ NODE_IFNAME = "eth0"
 IFF_UP = 0x1
 MAIN_TABLE = 254
 LOCAL_TABLE = 255
-PREFIX_RE = re.compile(r"^[a-z0-9]{1,8}$")
+PREFIX_RE = re.compile(r"[a-z0-9]{1,8}")
 KILL_GRACE_SECONDS = 2.0
 
 
@@ -676,7 +676,7 @@ def main() -> None:
     if not HAS_PYROUTE2:
         module.fail_json(msg=missing_required_lib("pyroute2"))
     prefix = module.params["prefix"]
-    if not PREFIX_RE.match(prefix):
+    if not PREFIX_RE.fullmatch(prefix):
         module.fail_json(msg=f"prefix {prefix!r} must be 1 to 8 lowercase letters or digits")
     changes = Changes(module.check_mode)
     killed: list[int] = []
