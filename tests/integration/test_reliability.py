@@ -207,6 +207,10 @@ def test_boot_apply_restores_a_wiped_node_without_ansible(lab):
     # A record naming an interface that no longer exists (a pod removed by hand since) is skipped.
     Path(f"{state_dir}/zz-stale.json").write_text(json.dumps({"objects": [
         {"object": "sysctl", "name": "net.ipv4.conf.caligone0.proxy_arp", "value": "1", "netns": None}]}))
+    # A torn record (a crash mid-write by an older release) and one that does not decode are skipped;
+    # the rest is still restored and the unit reports the failure.
+    Path(f"{state_dir}/a-torn.json").write_text('{"objects": [{"object": "route", "dst"')
+    Path(f"{state_dir}/b-alien.json").write_text(json.dumps({"objects": [{"object": "qdisc", "dev": "eth0"}]}))
     mac_before = lab.json("node2", "link", "show", "flannel.1")[0]["address"]
     for link in lab.json("node2", "link", "show"):
         if link.get("ifalias", "").startswith("podnet:"):
@@ -219,7 +223,8 @@ def test_boot_apply_restores_a_wiped_node_without_ansible(lab):
     boot = subprocess.run(["ip", "netns", "exec", lab.node_ns("node2"), sys.executable, "-m",
                            "ansible_collections.podnet.dataplane.plugins.module_utils.boot_apply", state_dir],
                           env=env, capture_output=True, text=True, timeout=120)
-    assert boot.returncode == 0, boot.stdout + boot.stderr
+    assert boot.returncode == 1, boot.stdout + boot.stderr
+    assert "a-torn.json" in boot.stderr and "b-alien.json" in boot.stderr, boot.stderr
     assert podnet_objects(lab, "node2", "flannel-vxlan") == expected_objects("flannel-vxlan")
     assert lab.json("node2", "link", "show", "flannel.1")[0]["address"] == mac_before  # what peers were told
     verify = lab.run("playbooks/verify.yml", extra_vars={"podnet_backend": "flannel-vxlan"})

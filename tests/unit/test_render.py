@@ -66,6 +66,15 @@ def test_seed_pod_wiring_and_masquerade(rendered):
     assert "iptables -t nat -A POSTROUTING ! -s 10.244.0.0/16 -d 10.244.0.0/24 -m comment" in text
 
 
+def test_rendered_files_are_scripts_that_stop_at_the_first_failure(rendered):
+    for script in rendered.glob("*.sh"):
+        lines = script.read_text().splitlines()
+        assert lines[:2] == ["#!/bin/sh", "set -eu"], script
+        assert script.stat().st_mode & 0o777 == 0o755
+        syntax = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True)
+        assert syntax.returncode == 0, syntax.stderr
+
+
 def test_seed_vxlan_offload_rendered_for_a_modern_kernel_by_default(rendered):
     lines = (rendered / "192.168.0.4.sh").read_text().splitlines()
     assert in_order(lines, [SEED_LINES_04[0], "ethtool -K flannel.1 tx-checksum-ip-generic on"]), "\n".join(lines)

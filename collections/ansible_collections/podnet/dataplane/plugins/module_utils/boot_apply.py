@@ -120,8 +120,16 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.isdir(args.state_dir):
         print(f"podnet-apply: {args.state_dir} does not exist: nothing to restore")
         return 0
-    records = load_all(args.state_dir)
-    objects = [from_dict(o) for r in records for o in r.get("objects", [])]
+    problems: list[str] = []
+    records = []
+    objects: list[KObject] = []
+    for record in load_all(args.state_dir, problems):
+        try:  # a record that does not decode is skipped whole: the rest of the node is still restored
+            objects += [from_dict(o) for o in record.get("objects", [])]
+        except (KeyError, TypeError, ValueError) as exc:
+            problems.append(f"{record['_file']}: {type(exc).__name__}: {exc}")
+            continue
+        records.append(record)
     try:
         done = apply_objects(objects, args.check)
         done += apply_rules([rule for r in records for rule in r.get("iptables", [])], args.check)
@@ -136,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     changes = [line for line in done if not line.startswith("#")]
     print(f"podnet-apply: {len(changes)} change(s){' needed (check: nothing changed)' if args.check else ''} from {len(records)} record(s) in {args.state_dir}")
-    return 0
+    for problem in problems:
+        print(f"podnet-apply: skipped a record that cannot be read: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 # Copyright: podnet contributors
 # Apache License 2.0
 """What a module applied, saved on the node so `boot_apply` can restore it after a reboot with no
-Ansible run.  One JSON file per module (and device), written atomically with mode 0600."""
+Ansible run.  One JSON file per module (and device), mode 0600, written atomically and durably."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 from typing import Any
 
 from ansible_collections.podnet.dataplane.plugins.module_utils.objects import KObject
@@ -16,13 +18,28 @@ def record_path(directory: str, name: str) -> str:
 
 
 def save(directory: str, name: str, objects: list[KObject] = (), **extra: Any) -> None:
+    """Write a record so that a crash at any moment leaves the old one or the new one, never a torn one:
+    a new temporary file (O_EXCL: never one that exists, nor a link planted in its place), fsync, rename
+    over the record, fsync of the folder (the rename itself survives a power cut)."""
     os.makedirs(directory, mode=0o700, exist_ok=True)
     path = record_path(directory, name)
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump({"objects": [o.as_dict() for o in objects], **extra}, handle, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    data = json.dumps({"objects": [o.as_dict() for o in objects], **extra}, indent=1, sort_keys=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")  # mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    folder = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def forget(directory: str, name: str) -> None:
@@ -32,12 +49,26 @@ def forget(directory: str, name: str) -> None:
         pass
 
 
-def load_all(directory: str) -> list[dict[str, Any]]:
+def load_all(directory: str, problems: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every record in `directory`, in name order, each with its file name under "_file". A record that
+    cannot be read or is not a JSON object (a torn write by an older release, a hand edit) is skipped and
+    described in `problems`, so that the rest of the node is still restored."""
     records = []
     for entry in sorted(os.listdir(directory)):
-        if entry.endswith(".json"):
+        if not entry.endswith(".json") or entry.startswith("."):
+            continue
+        try:
             with open(os.path.join(directory, entry), encoding="utf-8") as handle:
-                records.append(json.load(handle))
+                record = json.load(handle)
+        except (OSError, ValueError) as exc:
+            if problems is not None:
+                problems.append(f"{entry}: {exc}")
+            continue
+        if not isinstance(record, dict):
+            if problems is not None:
+                problems.append(f"{entry}: not a record (a JSON object)")
+            continue
+        records.append(dict(record, _file=entry))
     return records
 
 
