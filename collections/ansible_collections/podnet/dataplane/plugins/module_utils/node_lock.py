@@ -4,6 +4,7 @@
 that serializes podnet runs on a node and that a killed run cannot wedge."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -25,20 +26,47 @@ POLL = 0.25
 
 
 def read_lock(path: str) -> dict | None:
+    """The lock's content, its age and its identity (inode and mtime: which lock file this was)."""
     try:
+        info = os.stat(path)
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
-        data["age"] = time.time() - os.stat(path).st_mtime
-        return data
+        if not isinstance(data, dict):
+            raise ValueError("not a lock record")
     except FileNotFoundError:
         return None
     except (ValueError, OSError):
-        return {"owner": {}, "age": time.time() - os.stat(path).st_mtime}  # torn write: judge by age
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            return None
+        data = {"owner": {}}  # torn write: judge by age
+    data["age"] = time.time() - info.st_mtime
+    data["identity"] = (info.st_ino, info.st_mtime_ns)
+    return data
+
+
+def pid_namespace() -> str | None:
+    """This process's PID namespace, unique on the machine and in time (boot id + namespace inode): a pid
+    recorded by a run can be checked from here only when both are the same. Hostnames are not enough: a
+    controller and a node (or two containers) may share one."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            boot = handle.read().strip()
+        return f"{boot}:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return None
 
 
 def owner_alive(owner: dict) -> bool | None:
-    """True/False when the owner ran on this machine; None when that cannot be checked from here."""
-    if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
+    """True/False when the owner's process can be checked from here; None when it cannot (another machine
+    or container): then only the lock's age tells."""
+    if not isinstance(owner.get("pid"), int):
+        return None
+    if "pidns" in owner:
+        if owner["pidns"] is None or owner["pidns"] != pid_namespace():
+            return None
+    elif owner.get("host") != socket.gethostname():  # an owner recorded by an earlier release
         return None
     try:
         os.kill(owner["pid"], 0)
@@ -47,6 +75,23 @@ def owner_alive(owner: dict) -> bool | None:
     except PermissionError:
         return True
     return True
+
+
+def break_stale(path: str, judged: tuple[int, int]) -> bool:
+    """Remove the lock file judged stale, if it is still that file. Runs that judge the same lock stale at
+    once serialize on a mutex file next to it: the first removes it (and takes the lock anew), the others
+    find another lock file there and leave it alone. Without this, the second run removed the first one's
+    fresh lock and both held the node."""
+    with open(f"{path}.break", "a", encoding="utf-8") as mutex:
+        fcntl.flock(mutex.fileno(), fcntl.LOCK_EX)
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            return False
+        if (info.st_ino, info.st_mtime_ns) != judged:
+            return False
+        os.unlink(path)
+        return True
 
 
 def try_create(path: str, owner: dict) -> bool:
@@ -75,11 +120,8 @@ def acquire(path: str, owner: dict, wait_timeout: int, stale_after: int) -> dict
             break  # ours already
         alive = owner_alive(holder)
         if alive is False or (alive is None and current["age"] > stale_after):
-            broke = holder
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+            if break_stale(path, current["identity"]):
+                broke = holder
             continue
         if time.monotonic() - start > wait_timeout:
             raise LockTimeout(f"podnet: node is locked by run {holder.get('run')} of {holder.get('host')} "

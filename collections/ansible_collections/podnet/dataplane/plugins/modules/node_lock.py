@@ -11,16 +11,20 @@ version_added: "0.1.0"
 description:
   - C(state=acquired) waits until no other live run holds the node's lock, then takes it; C(released)
     gives it back (site.yml does that in an C(always) section).
-  - A lock whose owner is gone is broken at once when the owner ran on this same machine (its
-    process id no longer exists) and otherwise once it is older than I(stale_after) seconds, so a run
-    killed with SIGKILL never blocks later runs forever.
+  - A lock whose owner is gone is broken at once when the owner's process can be checked from the node
+    (the same PID namespace of the same boot, as the lab's namespace nodes share with the controller) and
+    no longer exists, and otherwise once it is older than I(stale_after) seconds, so a run killed with
+    SIGKILL never blocks later runs forever. A node that merely has the controller's hostname cannot see
+    its processes and never breaks its live lock.
+  - Breaking a stale lock is atomic - runs that find the same stale lock at once serialize on a mutex file
+    next to it (I(path)C(.break)), and only the first removes it; the others find the new owner's lock.
   - The lock records the owner; acquiring it again within the same run is a no-op.
   - Reports C(changed=false) - taking a lock is not a change to the node's network.
 author:
   - podnet maintainers (@podnet)
 options:
   owner:
-    description: The run, as returned by the C(podnet.dataplane.run_owner) lookup (C(host), C(pid), C(run)).
+    description: The run, as returned by the C(podnet.dataplane.run_owner) lookup (C(host), C(pid), C(pidns), C(run)).
     type: dict
     required: true
   path:
