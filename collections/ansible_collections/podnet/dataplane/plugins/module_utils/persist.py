@@ -17,29 +17,35 @@ def record_path(directory: str, name: str) -> str:
     return os.path.join(directory, f"{name}.json")
 
 
-def save(directory: str, name: str, objects: list[KObject] = (), **extra: Any) -> None:
-    """Write a record so that a crash at any moment leaves the old one or the new one, never a torn one:
-    a new temporary file (O_EXCL: never one that exists, nor a link planted in its place), fsync, rename
-    over the record, fsync of the folder (the rename itself survives a power cut)."""
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    path = record_path(directory, name)
-    data = json.dumps({"objects": [o.as_dict() for o in objects], **extra}, indent=1, sort_keys=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")  # mode 0600
+def atomic_write(path: str, content: str, mode: int, folder_mode: int = 0o700) -> None:
+    """Write a file so that a crash at any moment leaves the old one or the new one, never a torn one: a new
+    temporary file beside it (O_EXCL: never one that exists, nor a link planted in its place), fsync,
+    chmod, rename over the file, fsync of the folder (the rename itself survives a power cut). A missing
+    folder is made with folder_mode."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, mode=folder_mode, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(data)
+            handle.write(content)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    folder = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(folder)
+        os.fsync(folder_fd)
     finally:
-        os.close(folder)
+        os.close(folder_fd)
+
+
+def save(directory: str, name: str, objects: list[KObject] = (), **extra: Any) -> None:
+    data = json.dumps({"objects": [o.as_dict() for o in objects], **extra}, indent=1, sort_keys=True)
+    atomic_write(record_path(directory, name), data, 0o600)
 
 
 def forget(directory: str, name: str) -> None:

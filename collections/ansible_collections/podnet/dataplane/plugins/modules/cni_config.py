@@ -139,7 +139,6 @@ rendered:
 
 import os
 import stat
-import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.podnet.dataplane.plugins.module_utils.cni import (
@@ -150,6 +149,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.cni import (
     dumps,
     render_conflist,
 )
+from ansible_collections.podnet.dataplane.plugins.module_utils.persist import atomic_write
 
 FILE_MODE = 0o644
 
@@ -163,25 +163,6 @@ def read_current(path: str) -> tuple[str | None, int | None]:
         return None, None
     except UnicodeDecodeError:
         return "", stat.S_IMODE(os.stat(path).st_mode)
-
-
-def write_atomic(path: str, content: str) -> None:
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".podnet-cni-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def main() -> None:
@@ -225,7 +206,7 @@ def main() -> None:
     changed = before != content or mode != FILE_MODE
     if changed and not module.check_mode:
         try:
-            write_atomic(dest, content)
+            atomic_write(dest, content, FILE_MODE, folder_mode=0o755)
         except OSError as exc:
             module.fail_json(msg=f"podnet.cni_config: cannot write {dest}: {exc}")
     module.exit_json(changed=changed, dest=dest, conflist=conflist, rendered=content,
