@@ -12,6 +12,7 @@ dump, not a module run.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 from collections.abc import Callable
@@ -252,7 +253,7 @@ BIRD_FILES = ("bird.conf", "bird.ctl", "bird.pid", "bird.log")
 def bird_conf_is_podnets(bird_dir: str) -> bool:
     try:
         with open(os.path.join(bird_dir, "bird.conf"), encoding="utf-8", errors="replace") as handle:
-            head = [handle.readline() for _ in range(10)]  # after ansible_managed, however long
+            head = list(itertools.islice(handle, 10))  # after ansible_managed, however long
     except OSError:
         return False
     return any(line.rstrip("\n") == BIRD_MARKER or line.startswith(BIRD_LEGACY_MARKER) for line in head)
