@@ -151,3 +151,31 @@ def test_default_like_paths_and_an_empty_persist_dir_pass():
                       "podnet_bird_dir": "/run/podnet-lab/pt1a2b3/a/bird", "podnet_boot_python": "/usr/bin/python3.11"},
                 "b": {"podnet_node_ip": "192.168.0.16", "podnet_lock_file": "/run/podnet/node.lock"}}
     assert set(plan_cluster(["a", "b"], hostvars)["nodes"]) == {"a", "b"}
+
+
+@pytest.mark.parametrize(("backend", "a_vars", "group", "var", "words"), [
+    ("flannel-vxlan", {"podnet_underlay_interface": "br0"}, {"podnet_bridge": "br0"}, "podnet_bridge",
+     "is also podnet_underlay_interface"),
+    ("flannel-vxlan", {"podnet_pods": [{"name": "p", "host_interface": "cni0"}]}, {},
+     "podnet_pods[p].host_interface", "is also podnet_bridge"),
+    ("calico-bgp", {"podnet_underlay_interface": "bond0", "podnet_pods": [{"name": "p", "host_interface": "bond0"}]},
+     {}, "podnet_pods[p].host_interface", "is also podnet_underlay_interface"),
+    ("calico-bgp", {"podnet_pods": [{"name": "p", "host_interface": "x1"}, {"name": "q", "host_interface": "x1"}]},
+     {}, "podnet_pods[q].host_interface", "is also podnet_pods[p].host_interface"),
+    ("calico-vxlan", {"podnet_pods": [{"name": "p", "host_interface": "flannel.1"}]}, {},
+     "podnet_pods[p].host_interface", "another backend's device"),
+    ("calico-bgp", {"podnet_pods": [{"name": "p", "host_interface": "lo"}]}, {}, "podnet_pods[p].host_interface",
+     "the loopback device"),
+    ("flannel-host-gw", {}, {"podnet_bridge": "tunl0"}, "podnet_bridge", "another backend's device"),
+])
+def test_device_names_that_clash_are_refused_before_any_node_changes(backend, a_vars, group, var, words):
+    problems = problems_of(a_vars, backend, group)
+    assert any(p.startswith(f"host a: {var}: ") and words in p for p in problems), problems
+
+
+@pytest.mark.parametrize("backend", ["flannel-vxlan", "flannel-host-gw", "calico-bgp", "calico-ipip", "calico-vxlan",
+                                     "canal", "romana-style", "weave-style"])
+def test_every_backends_own_devices_do_not_clash(backend):
+    hostvars = {h: {"podnet_node_ip": ip, "podnet_backend": backend, "podnet_pods": [{"name": "p1"}, {"name": "p2"}]}
+                for h, ip in (("a", "192.168.0.4"), ("b", "192.168.0.16"))}
+    assert set(plan_cluster(["a", "b"], hostvars)["nodes"]) == {"a", "b"}

@@ -145,6 +145,35 @@ def _check_paths(host: str, hv: dict[str, Any], problems: _Problems) -> None:
                                     "(no spaces, quotes, newlines, '.' or '..' parts)")
 
 
+def _check_device_names(host: str, node: dict[str, Any], problems: _Problems) -> None:
+    """Every device podnet makes on a node has its own name, none of them the underlay's or the loopback's:
+    a pod's host end named like the bridge or the underlay would make podnet change (or delete) a device
+    that is not its own. Checked here, before any node is touched."""
+    taken: dict[str, str] = {"lo": "the loopback device"}
+    if node.get("underlay_interface"):
+        taken[node["underlay_interface"]] = "podnet_underlay_interface"
+    backend_devices = []
+    if node.get("bridge"):
+        backend_devices.append(("podnet_bridge", node["bridge"]["name"]))
+    if node.get("vtep"):
+        backend_devices.append(("podnet_vxlan_vni", node["vtep"]["name"]))  # the VTEP's name follows the VNI
+    if node.get("tunnel"):
+        backend_devices.append(("the IPIP tunnel", node["tunnel"]["name"]))
+    # what the other backends make: every run's cleanup (and a switch of backend) removes those
+    mine = {(node.get("vtep") or {}).get("name"), (node.get("tunnel") or {}).get("name")}
+    for other in (IPIP_DEVICE, "flannel.1", *(p.vtep for p in PROFILES.values() if p.vtep and "{" not in p.vtep)):
+        if other not in mine:
+            taken.setdefault(other, "the name of another backend's device, which podnet removes")
+    own = backend_devices + [(f"podnet_pods[{pod['name']}].host_interface", pod["host_interface"])
+                             for pod in node["pods"]]
+    for var, name in own:
+        if name in taken:
+            problems.add(host, var, f"{name!r} is also {taken[name]}; every device podnet makes on a node needs "
+                                    "a name of its own, and never the underlay's")
+        else:
+            taken[name] = var
+
+
 def _check_hostnames(hosts: list[str], settings: dict[str, Any], problems: _Problems) -> None:
     """Inventory hostnames podnet can write into files, scripts and bird.conf; BIRD names distinct."""
     symbols: dict[str, str] = {}
@@ -423,6 +452,7 @@ def plan_cluster(hosts: list[str], hostvars: dict[str, dict], leases: dict[str, 
         for host in hosts:
             nodes[host] = _node_state(host, hosts, hostvars, settings, node_ips, node_nets, subnets, macs,
                                       problems)
+            _check_device_names(host, nodes[host], problems)
     _compile_policies(settings, nodes, problems)
     if problems.items:
         raise PlanError(problems.items)
