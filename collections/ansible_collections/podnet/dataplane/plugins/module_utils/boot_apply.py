@@ -93,11 +93,11 @@ def apply_rules(rules: list[dict], check: bool = False) -> list[str]:
     return done
 
 
-def apply_offloads(offloads: list[dict], check: bool = False, release: str | None = None) -> list[str]:
+def apply_offloads(offloads: list[dict], check: bool = False) -> list[str]:
     """Recorded offload settings. A TX checksum record made in mode auto is decided again for the kernel
-    that booted (`release`, default: the running one) by the rule the run used: a node that booted
-    into a newer or older kernel since gets what a run would give it there."""
-    release = release or os.uname().release
+    that booted, by the rule the run used: a node that booted into a newer or older kernel since gets what
+    a run would give it there."""
+    release = os.uname().release
     done = []
     for item in offloads:
         enabled, why = item["enabled"], ""

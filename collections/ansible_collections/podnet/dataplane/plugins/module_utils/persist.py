@@ -55,7 +55,7 @@ def forget(directory: str, name: str) -> None:
         pass
 
 
-def load_all(directory: str, problems: list[str] | None = None) -> list[dict[str, Any]]:
+def load_all(directory: str, problems: list[str]) -> list[dict[str, Any]]:
     """Every record in `directory`, in name order, each with its file name under "_file". A record that
     cannot be read or is not a JSON object (a torn write by an older release, a hand edit) is skipped and
     described in `problems`, so that the rest of the node is still restored."""
@@ -67,12 +67,10 @@ def load_all(directory: str, problems: list[str] | None = None) -> list[dict[str
             with open(os.path.join(directory, entry), encoding="utf-8") as handle:
                 record = json.load(handle)
         except (OSError, ValueError) as exc:
-            if problems is not None:
-                problems.append(f"{entry}: {exc}")
+            problems.append(f"{entry}: {exc}")
             continue
         if not isinstance(record, dict):
-            if problems is not None:
-                problems.append(f"{entry}: not a record (a JSON object)")
+            problems.append(f"{entry}: not a record (a JSON object)")
             continue
         records.append(dict(record, _file=entry))
     return records
