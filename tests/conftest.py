@@ -29,6 +29,7 @@ SLOW_FIRST = (
     "tests/integration/test_calico_bird.py",
     "tests/integration/test_molecule.py",
     "tests/integration/test_drift.py",
+    "tests/integration/test_foreign_objects.py",
     "tests/integration/test_ssh.py",
     "tests/integration/test_crosssubnet.py",
 )

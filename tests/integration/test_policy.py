@@ -7,9 +7,12 @@ Lab pods (labels in a copy of inventories/lab):
     node2: db {app: db},   web2 {app: web}
     node3: db2 {app: db},  plain (no labels)
 Policy: pods app=db accept tcp/5432 from pods app=web, nothing else (cross-node and same-node flows).
+A second policy set (on calico-bgp) checks Kubernetes' policy-type defaulting and ipBlock `except` with
+real traffic against the reference evaluator of tests/unit/test_policy.py.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import shutil
@@ -21,6 +24,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.unit.test_policy import k8s_allows
 
 from .labkit import LAB_INVENTORY, Lab, list_netns, netns_exec, netns_json, remove_netns, unique_prefix
 
@@ -105,10 +110,10 @@ def podnet_chains(lab: Lab, host: str) -> list[str]:
     return [line.split()[0][1:] for line in iptables_save(lab.node_ns(host)) if line.startswith(":PODNET-")]
 
 
-def probe(lab: Lab) -> dict[tuple, str]:
+def probe(lab: Lab, flows: list[tuple] = FLOWS) -> dict[tuple, str]:
     """Run every flow at once; each answers 'ok', 'timeout' or the error (ping: 'ok' / 'lost')."""
     running = {}
-    for src, dst, port, _expected in FLOWS:
+    for src, dst, port, _expected in flows:
         address = pod_address(lab, *dst)
         if port is None:
             argv = ["ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "2", address]
@@ -248,6 +253,59 @@ def test_removing_the_policies_restores_open_access(policy_lab):
     assert {h: foreign_lines(lab.node_ns(h)) for h in NODES} == lab.foreign
 
 
+# Kubernetes semantics in the kernel: web's egress-only policy (no policy_types) also isolates web for
+# ingress; db takes tcp/5432 from the cluster CIDR except node1's pod subnet.  (source, target, port or
+# None for ping, Kubernetes' verdict as read by hand); the reference evaluator must agree with each.
+K8S_FLOWS = [
+    (("node1", "web"), ("node2", "db"), PORT, False),      # web's egress allows it, db's except does not
+    (("node1", "other"), ("node3", "db2"), PORT, False),   # excepted node1 subnet, cross-node
+    (("node2", "web2"), ("node2", "db"), PORT, True),      # same node, inside the cidr, not excepted
+    (("node2", "web2"), ("node3", "db2"), PORT, True),     # cross-node
+    (("node3", "plain"), ("node3", "db2"), PORT, True),    # unlabelled pod, same node
+    (("node3", "plain"), ("node1", "web"), None, False),   # egress-only policy: web takes no ingress
+    (("node2", "db"), ("node2", "web2"), None, False),     # the same, same node
+    (("node1", "web"), ("node3", "plain"), None, False),   # web may only reach db on tcp/5432
+    (("node3", "plain"), ("node2", "db"), None, False),    # db's rule names tcp/5432 only
+    (("node1", "other"), ("node3", "plain"), None, True),  # neither is selected
+    (("node2", "db"), ("node1", "other"), None, True),     # db's egress is open (Ingress-only policy)
+]
+
+
+def test_kubernetes_defaulting_and_except_with_real_traffic(policy_lab):
+    lab = policy_lab
+    only_on_calico_bgp(lab)
+    labels = {(h, p["name"]): p.get("labels") or {} for h, pods in PODS.items() for p in pods}
+    if "eth0" not in [link["ifname"] for link in netns_json(lab.pod_ns("node1", "web"), "link", "show")]:
+        # run alone, on a fresh lab: wire the pods first
+        wired = lab.run("playbooks/site.yml")
+        assert wired.rc == 0, wired.output
+    address = {key: pod_address(lab, *key) for key in labels}
+    node1 = ipaddress.ip_network(f"{address['node1', 'web']}/24", strict=False)
+    assert {key for key, a in address.items() if ipaddress.ip_address(a) in node1} == {
+        ("node1", "web"), ("node1", "other")}, address
+    policies = [
+        {"name": "web-egress-only", "selector": {"app": "web"},
+         "egress": [{"to": [{"selector": {"app": "db"}}], "ports": [{"port": PORT}]}]},
+        {"name": "db-from-cluster-but-node1", "selector": {"app": "db"},
+         "ingress": [{"from": [{"cidr": "10.244.0.0/16", "except": [str(node1)]}], "ports": [{"port": PORT}]}]},
+    ]
+    pods = {key: {"name": key[1], "address": address[key], "labels": labels[key]} for key in labels}
+    for src, dst, port, expected in K8S_FLOWS:
+        reference = k8s_allows(policies, pods[src], pods[dst], "icmp" if port is None else "tcp", port)
+        assert reference == expected, (src, dst, port)
+    result = lab.run("playbooks/site.yml", extra_vars={"podnet_network_policies": policies})
+    assert result.rc == 0, result.output
+    # node2: web2's egress and ingress chains, db's ingress chain; all named by podnet's grammar
+    chains = podnet_chains(lab, "node2")
+    assert len(chains) == 4 and all(re.fullmatch(r"PODNET-(FORWARD|[IE]-[0-9a-f]{12})", c) for c in chains), chains
+    results = probe(lab, K8S_FLOWS)
+    wrong = [f"{'/'.join(src)} -> {'/'.join(dst)} {f'tcp/{port}' if port else 'ping'}: {results[src, dst, port]}"
+             for src, dst, port, expected in K8S_FLOWS
+             if results[src, dst, port] != ("ok" if expected else ("timeout" if port else "lost"))]
+    assert not wrong, wrong
+    assert {h: foreign_lines(lab.node_ns(h)) for h in NODES} == lab.foreign
+
+
 def test_reset_removes_the_policy_chains(policy_lab):
     lab = policy_lab
     only_on_calico_bgp(lab)
@@ -276,7 +334,7 @@ def test_compiled_rules_are_exactly_what_iptables_save_prints():
         normalize_chains,
         plan_chains,
     )
-    from ansible_collections.podnet.dataplane.plugins.module_utils.policy import compile_policies
+    from ansible_collections.podnet.dataplane.plugins.module_utils.policy import comment, compile_policies
 
     nodes = {"n1": {"name": "n1", "pods": [
         {"name": "a", "netns": "x-a", "address": "10.244.0.2/24", "host_interface": "cali0123456789a",
@@ -284,7 +342,8 @@ def test_compiled_rules_are_exactly_what_iptables_save_prints():
         {"name": "b", "netns": "x-b", "address": "10.244.0.3/24", "host_interface": "vethabcdef12", "labels": {}}]}}
     policies = [
         {"name": "rich.policy-1", "selector": {"app": "a"}, "policy_types": ["Ingress", "Egress"],
-         "ingress": [{"from": [{"selector": {}}, {"cidr": "10.0.0.0/8"}, {"cidr": "0.0.0.0/0"}],
+         "ingress": [{"from": [{"selector": {}}, {"cidr": "10.0.0.0/8"}, {"cidr": "0.0.0.0/0"},
+                               {"cidr": "172.16.0.0/12", "except": ["172.17.0.0/16", "172.31.255.255/32"]}],
                       "ports": [{"port": 80}, {"port": 53, "protocol": "udp"}, {"protocol": "udp"},
                                 {"port": 1000, "end_port": 2000}, {"port": 7, "end_port": 7}]},
                      {}],
@@ -292,6 +351,8 @@ def test_compiled_rules_are_exactly_what_iptables_save_prints():
         {"name": "deny", "selector": {}},
     ]
     chains = compile_policies("calico-bgp", policies, nodes)["n1"]["chains"]
+    # the longest comment the kernel keeps, in two-byte characters (the cut falls on a character boundary)
+    chains["PODNET-C-0123456789ab"] = [f"-A PODNET-C-0123456789ab {comment('a' + 'é' * 200)} -j RETURN"]
     want, problems = normalize_chains(chains, "PODNET-")
     assert problems == []
     payload = plan_chains(Table.empty("filter"), want, None, "PODNET-", "merged").payload("filter")

@@ -69,6 +69,34 @@ CASES = [
      "flannel-vxlan", "podnet_pod_netns_prefix"),
     ("netns-prefix-too-long", {"podnet_pods": [{"name": "web"}], "podnet_pod_netns_prefix": "p" * 70}, {},
      "flannel-vxlan", "podnet_pod_netns_prefix"),
+    # podnet_pod_sysctls reached /proc/sys unchecked: sysctl(8) swaps '.' and '/', so '//' is a '..' part
+    ("pod-sysctl-escapes-proc-sys", {},
+     {"podnet_pod_sysctls": {"net.ipv4.conf.{}.//.//.//.//.//.//.etc.shadow": 1}},
+     "calico-bgp", "podnet_pod_sysctls"),
+    ("pod-sysctl-slash", {}, {"podnet_pod_sysctls": {"net.ipv4.conf.{}/x.proxy_arp": 1}}, "calico-bgp",
+     "podnet_pod_sysctls"),
+    ("pod-sysctl-not-per-interface", {}, {"podnet_pod_sysctls": {"kernel.core_pattern": "|/tmp/x"}},
+     "calico-bgp", "podnet_pod_sysctls"),
+    ("pod-sysctl-empty-part", {}, {"podnet_pod_sysctls": {"net.ipv4.conf.{}..proxy_arp": 1}}, "calico-bgp",
+     "podnet_pod_sysctls"),
+    ("pod-sysctl-value-newline", {}, {"podnet_pod_sysctls": {"net.ipv4.conf.{}.proxy_arp": "1\n0"}},
+     "calico-bgp", "podnet_pod_sysctls"),
+    ("pod-sysctls-not-a-mapping", {}, {"podnet_pod_sysctls": "net.ipv4.conf.{}.proxy_arp=1"}, "calico-bgp",
+     "podnet_pod_sysctls"),
+    # int() takes what an operator did not mean as a number
+    ("vni-fullwidth-digits", {}, {"podnet_vxlan_vni": "\uff14\uff10\uff19\uff16"}, "calico-vxlan",
+     "podnet_vxlan_vni"),
+    ("mtu-with-newline", {}, {"podnet_mtu": "1450\n"}, "flannel-vxlan", "podnet_mtu"),
+    ("subnet-prefix-fraction", {}, {"podnet_subnet_prefix": 24.9}, "flannel-vxlan", "podnet_subnet_prefix"),
+    ("pod-address-suffix", {"podnet_pod_subnet": "10.244.5.0/24",
+                            "podnet_pods": [{"name": "p", "address": "10.244.5.3/$(reboot)"}]}, {},
+     "calico-bgp", "podnet_pods[0].address"),
+    ("pod-interface-lo", {"podnet_pods": [{"name": "p", "interface": "lo"}]}, {}, "flannel-vxlan",
+     "podnet_pods[p].interface"),
+    ("persist-dir-too-long", {"podnet_persist_dir": "/" + "a" * 10000}, {}, "flannel-vxlan",
+     "podnet_persist_dir"),
+    ("bird-dir-too-long-for-its-socket", {"podnet_bird_dir": "/run/" + "b" * 100}, {}, "flannel-vxlan",
+     "podnet_bird_dir"),
 ]
 
 
@@ -146,6 +174,21 @@ def test_node_paths_from_the_inventory_are_checked(var, value):
     assert any(p.startswith(f"host a: {var}: ") and "must be an absolute path" in p for p in problems), problems
 
 
+@pytest.mark.parametrize("sysctls", [
+    {"net.ipv4.conf.{}.proxy_arp": 1, "net.ipv4.neigh.{}.proxy_delay": 0, "net.ipv4.conf.{}.rp_filter": "2"},
+    {"net.ipv6.conf.{}.proxy_ndp": 1},
+    {},
+])
+def test_real_pod_sysctls_pass(sysctls):
+    # a string of ASCII digits is still a number (podnet_mtu); a pod address may carry its prefix
+    pods = [{"name": "p", "address": "10.244.0.9/24"}]
+    hostvars = {h: {"podnet_node_ip": ip, "podnet_backend": "calico-bgp", "podnet_pod_sysctls": sysctls,
+                    "podnet_mtu": "1450", "podnet_pods": pods if h == "a" else []}
+                for h, ip in (("a", "192.168.0.4"), ("b", "192.168.0.16"))}
+    hostvars["a"]["podnet_pod_subnet"] = "10.244.0.0/24"
+    assert set(plan_cluster(["a", "b"], hostvars)["nodes"]) == {"a", "b"}
+
+
 def test_default_like_paths_and_an_empty_persist_dir_pass():
     hostvars = {"a": {"podnet_node_ip": "192.168.0.4", "podnet_persist_dir": "",
                       "podnet_bird_dir": "/run/podnet-lab/pt1a2b3/a/bird", "podnet_boot_python": "/usr/bin/python3.11"},
@@ -179,3 +222,9 @@ def test_every_backends_own_devices_do_not_clash(backend):
     hostvars = {h: {"podnet_node_ip": ip, "podnet_backend": backend, "podnet_pods": [{"name": "p1"}, {"name": "p2"}]}
                 for h, ip in (("a", "192.168.0.4"), ("b", "192.168.0.16"))}
     assert set(plan_cluster(["a", "b"], hostvars)["nodes"]) == {"a", "b"}
+
+
+def test_a_very_long_value_is_shown_shortened():
+    problems = problems_of({"podnet_pods": [{"name": "p" * 10000}], "podnet_persist_dir": "/" + "d" * 10000},
+                           "flannel-vxlan")
+    assert problems and all(len(p) < 300 for p in problems), [p[:300] for p in problems]

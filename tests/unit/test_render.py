@@ -3,11 +3,13 @@ written without contacting any host."""
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from ansible_collections.podnet.dataplane.plugins.module_utils.shell import shell_line
 
 REPO = Path(__file__).resolve().parents[2]
 SEED_LINES_04 = [
@@ -73,6 +75,13 @@ def test_rendered_files_are_scripts_that_stop_at_the_first_failure(rendered):
         assert script.stat().st_mode & 0o777 == 0o755
         syntax = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True)
         assert syntax.returncode == 0, syntax.stderr
+
+
+def test_every_rendered_command_is_the_one_shell_line_of_its_words(rendered):
+    # Commands are joined by shell.shell_line only: splitting a line and joining it again changes nothing.
+    for script in rendered.glob("*.sh"):
+        for line in script.read_text().splitlines()[2:]:
+            assert line.startswith("# ") or shell_line(shlex.split(line)) == line, (script.name, line)
 
 
 def test_seed_vxlan_offload_rendered_for_a_modern_kernel_by_default(rendered):

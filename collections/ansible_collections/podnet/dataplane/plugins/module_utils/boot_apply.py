@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 
+from ansible_collections.podnet.dataplane.plugins.module_utils.builders import iptables_command
 from ansible_collections.podnet.dataplane.plugins.module_utils.iptables_chains import apply_record
 from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
     Change,
@@ -39,6 +40,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.offload import (
     set_feature,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.persist import load_all
+from ansible_collections.podnet.dataplane.plugins.module_utils.shell import shell_line
 
 NETNS_DIR = "/run/netns"
 
@@ -56,7 +58,7 @@ def apply_objects(objects: list[KObject], check: bool = False) -> list[str]:
 
         for name in missing:
             pyroute2_netns.create(name)
-    done += [f"ip netns add {name}" for name in missing]
+    done += [shell_line(["ip", "netns", "add", name]) for name in missing]
     for netns in sorted(by_netns, key=lambda n: (n is not None, n or "")):
         want = by_netns[netns]
         if check and netns in missing:  # nothing to read there yet: everything would be configured
@@ -89,7 +91,7 @@ def apply_rules(rules: list[dict], check: bool = False) -> list[str]:
         if present.returncode != 0:
             if not check:
                 subprocess.run(base + ["-A", rule["chain"], *rule["args"]], check=True, capture_output=True)
-            done.append(" ".join(["iptables", "-t", rule["table"], "-A", rule["chain"], *rule["args"]]))
+            done.append(iptables_command(rule["table"], "-A", rule["chain"], rule["args"]))
     return done
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import shlex
 from typing import Any
 
 from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
@@ -24,6 +23,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
     VxlanInfo,
     owner_alias,
 )
+from ansible_collections.podnet.dataplane.plugins.module_utils.shell import shell_line
 
 VXLAN_OVERHEAD = 50
 IPIP_OVERHEAD = 20
@@ -151,21 +151,27 @@ def proxy_arp_objects(interface: str, values: dict[str, Any] | None = None) -> l
             for template, value in (values or CALICO_HOST_SYSCTLS).items()]
 
 
+def pod_network_argvs(bridge: dict[str, Any] | None, pods: list[dict[str, Any]], mtu: int | None,
+                      mode: str = "bridge") -> list[list[str]]:
+    """The bridge and pods as typed on a fresh host, one argument vector per command."""
+    argvs = [a for o in bridge_objects(bridge, mtu) for a in o.add_argvs()] if bridge else []
+    for pod in pods:
+        host_side, pod_side = pod_objects(pod, bridge["name"] if bridge else None, mtu, mode)
+        argvs.append(["ip", "netns", "add", pod["netns"]])
+        link, *host_routes = host_side
+        argvs += link.add_argvs()
+        for obj in pod_side:  # the pod's end of the veth already exists: only configure it
+            argvs += obj.update_argvs(["mtu", "up"]) if isinstance(obj, Link) else obj.add_argvs()
+        argvs += [a for o in host_routes for a in o.add_argvs()]
+        if mode == "routed":
+            argvs += [a for o in proxy_arp_objects(link.name) for a in o.add_argvs()]
+    return argvs
+
+
 def pod_network_commands(bridge: dict[str, Any] | None, pods: list[dict[str, Any]], mtu: int | None,
                          mode: str = "bridge") -> list[str]:
     """The bridge and pods as typed on a fresh host."""
-    lines = [c for o in bridge_objects(bridge, mtu) for c in o.add_commands()] if bridge else []
-    for pod in pods:
-        host_side, pod_side = pod_objects(pod, bridge["name"] if bridge else None, mtu, mode)
-        lines.append(f"ip netns add {pod['netns']}")
-        link, *host_routes = host_side
-        lines += link.add_commands()
-        for obj in pod_side:  # the pod's end of the veth already exists: only configure it
-            lines += obj.update_commands(["mtu", "up"]) if isinstance(obj, Link) else obj.add_commands()
-        lines += [c for o in host_routes for c in o.add_commands()]
-        if mode == "routed":
-            lines += [c for o in proxy_arp_objects(link.name) for c in o.add_commands()]
-    return lines
+    return [shell_line(argv) for argv in pod_network_argvs(bridge, pods, mtu, mode)]
 
 
 def sysctl_objects(sysctls: dict[str, Any]) -> list[KObject]:
@@ -190,10 +196,12 @@ def iptables_rule_args(rule: dict[str, Any]) -> list[str]:
     return args[:at] + ["-m", "comment", "--comment", iptables_rule_tag(rule)] + args[at:]
 
 
+def iptables_argv(table: str, action: str, chain: str, args: list[str]) -> list[str]:
+    return ["iptables", "-t", table, action, chain, *args]
+
+
 def iptables_command(table: str, action: str, chain: str, args: list[str]) -> str:
-    # "!" needs no quoting outside an interactive shell; keep the line as a person types it.
-    words = ["iptables", "-t", table, action, chain, *args]
-    return " ".join(w if w == "!" else shlex.quote(w) for w in words)
+    return shell_line(iptables_argv(table, action, chain, args))
 
 
 def subnet_env_text(values: dict[str, Any], mtu: int | str) -> str:

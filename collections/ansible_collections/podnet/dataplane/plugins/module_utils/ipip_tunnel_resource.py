@@ -11,13 +11,14 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
     PYROUTE2_IMPORT_ERROR,
     Change,
     Engine,
-    plan,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.objects import Address, Link, is_owned_alias
 from ansible_collections.podnet.dataplane.plugins.module_utils.persist import PERSIST_OPTION, persist_result
 from ansible_collections.podnet.dataplane.plugins.module_utils.resource import (
     STATES,
+    TAKE_OVER_OPTION,
     fail_on_engine_error,
+    plan_owned,
     result_for,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.validate import (
@@ -31,6 +32,7 @@ ARGUMENT_SPEC = {
     "local": {"type": "str"},
     "address": {"type": "str"},
     "persist_dir": PERSIST_OPTION,
+    "take_over": TAKE_OVER_OPTION,
     "state": {"type": "str", "choices": STATES, "default": "merged"},
 }
 
@@ -74,7 +76,7 @@ def run(module: AnsibleModule) -> None:
             if not tunnel["mtu"]:
                 tunnel["mtu"] = underlay_mtu(module, have) - IPIP_OVERHEAD
             purge = (lambda o: isinstance(o, Address) and o.dev == name) if state != "merged" else None
-            changes = plan(tunnel_objects(tunnel), have, purge)
+            changes = plan_owned(module, tunnel_objects(tunnel), have, purge)
             extra["mtu"] = tunnel["mtu"]
         if changes and not module.check_mode:
             fail_on_engine_error(module, engine.apply, changes, have)

@@ -1,7 +1,12 @@
 # Copyright: podnet contributors
 # Apache License 2.0
-"""Whole iptables chains owned by podnet (names starting with a prefix, `PODNET-` by default), compared
+"""Whole iptables chains owned by podnet (named under a prefix, `PODNET-` by default), compared
 textually with what `iptables-save` prints and changed in one `iptables-restore --noflush` transaction.
+
+Which chains are podnet's: a chain cannot carry a comment, so its name is the marker. Chains podnet makes
+on its own are named by a fixed grammar, `<prefix>FORWARD` or `<prefix><capital letter>-<12 lowercase hex
+digits>` (`PODNET-I-3f2a9c01d4e7`); a run removes or rewrites only those, and the chains its caller lists by
+name. A user's `PODNET-MINE`, which merely shares the prefix, is never touched, nor is a jump to it.
 
 Pure functions (parse, plan, simulate) plus two small runners: one for the network_policy module
 (through AnsibleModule.run_command) and one for boot_apply (subprocess).  A chain is one resource: its
@@ -18,8 +23,12 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
+from ansible_collections.podnet.dataplane.plugins.module_utils.shell import shell_line
+
 DEFAULT_PREFIX = "PODNET-"
 MAX_CHAIN_NAME = 28  # XT_EXTENSION_MAXNAMELEN - 1
+# The names podnet gives its own chains, after the prefix (see the module docstring).
+OWN_CHAIN_SUFFIX = r"(?:FORWARD|[A-Z]-[0-9a-f]{12})"
 _CHAIN_NAME = re.compile(r"[A-Za-z0-9_.:+-]+")
 BUILTIN_CHAINS = {
     "filter": ("INPUT", "FORWARD", "OUTPUT"),
@@ -79,11 +88,34 @@ def targets_of(line: str) -> list[str]:
     return [words[i + 1] for i, w in enumerate(words[:-1]) if w in ("-j", "--jump", "-g", "--goto")]
 
 
-def bare_jump(line: str, prefix: str) -> tuple[str, str] | None:
-    """(chain, target) when the line is exactly `-A <chain> -j <podnet chain>` from a foreign chain."""
+class Ownership:
+    """Which chains of a table are podnet's: named by podnet's grammar, or listed by the caller."""
+
+    def __init__(self, prefix: str, listed=()):
+        self.prefix = prefix
+        self.listed = frozenset(listed)
+        self._grammar = re.compile(re.escape(prefix) + OWN_CHAIN_SUFFIX)
+
+    def owns(self, chain: str) -> bool:
+        return chain in self.listed or self._grammar.fullmatch(chain) is not None
+
+
+def owns_chain(chain: str, prefix: str = DEFAULT_PREFIX) -> bool:
+    """Whether `chain` is named the way podnet names the chains it makes on its own."""
+    return Ownership(prefix).owns(chain)
+
+
+def _ownership(mine: Ownership | str) -> Ownership:
+    return mine if isinstance(mine, Ownership) else Ownership(mine)
+
+
+def bare_jump(line: str, mine: Ownership | str) -> tuple[str, str] | None:
+    """(chain, target) when the line is exactly `-A <chain> -j <podnet chain>` from a chain not podnet's.
+    `mine`: an Ownership, or a prefix (then podnet's own chain grammar alone decides)."""
+    mine = _ownership(mine)
     words = line.split(" ")
-    if len(words) == 4 and words[0] == "-A" and words[2] == "-j" and words[3].startswith(prefix) \
-            and not words[1].startswith(prefix):
+    if len(words) == 4 and words[0] == "-A" and words[2] == "-j" and mine.owns(words[3]) \
+            and not mine.owns(words[1]):
         return words[1], words[3]
     return None
 
@@ -137,9 +169,11 @@ class ChainPlan:
     def payload(self, table: str) -> str:
         return "".join(f"{line}\n" for line in [f"*{table}", *[op.line for op in self.ops], "COMMIT"])
 
+    def argvs(self, table: str) -> list[list[str]]:
+        return [["iptables", "-t", table, *op.command] for op in self.ops]
+
     def commands(self, table: str) -> list[str]:
-        return [" ".join(shlex.quote(w) if w != "!" else w for w in ["iptables", "-t", table, *op.command])
-                for op in self.ops]
+        return [shell_line(argv) for argv in self.argvs(table)]
 
 
 def plan_chains(have: Table, want: dict[str, list[str]], jump: dict | None, prefix: str, state: str) -> ChainPlan:
@@ -148,7 +182,8 @@ def plan_chains(have: Table, want: dict[str, list[str]], jump: dict | None, pref
     overridden: also removes podnet chains not listed and bare jumps other than the wanted one;
     deleted: removes the listed chains (all podnet chains when none are listed) and the bare jumps to them."""
     problems: list[str] = []
-    mine = [c for c in have.chains if c.startswith(prefix)]
+    owner = Ownership(prefix, want)
+    mine = [c for c in have.chains if owner.owns(c)]
     if state == "deleted":
         stale = [c for c in mine if not want or c in want]
         declare: list[str] = []
@@ -159,6 +194,9 @@ def plan_chains(have: Table, want: dict[str, list[str]], jump: dict | None, pref
     wanted_jump = (jump["chain"], jump["target"]) if jump and state != "deleted" else None
     if wanted_jump and wanted_jump[1] not in want and (wanted_jump[1] not in have.chains or wanted_jump[1] in stale_set):
         problems.append(f"jump: target {wanted_jump[1]} is neither listed in chains nor present")
+    elif wanted_jump and not owner.owns(wanted_jump[1]):
+        problems.append(f"jump: target {wanted_jump[1]} is not podnet's (not named like podnet's chains, not "
+                        "listed in chains): podnet jumps only to its own chains")
 
     deletes: list[tuple[str, str]] = []
     removed_lines: dict[str, list[str]] = {}
@@ -166,18 +204,18 @@ def plan_chains(have: Table, want: dict[str, list[str]], jump: dict | None, pref
         if chain in stale_set or chain in declare:
             continue
         for line in have.rules.get(chain, []):
-            found = bare_jump(line, prefix)
+            found = bare_jump(line, owner)
             if found is not None and (found[1] in stale_set or (state == "overridden" and found != wanted_jump)):
                 deletes.append(found)
                 removed_lines.setdefault(chain, []).append(line)
             elif found is None and stale_set.intersection(targets_of(line)):
-                owner = "podnet's chain that stays" if chain.startswith(prefix) else "not podnet's"
+                whose = "podnet's chain that stays" if owner.owns(chain) else "not podnet's"
                 problems.append(f"chain {', '.join(sorted(stale_set.intersection(targets_of(line))))} is still "
-                                f"used by the rule {line!r} ({owner}): remove that rule first")
+                                f"used by the rule {line!r} ({whose}): remove that rule first")
     insert: tuple[str, int] | None = None
     if wanted_jump:
         chain, target = wanted_jump
-        if chain.startswith(prefix):
+        if owner.owns(chain):
             problems.append(f"jump: chain {chain} is one of podnet's own chains; jump from a foreign chain")
         if chain not in have.chains:
             problems.append(f"jump: chain {chain} does not exist in table {have.name}")
@@ -233,33 +271,35 @@ def simulate(have: Table, ops: list[Op]) -> Table:
     return out
 
 
-def podnet_view(table: Table, prefix: str) -> list[str]:
+def podnet_view(table: Table, mine: Ownership | str) -> list[str]:
     """podnet's part of a table, for diffs: its chains and rules, then its bare jumps with their position."""
+    mine = _ownership(mine)
     lines: list[str] = []
-    for name in sorted(c for c in table.chains if c.startswith(prefix)):
+    for name in sorted(c for c in table.chains if mine.owns(c)):
         lines.append(f":{name} - [0:0]")
         lines += table.rules.get(name, [])
-    lines += [f"-I {chain} {position} -j {target}" for chain, position, target in _jumps(table, prefix)]
+    lines += [f"-I {chain} {position} -j {target}" for chain, position, target in _jumps(table, mine)]
     return lines
 
 
-def _jumps(table: Table, prefix: str) -> list[tuple[str, int, str]]:
+def _jumps(table: Table, mine: Ownership) -> list[tuple[str, int, str]]:
     """podnet's bare jumps from chains not its own: (chain, 1-based position, target)."""
     found = []
     for chain in table.chains:
-        if chain.startswith(prefix):
+        if mine.owns(chain):
             continue
         for index, line in enumerate(table.rules.get(chain, [])):
-            jump = bare_jump(line, prefix)
+            jump = bare_jump(line, mine)
             if jump is not None:
                 found.append((chain, index + 1, jump[1]))
     return found
 
 
-def gathered(table: Table, prefix: str) -> dict[str, Any]:
+def gathered(table: Table, mine: Ownership | str) -> dict[str, Any]:
+    mine = _ownership(mine)
     jumps = [{"table": table.name, "chain": chain, "target": target, "position": position}
-             for chain, position, target in _jumps(table, prefix)]
-    return {"chains": {c: list(table.rules.get(c, [])) for c in table.chains if c.startswith(prefix)},
+             for chain, position, target in _jumps(table, mine)]
+    return {"chains": {c: list(table.rules.get(c, [])) for c in table.chains if mine.owns(c)},
             "jumps": jumps}
 
 

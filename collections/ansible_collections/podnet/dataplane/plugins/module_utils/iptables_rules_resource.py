@@ -4,6 +4,7 @@
 podnet.dataplane.node_apply can run it in the same process as the node's other resources."""
 from __future__ import annotations
 
+import re
 import shlex
 
 from ansible.module_utils.basic import AnsibleModule
@@ -15,6 +16,9 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.builders import (
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.persist import PERSIST_OPTION, persist_result
 from ansible_collections.podnet.dataplane.plugins.module_utils.resource import STATES
+
+# podnet's rules carry exactly this comment (builders.iptables_rule_tag); "podnet:legacy-vpn" is not one.
+RULE_TAG = re.compile(re.escape(RULE_COMMENT) + r":[0-9a-f]{12}")
 
 CHAIN_SPEC = {
     "table": {"type": "str", "choices": ["filter", "nat", "mangle", "raw"], "default": "filter"},
@@ -50,7 +54,7 @@ class Chains:
                 if len(words) < 2 or words[0] != "-A" or "--comment" not in words:
                     continue
                 tag = words[words.index("--comment") + 1]
-                if tag.startswith(RULE_COMMENT + ":"):
+                if RULE_TAG.fullmatch(tag):
                     found[tag] = words[2:]
             self._cache[key] = found
         return self._cache[key]

@@ -22,7 +22,7 @@ import ipaddress
 import os
 import socket
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
@@ -38,6 +38,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
     Sysctl,
     VxlanInfo,
 )
+from ansible_collections.podnet.dataplane.plugins.module_utils.ownership import TakeOver, foreign_conflicts
 
 # pyroute2 is imported on first use only: importing it costs ~0.3 s (seconds on a loaded machine) and
 # most runs never need it (see Engine._ipr).
@@ -160,15 +161,29 @@ class KernelState:
         return None
 
 
+class ForeignObjectError(EngineError):
+    """A device or route podnet wants exists and is someone else's: nothing was changed."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
 def plan(want: Iterable[KObject], have: KernelState,
-         purge: Callable[[KObject], bool] | None = None) -> list[Change]:
+         purge: Callable[[KObject], bool] | None = None,
+         take_over: Collection[str] | TakeOver | None = ()) -> list[Change]:
     """Compare wanted objects with the kernel; `purge` selects existing objects to remove when they
-    are not wanted (only ever podnet-owned ones — the callers' predicates guarantee that)."""
+    are not wanted (only ever podnet-owned ones — the callers' predicates guarantee that).
+    Raises ForeignObjectError, before anything is changed, when a wanted device or route of the node's
+    namespace exists without podnet's marker and `take_over` does not hand it over."""
     changes: list[Change] = []
     wanted: dict[tuple, KObject] = {}
     for obj in want:
         wanted[obj.key()] = obj
     objects = have.objects
+    foreign = foreign_conflicts(wanted.values(), objects, take_over)
+    if foreign:
+        raise ForeignObjectError(foreign)
     for key, obj in wanted.items():
         existing = objects.get(key)
         if existing is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.podnet.dataplane.plugins.module_utils.iptables_chains import (
+    Ownership,
     Table,
     gathered,
     normalize_chains,
@@ -77,22 +78,23 @@ def run(module: AnsibleModule) -> None:
         module.exit_json(changed=False, gathered=gathered(have, prefix), commands=[], payload="")
 
     plan = plan_chains(have, want, jump, prefix, state)
+    mine = Ownership(prefix, want)
     if plan.problems:
         module.fail_json(msg="podnet.network_policy: " + "; ".join(plan.problems))
     expected = simulate(have, plan.ops)
     commands = plan.commands(table)
     payload = plan.payload(table) if plan.ops else ""
     result = {"changed": bool(plan.ops), "commands": commands, "payload": payload,
-              "diff": {"before": _text(podnet_view(have, prefix)), "after": _text(podnet_view(expected, prefix))}}
+              "diff": {"before": _text(podnet_view(have, mine)), "after": _text(podnet_view(expected, mine))}}
     if plan.ops and not module.check_mode:
         rc, _out, err = module.run_command([restore, "-w", "--noflush"], data=payload, binary_data=True)
         if rc != 0:
             module.fail_json(msg=f"podnet.network_policy: iptables-restore refused the transaction (nothing was "
                                  f"changed): {err.strip()}", **result)
-        now = podnet_view(read(), prefix)
-        if now != podnet_view(expected, prefix):
-            missing = [line for line in podnet_view(expected, prefix) if line not in now]
-            extra = [line for line in now if line not in podnet_view(expected, prefix)]
+        now = podnet_view(read(), mine)
+        if now != podnet_view(expected, mine):
+            missing = [line for line in podnet_view(expected, mine) if line not in now]
+            extra = [line for line in now if line not in podnet_view(expected, mine)]
             module.fail_json(msg="podnet.network_policy: the kernel shows the chains differently from how they "
                                  "were given, so every run would change them again; give the rules exactly as "
                                  f"iptables-save prints them. Given but not shown: {missing}; shown instead: "

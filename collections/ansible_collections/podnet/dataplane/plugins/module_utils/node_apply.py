@@ -29,6 +29,22 @@ from ansible_collections.podnet.dataplane.plugins.module_utils import (
     vxlan_fdb_resource,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.builders import subnet_env_text
+from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import Engine
+from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
+    PODNET_RTPROTO,
+    Link,
+    Route,
+    is_owned_alias,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.ownership import (
+    RTPROT_BIRD,
+    foreign_conflicts,
+    is_podnets_rt_protos,
+    route_destination,
+    rt_proto_claims,
+    rt_protos_text,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.shell import shell_line
 
 RESOURCES = {
     "vxlan_fdb": vxlan_fdb_resource,
@@ -84,12 +100,17 @@ class StepModule:
 class NodeRun:
     """Runs a node's steps in order and keeps their results; the first failure ends the run."""
 
-    def __init__(self, module):
+    def __init__(self, module, take_over: list[str] | None = None):
         self.module = module
         self.results: list[dict[str, Any]] = []
+        self.take_over = list(take_over or [])
+        # the node's devices as read before the first step (owned_or_refuse): name -> alias
+        self.aliases: dict[str, str | None] = {}
 
     def resource(self, step: str, resource: str, **params: Any) -> dict[str, Any]:
         params["persist_dir"] = self.module.params["persist_dir"]
+        if "take_over" in RESOURCES[resource].ARGUMENT_SPEC:
+            params.setdefault("take_over", self.take_over)
         sub = StepModule(self.module, step, resource, params)
         try:
             RESOURCES[resource].run(sub)
@@ -183,8 +204,60 @@ def _pod_mtu(node: dict[str, Any], *device_results: dict[str, Any] | None) -> in
 def _other_vteps(run: NodeRun, node: dict[str, Any]) -> None:
     own = (node.get("vtep") or {}).get("name")
     for name in run.module.params["other_vteps"]:
-        if name != own:
+        # a device of that name that is not podnet's is someone else's: left alone, and no run of its own
+        if name != own and (name not in run.aliases or is_owned_alias(run.aliases[name])):
             run.resource(f"no VXLAN endpoint {name}", "vxlan_fdb", name=name, state="deleted")
+
+
+def wanted_devices(node: dict[str, Any]) -> list[str]:
+    """The devices of the node's namespace that the node's backend creates or configures."""
+    names = [(node.get(key) or {}).get("name") for key in ("vtep", "tunnel", "bridge")]
+    names += [pod.get("host_interface") for pod in node.get("pods") or []]
+    return [name for name in names if name]
+
+
+def wanted_routes(node: dict[str, Any]) -> list[str]:
+    """Destinations of the routes the node's backend installs in the node's namespace."""
+    dsts = [route_destination(str(route["dst"])) for route in node.get("routes") or []]
+    if node.get("pod_mode") == "routed":
+        dsts += [route_destination(f"{str(pod['address']).split('/')[0]}/32") for pod in node.get("pods") or []]
+    return [dst for dst in dsts if dst]
+
+
+def owned_or_refuse(run: NodeRun, node: dict[str, Any], rt_protos_file: str | None) -> None:
+    """Before the first change: every device and route the node's backend will touch is podnet's, absent,
+    or handed over (podnet_take_over); nobody else names podnet's route protocol; the file that names it
+    is podnet's. Otherwise the run ends here, having changed nothing, with every problem named."""
+    step = "only what podnet owns"
+    with Engine() as engine:
+        have = engine.gather({Route})
+    run.aliases = {o.name: o.alias for o in have.of_type(Link) if o.netns is None}
+    want = [Link(name=name) for name in wanted_devices(node)] + [Route(dst=dst) for dst in wanted_routes(node)]
+    # BIRD's routes are podnet's when podnet's BIRD made them (a node leaving bird mode stops it first)
+    bird = (RTPROT_BIRD,) if bird_conf_is_podnets(run.module.params["bird_dir"]) else ()
+    problems = foreign_conflicts(want, have.objects, run.take_over, bird)
+    if rt_protos_file:
+        problems += [f"route protocol {PODNET_RTPROTO} is named {claim.split(': ', 1)[1]!r} in "
+                     f"{claim.split(': ', 1)[0]}: something else uses podnet's protocol number, so podnet cannot "
+                     "tell its routes from that program's" for claim in rt_proto_claims(rt_protos_file)]
+        existing = _read(rt_protos_file)
+        if existing is not None and not is_podnets_rt_protos(existing):
+            problems.append(f"{rt_protos_file} exists and is not podnet's (its first line is not "
+                            f"{rt_protos_text().splitlines()[0]!r}): podnet will not overwrite it")
+    if problems:
+        raise StepFailed(step, "podnet.node_apply: nothing changed: " + "; ".join(problems), {"foreign": problems})
+    run.keep(step, "ownership", {"changed": False, "commands": []})
+
+
+def name_route_protocol(run: NodeRun, rt_protos_file: str | None) -> None:
+    """`ip route` shows podnet's routes as `proto podnet`, and the number is seen to be taken."""
+    if rt_protos_file:
+        run.file("name of podnet's route protocol", rt_protos_file, rt_protos_text())
+
+
+def _route_networks(node: dict[str, Any]) -> list[str]:
+    """Where podnet's peer routes lie: the cluster CIDR (a plan without it: anywhere)."""
+    return [node["cluster_cidr"]] if node.get("cluster_cidr") else []
 
 
 def apply_flannel(run: NodeRun, node: dict[str, Any]) -> None:
@@ -196,7 +269,8 @@ def apply_flannel(run: NodeRun, node: dict[str, Any]) -> None:
         vtep = run.resource("VXLAN endpoint and static peers", "vxlan_fdb", **_vtep_params(node["vtep"]))
     _other_vteps(run, node)
     run.resource("no IPIP tunnel of calico-ipip", "ipip_tunnel", state="deleted")
-    run.resource("routes to every peer's pod subnet", "pod_route", routes=node["routes"], state="overridden")
+    run.resource("routes to every peer's pod subnet", "pod_route", routes=node["routes"], state="overridden",
+                 networks=_route_networks(node))
     run.resource("no proxy-ARP settings of a routed backend", "proxy_arp", interfaces=["cali*"],
                  state_file=p["proxy_arp_state_file"], state="deleted")
     mtu = _pod_mtu(node, vtep)
@@ -225,12 +299,15 @@ def apply_calico(run: NodeRun, node: dict[str, Any]) -> None:
         run.resource("proxy ARP and forwarding on the pods' host interfaces", "proxy_arp",
                      interfaces=[pod["host_interface"] for pod in node["pods"]], settings=p["pod_sysctls"],
                      state_file=p["proxy_arp_state_file"], state="merged")
-    run.resource("routes to every peer's block", "pod_route", routes=node["routes"], state="overridden")
+    if ((node.get("bgp") or {}).get("mode") or "") != "bird":
+        # before the static routes: a BIRD of an earlier bird run withdraws its routes, so the static ones
+        # take destinations that are free, not BIRD's
+        no_bird(run, p["bird_dir"], p["birdc"])
+    run.resource("routes to every peer's block", "pod_route", routes=node["routes"], state="overridden",
+                 networks=_route_networks(node))
     run.resource("masquerade rules", "iptables_rules", rules=node["iptables"], state="overridden")
     content = subnet_env_text(node["subnet_env"], mtu) if node.get("subnet_env") else None
     run.file("subnet.env of flannel (canal only)", p["subnet_env"], content)
-    if ((node.get("bgp") or {}).get("mode") or "") != "bird":
-        no_bird(run, p["bird_dir"], p["birdc"])
 
 
 def apply_policy(run: NodeRun, policy: dict[str, Any]) -> None:
@@ -275,9 +352,9 @@ def no_bird(run: NodeRun, bird_dir: str, birdc: str) -> None:
     socket = os.path.join(bird_dir, "bird.ctl")
     ours = [os.path.join(bird_dir, name) for name in BIRD_FILES if os.path.lexists(os.path.join(bird_dir, name))]
     others = sorted(set(os.listdir(bird_dir)) - set(BIRD_FILES))
-    commands = [f"rm -f {' '.join(ours)}"] + ([] if others else [f"rmdir {bird_dir}"])
+    commands = [shell_line(["rm", "-f", *ours])] + ([] if others else [shell_line(["rmdir", bird_dir])])
     if os.path.exists(socket):
-        commands.insert(0, f"{birdc} -s {socket} down")
+        commands.insert(0, shell_line([birdc, "-s", socket, "down"]))
     result: dict[str, Any] = {"changed": True, "commands": commands,
                               "diff": {"before": "".join(f"{path}\n" for path in ours), "after": ""}}
     if others:

@@ -13,6 +13,12 @@ import ipaddress
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
+from ansible_collections.podnet.dataplane.plugins.module_utils.shell import (
+    display_word,
+    netns_argv,
+    shell_line,
+)
+
 # Routes podnet installs carry this protocol number, so podnet can tell them from everyone else's
 # (kernel = 2, boot = 3, static = 4, bird = 12, calico/felix = 80).  Shown by `ip route` as
 # "proto 152"; /etc/iproute2/rt_protos.d/podnet.conf may name it.
@@ -33,10 +39,6 @@ def owner_alias(role: str) -> str:
 
 def is_owned_alias(alias: str | None) -> bool:
     return bool(alias) and (alias == OWNER_ALIAS or alias.startswith(OWNER_ALIAS + ":"))
-
-
-def _in_netns(netns: str | None, argv: str) -> str:
-    return f"ip netns exec {netns} {argv}" if netns else argv
 
 
 @dataclass(frozen=True)
@@ -62,15 +64,26 @@ class KObject:
                 out.append(f.name)
         return out
 
-    def add_commands(self) -> list[str]:
+    # Commands are argument vectors; the *_commands strings are only ever shell_line of them, so a
+    # value is one shell word whatever it holds.
+    def add_argvs(self) -> list[list[str]]:
         raise NotImplementedError
+
+    def delete_argvs(self) -> list[list[str]]:
+        raise NotImplementedError
+
+    def update_argvs(self, changed: list[str]) -> list[list[str]]:
+        """Commands that bring an existing object in line; default: replace it in one step."""
+        return self.delete_argvs() + self.add_argvs()
+
+    def add_commands(self) -> list[str]:
+        return [shell_line(argv) for argv in self.add_argvs()]
 
     def delete_commands(self) -> list[str]:
-        raise NotImplementedError
+        return [shell_line(argv) for argv in self.delete_argvs()]
 
     def update_commands(self, changed: list[str]) -> list[str]:
-        """Commands that bring an existing object in line; default: replace it in one step."""
-        return self.delete_commands() + self.add_commands()
+        return [shell_line(argv) for argv in self.update_argvs(changed)]
 
     def describe(self, only: set[str] | None = None) -> str:
         """One line of state for --diff: identity first, then the attributes (only those in `only`)."""
@@ -82,7 +95,8 @@ class KObject:
             if only is not None and f.name not in only and f.name not in self.identity_fields \
                     and f.name != "netns":
                 continue
-            shown = f"({value.describe()})" if isinstance(value, KObject) else value
+            # Quoted when needed, so a value cannot pass for another field or start another line.
+            shown = f"({value.describe()})" if isinstance(value, KObject) else display_word(value)
             words.append(f"{f.name}={shown}")
         return " ".join(words)
 
@@ -136,51 +150,50 @@ class Link(KObject):
             return self.vxlan != have.vxlan
         return False
 
-    def add_commands(self) -> list[str]:
+    def add_argvs(self) -> list[list[str]]:
         if self.kind == "vxlan" and self.vxlan is not None:
             v = self.vxlan
-            parts = [f"ip link add {self.name} type vxlan id {v.vni}"]
+            argv = ["ip", "link", "add", self.name, "type", "vxlan", "id", str(v.vni)]
             if v.local:
-                parts.append(f"local {v.local}")
+                argv += ["local", v.local]
             if v.underlay:
-                parts.append(f"dev {v.underlay}")
-            parts.append(f"dstport {v.port}")
+                argv += ["dev", v.underlay]
+            argv += ["dstport", str(v.port)]
             if not v.learning:
-                parts.append("nolearning")
-            cmds = [" ".join(parts)]
+                argv.append("nolearning")
         elif self.kind == "ipip":
-            cmds = [f"ip tunnel add {self.name} mode ipip"]
+            argv = ["ip", "tunnel", "add", self.name, "mode", "ipip"]
         elif self.kind == "veth":
-            peer = f" peer name {self.peer}" if self.peer else ""
+            argv = ["ip", "link", "add", self.name, "type", "veth"]
+            if self.peer:
+                argv += ["peer", "name", self.peer]
             if self.peer_netns:
-                peer += f" netns {self.peer_netns}"
-            cmds = [f"ip link add {self.name} type veth{peer}"]
+                argv += ["netns", self.peer_netns]
         else:
-            cmds = [f"ip link add {self.name} type {self.kind}"]
-        cmds = [_in_netns(self.netns, c) for c in cmds]
-        return cmds + self.update_commands([f for f in ("mac", "mtu", "master", "alias", "up")
-                                            if getattr(self, f) is not None])
+            argv = ["ip", "link", "add", self.name, "type", self.kind]
+        return [netns_argv(self.netns, argv)] + self.update_argvs(
+            [f for f in ("mac", "mtu", "master", "alias", "up") if getattr(self, f) is not None])
 
-    def delete_commands(self) -> list[str]:
-        return [_in_netns(self.netns, f"ip link del {self.name}")]
+    def delete_argvs(self) -> list[list[str]]:
+        return [netns_argv(self.netns, ["ip", "link", "del", self.name])]
 
-    def update_commands(self, changed: list[str]) -> list[str]:
+    def update_argvs(self, changed: list[str]) -> list[list[str]]:
         if "vxlan" in changed or "kind" in changed:
-            return self.delete_commands() + self.add_commands()
-        words = []
+            return self.delete_argvs() + self.add_argvs()
+        words: list[str] = []
         if "mac" in changed and self.mac:
-            words.append(f"address {self.mac}")
+            words += ["address", self.mac]
         if "mtu" in changed and self.mtu:
-            words.append(f"mtu {self.mtu}")
+            words += ["mtu", str(self.mtu)]
         if "master" in changed and self.master:
-            words.append(f"master {self.master}")
+            words += ["master", self.master]
         if "alias" in changed and self.alias:
-            words.append(f"alias {self.alias}")
+            words += ["alias", self.alias]
         if "up" in changed and self.up is not None:
             words.append("up" if self.up else "down")
         if not words:
             return []
-        return [_in_netns(self.netns, f"ip link set {self.name} {' '.join(words)}")]
+        return [netns_argv(self.netns, ["ip", "link", "set", self.name, *words])]
 
 
 @dataclass(frozen=True)
@@ -193,11 +206,11 @@ class Address(KObject):
     def key(self) -> tuple:
         return ("address", self.netns, self.dev, self.cidr)
 
-    def add_commands(self) -> list[str]:
-        return [_in_netns(self.netns, f"ip addr add {self.cidr} dev {self.dev}")]
+    def add_argvs(self) -> list[list[str]]:
+        return [netns_argv(self.netns, ["ip", "addr", "add", self.cidr, "dev", self.dev])]
 
-    def delete_commands(self) -> list[str]:
-        return [_in_netns(self.netns, f"ip addr del {self.cidr} dev {self.dev}")]
+    def delete_argvs(self) -> list[list[str]]:
+        return [netns_argv(self.netns, ["ip", "addr", "del", self.cidr, "dev", self.dev])]
 
 
 @dataclass(frozen=True)
@@ -214,14 +227,15 @@ class Neighbour(KObject):
     def key(self) -> tuple:
         return ("neigh", self.netns, self.dev, self.dst)
 
-    def add_commands(self) -> list[str]:
-        return [_in_netns(self.netns, f"ip neigh add {self.dst} dev {self.dev} lladdr {self.mac}")]
+    def add_argvs(self) -> list[list[str]]:
+        return [netns_argv(self.netns, ["ip", "neigh", "add", self.dst, "dev", self.dev, "lladdr", str(self.mac)])]
 
-    def delete_commands(self) -> list[str]:
-        return [_in_netns(self.netns, f"ip neigh del {self.dst} dev {self.dev}")]
+    def delete_argvs(self) -> list[list[str]]:
+        return [netns_argv(self.netns, ["ip", "neigh", "del", self.dst, "dev", self.dev])]
 
-    def update_commands(self, changed: list[str]) -> list[str]:
-        return [_in_netns(self.netns, f"ip neigh replace {self.dst} dev {self.dev} lladdr {self.mac}")]
+    def update_argvs(self, changed: list[str]) -> list[list[str]]:
+        return [netns_argv(self.netns, ["ip", "neigh", "replace", self.dst, "dev", self.dev,
+                                        "lladdr", str(self.mac)])]
 
 
 @dataclass(frozen=True)
@@ -237,15 +251,16 @@ class FdbEntry(KObject):
     def key(self) -> tuple:
         return ("fdb", self.netns, self.dev, self.mac)
 
-    def add_commands(self) -> list[str]:
-        return [_in_netns(self.netns, f"bridge fdb add {self.mac} dst {self.dst} dev {self.dev}")]
+    def add_argvs(self) -> list[list[str]]:
+        return [netns_argv(self.netns, ["bridge", "fdb", "add", self.mac, "dst", str(self.dst), "dev", self.dev])]
 
-    def delete_commands(self) -> list[str]:
-        dst = f" dst {self.dst}" if self.dst else ""
-        return [_in_netns(self.netns, f"bridge fdb del {self.mac}{dst} dev {self.dev}")]
+    def delete_argvs(self) -> list[list[str]]:
+        dst = ["dst", self.dst] if self.dst else []
+        return [netns_argv(self.netns, ["bridge", "fdb", "del", self.mac, *dst, "dev", self.dev])]
 
-    def update_commands(self, changed: list[str]) -> list[str]:
-        return [_in_netns(self.netns, f"bridge fdb replace {self.mac} dst {self.dst} dev {self.dev}")]
+    def update_argvs(self, changed: list[str]) -> list[list[str]]:
+        return [netns_argv(self.netns, ["bridge", "fdb", "replace", self.mac, "dst", str(self.dst),
+                                        "dev", self.dev])]
 
 
 @dataclass(frozen=True)
@@ -263,7 +278,7 @@ class Route(KObject):
     def key(self) -> tuple:
         return ("route", self.netns, self.dst)
 
-    def _spec(self) -> str:
+    def _spec(self) -> list[str]:
         net = ipaddress.ip_network(self.dst)
         if net.prefixlen == 0:
             dst = "default"
@@ -273,21 +288,21 @@ class Route(KObject):
             dst = str(net)
         words = [dst]
         if self.via:
-            words.append(f"via {self.via}")
+            words += ["via", self.via]
         if self.dev:
-            words.append(f"dev {self.dev}")
+            words += ["dev", self.dev]
         if self.onlink:
             words.append("onlink")
-        return " ".join(words)
+        return words
 
-    def add_commands(self) -> list[str]:
-        return [_in_netns(self.netns, f"ip route add {self._spec()}")]
+    def add_argvs(self) -> list[list[str]]:
+        return [netns_argv(self.netns, ["ip", "route", "add", *self._spec()])]
 
-    def delete_commands(self) -> list[str]:
-        return [_in_netns(self.netns, f"ip route del {self._spec()}")]
+    def delete_argvs(self) -> list[list[str]]:
+        return [netns_argv(self.netns, ["ip", "route", "del", *self._spec()])]
 
-    def update_commands(self, changed: list[str]) -> list[str]:
-        return [_in_netns(self.netns, f"ip route replace {self._spec()}")]
+    def update_argvs(self, changed: list[str]) -> list[list[str]]:
+        return [netns_argv(self.netns, ["ip", "route", "replace", *self._spec()])]
 
 
 @dataclass(frozen=True)
@@ -313,14 +328,14 @@ class Sysctl(KObject):
         # sysctl(8) spells a dot inside a component (flannel.1) as "/": swap the two, as it does.
         return "/proc/sys/" + self.name.translate(str.maketrans("./", "/."))
 
-    def add_commands(self) -> list[str]:
-        return [_in_netns(self.netns, f"sysctl -w {self.name}={self.value}")]
+    def add_argvs(self) -> list[list[str]]:
+        return [netns_argv(self.netns, ["sysctl", "-w", f"{self.name}={self.value}"])]
 
-    def delete_commands(self) -> list[str]:
+    def delete_argvs(self) -> list[list[str]]:
         return []  # a sysctl is never removed; podnet leaves the value in place
 
-    def update_commands(self, changed: list[str]) -> list[str]:
-        return self.add_commands()
+    def update_argvs(self, changed: list[str]) -> list[list[str]]:
+        return self.add_argvs()
 
 
 def from_dict(data: dict[str, Any]) -> KObject:

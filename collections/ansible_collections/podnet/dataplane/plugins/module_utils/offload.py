@@ -21,6 +21,12 @@ import socket
 import struct
 from typing import NamedTuple
 
+from ansible_collections.podnet.dataplane.plugins.module_utils.shell import (
+    comment_line,
+    display_word,
+    shell_line,
+)
+
 TX_CHECKSUM = "tx-checksum-ip-generic"
 TX_CHECKSUM_MODES = ("auto", "on", "off")
 # First kernel without the SNAT + VXLAN checksum bug.
@@ -72,17 +78,27 @@ def decide_tx_checksum(mode: str, release: str) -> OffloadDecision:
                                                 "the kernel's default, on")
 
 
+def feature_argv(device: str, feature: str, enabled: bool) -> list[str]:
+    return ["ethtool", "-K", device, feature, "on" if enabled else "off"]
+
+
 def feature_command(device: str, feature: str, enabled: bool) -> str:
-    return f"ethtool -K {device} {feature} {'on' if enabled else 'off'}"
+    return shell_line(feature_argv(device, feature, enabled))
+
+
+def tx_checksum_comments(device: str, decision: OffloadDecision) -> list[str]:
+    """Why the device gets the offload it gets, as script comments (one line each, whatever the name)."""
+    shown = display_word(device)
+    lines = [comment_line(f"{shown} {TX_CHECKSUM}: {decision.reason}")]
+    if decision.mode == "auto":
+        lines.insert(0, comment_line(f"{shown} {TX_CHECKSUM} is decided per node (auto): off on kernels before "
+                                     f"{FIXED_KERNEL_TEXT}, the kernel's default (on) from {FIXED_KERNEL_TEXT}"))
+    return lines
 
 
 def tx_checksum_lines(device: str, decision: OffloadDecision) -> list[str]:
     """The decision as a script prints it: why (a comment), then the command."""
-    lines = [f"# {device} {TX_CHECKSUM}: {decision.reason}"]
-    if decision.mode == "auto":
-        lines.insert(0, f"# {device} {TX_CHECKSUM} is decided per node (auto): off on kernels before "
-                        f"{FIXED_KERNEL_TEXT}, the kernel's default (on) from {FIXED_KERNEL_TEXT}")
-    return lines + [feature_command(device, TX_CHECKSUM, decision.enabled)]
+    return tx_checksum_comments(device, decision) + [feature_command(device, TX_CHECKSUM, decision.enabled)]
 
 
 def get_feature(device: str, feature: str) -> bool | None:

@@ -22,11 +22,16 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.builders import (
     host_veth_name,
     normalize_mac,
 )
+from ansible_collections.podnet.dataplane.plugins.module_utils.ownership import (
+    TAKE_OVER_VAR,
+    take_over_problems,
+)
 from ansible_collections.podnet.dataplane.plugins.module_utils.validate import (
     POD_NAME_MAX,
     check_interface_name,
     check_mac,
     check_netns_name,
+    check_pod_sysctls,
 )
 
 # An inventory hostname becomes a file name (render.yml), a comment in the rendered script and a BIRD
@@ -97,12 +102,17 @@ CLUSTER_KEYS = ("podnet_backend", "podnet_cluster_cidr", "podnet_subnet_prefix",
                 "podnet_network_policies")
 NODE_KEYS = ("podnet_node_ip", "podnet_pod_subnet", "podnet_vtep_mac", "podnet_underlay_interface",
              "podnet_pods", "podnet_pod_netns_prefix", "podnet_bgp_route_reflector",
-             "podnet_vxlan_tx_checksum_offload")
+             "podnet_vxlan_tx_checksum_offload", "podnet_pod_sysctls", TAKE_OVER_VAR)
 # Paths on the node that reach a systemd unit, bird.conf or a command line (the roles' defaults are safe;
 # these are checked when the inventory sets them). An empty podnet_persist_dir means "record nothing".
 PATH_KEYS = ("podnet_persist_dir", "podnet_boot_lib", "podnet_boot_python", "podnet_bird_dir", "podnet_lock_file",
-             "podnet_flannel_subnet_env", "podnet_proxy_arp_state_file")
+             "podnet_flannel_subnet_env", "podnet_proxy_arp_state_file", "podnet_rt_protos_file")
 _PATH_RE = re.compile(r"(/[A-Za-z0-9_.+@-]+)+")
+# Far below PATH_MAX (4096): podnet appends file names, and BIRD's control socket (<bird dir>/bird.ctl)
+# must fit a unix socket address (107 bytes) - a longer path fails on the node, after changes.
+PATH_MAX = 1024
+BIRD_DIR_MAX = 107 - len("/bird.ctl")
+NAME_MAX = 255
 
 
 class PlanError(ValueError):
@@ -138,6 +148,12 @@ def _check_paths(host: str, hv: dict[str, Any], problems: _Problems) -> None:
     for key in PATH_KEYS:
         value = hv.get(key)
         if value is None or (key == "podnet_persist_dir" and value == ""):
+            continue
+        limit = BIRD_DIR_MAX if key == "podnet_bird_dir" else PATH_MAX
+        if isinstance(value, str) and (len(value) > limit
+                                       or any(len(part) > NAME_MAX for part in value.split("/"))):
+            problems.add(host, key, f"{value[:40]!r}... is {len(value)} characters; at most {limit}, "
+                                    f"each part at most {NAME_MAX}")
             continue
         if (not isinstance(value, str) or not _PATH_RE.fullmatch(value)
                 or any(part in (".", "..") for part in value.split("/"))):
@@ -205,12 +221,12 @@ def vtep_mac_for(node_ip: str) -> str:
 
 
 def _int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    try:
+    # int() alone would take ' 24\n', '２４' (fullwidth) and 24.9: an integer or ASCII digits only
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,20}", value):
         return int(value)
-    except (TypeError, ValueError):
-        return None
+    return None
 
 
 def _bool(value: Any) -> bool | None:
@@ -420,6 +436,9 @@ def plan_cluster(hosts: list[str], hostvars: dict[str, dict], leases: dict[str, 
                         problems.add(host, "podnet_vtep_mac", f"{mac} is also the VTEP MAC of {other}")
                 macs[host] = mac
         _check_paths(host, hv, problems)
+        problems.extend(host, take_over_problems(hv.get(TAKE_OVER_VAR)))
+        if hv.get("podnet_pod_sysctls") is not None:  # the calico role's default is safe
+            problems.extend(host, check_pod_sysctls("podnet_pod_sysctls", hv["podnet_pod_sysctls"]))
         underlay = hv.get("podnet_underlay_interface")
         if underlay not in (None, ""):
             _check_ifname(problems, host, "podnet_underlay_interface", underlay)
@@ -499,7 +518,8 @@ def _pods(host: str, hv: dict, subnet: ipaddress.IPv4Network, pod_mode: str,
             continue
         name = str(item["name"])
         if not POD_NAME_RE.fullmatch(name) or len(name) > POD_NAME_MAX:
-            problems.add(host, f"podnet_pods[{index}].name", f"{name!r} must be lowercase letters, digits "
+            shown = repr(name) if len(name) <= 2 * POD_NAME_MAX else f"{name[:20]!r}... ({len(name)} chars)"
+            problems.add(host, f"podnet_pods[{index}].name", f"{shown} must be lowercase letters, digits "
                                                              f"and '-' (at most {POD_NAME_MAX})")
             continue  # later messages name the pod: only a valid name may appear in them
         if item.get("netns") not in (None, ""):
@@ -510,7 +530,8 @@ def _pods(host: str, hv: dict, subnet: ipaddress.IPv4Network, pod_mode: str,
         address = None
         if item.get("address"):
             try:
-                address = ipaddress.IPv4Address(str(item["address"]).split("/", maxsplit=1)[0])
+                # the whole value: a suffix after '/' that is not a prefix length is not ignored
+                address = ipaddress.IPv4Interface(str(item["address"])).ip
             except ValueError:
                 problems.add(host, f"podnet_pods[{index}].address", f"{item['address']!r} is not an IPv4 "
                                                                     "address")
@@ -541,6 +562,9 @@ def _pods(host: str, hv: dict, subnet: ipaddress.IPv4Network, pod_mode: str,
         pod["host_interface"] = pod["host_interface"] or veth_name(pod["netns"], pod["interface"])
         for field in ("interface", "host_interface"):
             _check_ifname(problems, host, f"podnet_pods[{pod['name']}].{field}", pod[field])
+        if pod["interface"] == "lo":  # every namespace has its own lo: the pod's end would fail, half made
+            problems.add(host, f"podnet_pods[{pod['name']}].interface",
+                         "'lo' is the pod's loopback device; name the pod's end of its veth otherwise")
     return pods
 
 
@@ -581,6 +605,8 @@ def _node_state(host: str, hosts: list[str], hostvars: dict[str, dict], settings
         if profile.pod_mode == "bridge" else None,
         "pods": _pods(host, hv, subnet, profile.pod_mode, problems),
         "sysctls": {"net.ipv4.ip_forward": 1},
+        # what this node's inventory hands over to podnet although podnet did not create it
+        "take_over": list(hv.get(TAKE_OVER_VAR) or []),
         "peers": peers,
         "vtep": None,
         "tunnel": None,

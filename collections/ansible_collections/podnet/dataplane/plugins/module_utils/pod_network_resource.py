@@ -22,7 +22,6 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
     PYROUTE2_IMPORT_ERROR,
     Change,
     Engine,
-    plan,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
     PODNET_RTPROTO,
@@ -35,9 +34,12 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
 from ansible_collections.podnet.dataplane.plugins.module_utils.persist import PERSIST_OPTION, persist_result
 from ansible_collections.podnet.dataplane.plugins.module_utils.resource import (
     STATES,
+    TAKE_OVER_OPTION,
     fail_on_engine_error,
+    plan_owned,
     result_for,
 )
+from ansible_collections.podnet.dataplane.plugins.module_utils.shell import shell_line
 from ansible_collections.podnet.dataplane.plugins.module_utils.validate import (
     check_interface_name,
     check_ipv4,
@@ -59,6 +61,7 @@ ARGUMENT_SPEC = {
     "mtu": {"type": "int"},
     "forwarding": {"type": "bool", "default": True},
     "persist_dir": PERSIST_OPTION,
+    "take_over": TAKE_OVER_OPTION,
     "pods": {"type": "list", "elements": "dict", "options": POD_SPEC, "default": []},
     "state": {"type": "str", "choices": STATES, "default": "merged"},
 }
@@ -147,7 +150,7 @@ def configure_pod(module: AnsibleModule, pod: dict, missing_netns: list[str]) ->
     with Engine(pod["netns"]) as engine:
         have = engine.gather({Address, Route})
         # The veth's pod end comes from the node side: configure it, never create it here.
-        changes = [_as_update(c) for c in plan(pod_side, have)]
+        changes = [_as_update(c) for c in plan_owned(module, pod_side, have)]
         if changes and not module.check_mode:
             fail_on_engine_error(module, engine.apply, changes, have)
     return changes
@@ -177,13 +180,13 @@ def run(module: AnsibleModule) -> None:
         if state == "gathered":
             module.exit_json(changed=False, gathered=gathered(have, p["bridge"]))
         if state == "deleted":
-            changes = plan([], have, node_purge(module, have))
+            changes = plan_owned(module, [], have, node_purge(module, have))
             if not p["pods"] and p["bridge"]:
                 bridge = have.objects.get(("link", None, p["bridge"]["name"]))
                 if bridge is not None and is_owned_alias(bridge.alias):
                     changes.append(Change("delete", None, bridge))
         else:
-            changes = plan(node_wants(module), have, node_purge(module, have))
+            changes = plan_owned(module, node_wants(module), have, node_purge(module, have))
         if changes and not module.check_mode:
             fail_on_engine_error(module, engine.apply, changes, have)
     if state != "deleted":
@@ -192,7 +195,7 @@ def run(module: AnsibleModule) -> None:
     result = result_for(changes, created_netns=missing_netns)
     if missing_netns:
         result["changed"] = True
-        result["commands"] = [f"ip netns add {name}" for name in missing_netns] + result["commands"]
+        result["commands"] = [shell_line(["ip", "netns", "add", name]) for name in missing_netns] + result["commands"]
     persist_result(module, "pod_network", node_wants(module) + [
         o for pod in p["pods"]
         for o in pod_objects(pod, p["bridge"]["name"] if p["bridge"] else None, p["mtu"], p["mode"])[1]])

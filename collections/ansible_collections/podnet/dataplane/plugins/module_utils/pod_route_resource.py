@@ -4,6 +4,8 @@
 podnet.dataplane.node_apply can run it in the same process as the node's other resources."""
 from __future__ import annotations
 
+import ipaddress
+
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.podnet.dataplane.plugins.module_utils.builders import POD_ALIAS_ROLE, route_objects
 from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
@@ -11,7 +13,6 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
     PYROUTE2_IMPORT_ERROR,
     Engine,
     KernelState,
-    plan,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
     PODNET_RTPROTO,
@@ -22,7 +23,9 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
 from ansible_collections.podnet.dataplane.plugins.module_utils.persist import PERSIST_OPTION, persist_result
 from ansible_collections.podnet.dataplane.plugins.module_utils.resource import (
     STATES,
+    TAKE_OVER_OPTION,
     fail_on_engine_error,
+    plan_owned,
     result_for,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.validate import (
@@ -40,6 +43,8 @@ ROUTE_SPEC = {
 ARGUMENT_SPEC = {
     "routes": {"type": "list", "elements": "dict", "options": ROUTE_SPEC, "default": []},
     "persist_dir": PERSIST_OPTION,
+    "take_over": TAKE_OVER_OPTION,
+    "networks": {"type": "list", "elements": "str", "default": []},
     "state": {"type": "str", "choices": STATES, "default": "merged"},
 }
 
@@ -60,17 +65,31 @@ def validate(module: AnsibleModule) -> None:
         if route["dst"] in seen:
             problems.append(f"routes[{i}].dst: {route['dst']} is listed twice")
         seen.add(route["dst"])
+    scopes = []
+    for i, network in enumerate(module.params["networks"]):
+        found = check_ipv4_network(f"networks[{i}]", network)
+        problems += found
+        if not found:
+            scopes.append(ipaddress.IPv4Network(network))
+    for i, route in enumerate(module.params["routes"]):
+        if scopes and not check_ipv4_network("dst", route["dst"]) \
+                and not any(ipaddress.IPv4Network(route["dst"]).subnet_of(s) for s in scopes):
+            problems.append(f"routes[{i}].dst: {route['dst']} is outside networks ({', '.join(map(str, scopes))})")
     if problems:
         module.fail_json(msg="podnet.pod_route: " + "; ".join(problems), problems=problems)
 
 
-def peer_route_owner(have: KernelState):
-    """podnet's peer routes: podnet's protocol, not leaving through a podnet pod interface."""
+def peer_route_owner(have: KernelState, networks: list[str] | None = None):
+    """podnet's peer routes: podnet's protocol, not leaving through a podnet pod interface, and (when
+    `networks` are given) to a destination inside them - podnet routes only to pod networks, so a route of
+    protocol 152 elsewhere is some other program's that happens to use the number."""
     pod_devices = {o.name for o in have.of_type(Link)
                    if (o.alias or "").startswith(owner_alias(POD_ALIAS_ROLE) + ":")}
+    scopes = [ipaddress.IPv4Network(n) for n in networks or []]
 
     def owned(obj) -> bool:
-        return isinstance(obj, Route) and obj.proto == PODNET_RTPROTO and obj.dev not in pod_devices
+        return (isinstance(obj, Route) and obj.proto == PODNET_RTPROTO and obj.dev not in pod_devices
+                and (not scopes or any(ipaddress.IPv4Network(obj.dst).subnet_of(s) for s in scopes)))
 
     return owned
 
@@ -87,14 +106,14 @@ def run(module: AnsibleModule) -> None:
 
     with Engine() as engine:
         have = engine.gather({Route})
-        owned = peer_route_owner(have)
+        owned = peer_route_owner(have, module.params["networks"])
         if state == "gathered":
             module.exit_json(changed=False, gathered=[o.as_dict() for o in have.of_type(Route) if owned(o)])
         if state == "deleted":
             listed = {o.key() for o in want}
-            changes = plan([], have, lambda o: owned(o) and (not listed or o.key() in listed))
+            changes = plan_owned(module, [], have, lambda o: owned(o) and (not listed or o.key() in listed))
         else:
-            changes = plan(want, have, owned if state == "overridden" else None)
+            changes = plan_owned(module, want, have, owned if state == "overridden" else None)
         if changes and not module.check_mode:
             fail_on_engine_error(module, engine.apply, changes, have)
     persist_result(module, "pod_route", want)

@@ -1,6 +1,6 @@
 # Copyright: podnet contributors
 # Apache License 2.0
-"""Network policy, in the spirit of Kubernetes NetworkPolicy, compiled to iptables chains podnet owns.
+"""Network policy with Kubernetes NetworkPolicy semantics, compiled to iptables chains podnet owns.
 
 Pure Python, no host access (the planner calls `compile_policies` on the controller).
 
@@ -11,20 +11,33 @@ Inventory model (group var `podnet_network_policies`, pod labels in `podnet_pods
         selector: {app: db}                 # the pods this policy applies to ({} = every pod)
         policy_types: [Ingress]             # optional, see below
         ingress:
-          - from: [{selector: {app: web}}, {cidr: 10.0.0.0/8}]   # omitted or [] = any peer
+          - from:                                                # omitted or [] = any peer
+              - selector: {app: web}
+              - cidr: 10.0.0.0/8
+                except: [10.1.0.0/16]                            # optional, strictly inside cidr
             ports: [{port: 5432, protocol: tcp}]                 # omitted or [] = every port
         egress:
           - to: [...]
             ports: [...]
 
-Semantics (Kubernetes', without namespaces):
+Semantics: Kubernetes' (networking/v1 NetworkPolicy), without namespaces:
 - A pod selected by at least one policy of a type (Ingress / Egress) gets default deny for that
-  type; what the union of those policies' rules allows passes.  Pods no policy selects are open.
-- `policy_types` defaults to Ingress when the policy has an `ingress` key, Egress when it has an
-  `egress` key, and Ingress alone when it has neither (the "deny all ingress" idiom).
+  type; what the union of those policies' rules of that type allows passes.  Pods no policy selects
+  for a type are open for it.
+- `policy_types` omitted (or []) defaults as Kubernetes' API server does: Ingress always, plus Egress
+  when `egress` is a non-empty list.  So an egress-only policy also denies every ingress to its pods,
+  `egress: []` alone restricts nothing outgoing, and a policy with neither key denies all ingress.
+  An explicit `policy_types` is taken as given; rules of a type it does not list are ignored (as
+  Kubernetes ignores them), not refused.
+- A rule's `from`/`to` omitted or [] means every peer; its `ports` omitted or [] every port and
+  protocol (ICMP too).  `ingress: [{}]` allows everything; `ingress: []` or no `ingress` key (with
+  Ingress among the types) allows nothing.
 - Selectors match labels exactly (matchLabels: every listed label, equal values); a peer selector
-  matches pods on every node (podnet knows every pod's address from the inventory).
-- A port entry without `port` means every port of its protocol; `end_port` makes a range.
+  matches pods on every node (podnet knows every pod's address from the inventory).  `{selector: {}}`
+  is every pod, not every address.
+- A `cidr` peer matches addresses inside it except those inside one of its `except` blocks (ipBlock);
+  each except block must lie strictly inside the cidr, as Kubernetes' validation demands.
+- A port entry without `port` means every port of its protocol (tcp default); `end_port` makes a range.
 - Replies of allowed connections (conntrack ESTABLISHED/RELATED) always pass.
 
 Kernel shape (filter table, routed pod wiring: every pod's traffic crosses the node's FORWARD chain
@@ -39,8 +52,18 @@ through the pod's host-side veth):
 
 podnet's chains only ever drop: traffic a policy allows RETURNs to FORWARD, whose own rules and
 policy decide as they did before (podnet never turns a foreign DROP into an ACCEPT).  `<id>` is a
-hash of the pod's network namespace.  Every rule string is exactly what `iptables-save` prints, so
-the network_policy module compares chains textually and a second run changes nothing.
+hash of the pod's network namespace; these are the only chain names podnet makes.
+
+A cidr peer with `except` blocks becomes the CIDR blocks of `cidr` minus the except blocks (the
+fewest, in address order), one RETURN rule each: 10.0.0.0/8 except 10.1.0.0/16 is the 8 blocks
+10.0.0.0/16, 10.2.0.0/15, ..., 10.128.0.0/9.  The chain stays a plain "any RETURN allows, else DROP"
+list, so an except block can never hide a source that another rule or policy allows (an exclusion
+rule in front of the RETURNs would, and a sub-chain cannot end the pod chain without an ACCEPT or a
+packet mark).  An except block of prefix length p inside a cidr of length c adds at most p - c rules
+per port entry.
+
+Every rule string is exactly what `iptables-save` prints, so the network_policy module compares
+chains textually and a second run changes nothing.
 """
 from __future__ import annotations
 
@@ -74,7 +97,7 @@ ESTABLISHED_RULE = f"-A {FORWARD_CHAIN} -m conntrack --ctstate RELATED,ESTABLISH
 
 POLICY_KEYS = ("name", "selector", "policy_types", "ingress", "egress")
 RULE_KEYS = {INGRESS: ("from", "ports"), EGRESS: ("to", "ports")}
-PEER_KEYS = ("selector", "cidr")
+PEER_KEYS = ("selector", "cidr", "except")
 PORT_KEYS = ("port", "protocol", "end_port")
 
 # Kubernetes label syntax (apimachinery validation): key = [prefix/]name, value = name or "".
@@ -99,8 +122,15 @@ def save_string(value: str) -> str:
     return '"' + "".join("\\" + c if c in "\"\\'" else c for c in value) + '"'
 
 
+# xt_comment keeps at most XT_MAX_COMMENT_LEN (256) bytes including the NUL; iptables refuses longer.
+MAX_COMMENT_BYTES = 255
+
+
 def comment(text: str) -> str:
-    return f"-m comment --comment {save_string(text[:255])}"
+    """A comment match; the text cut to what xt_comment holds, on a character boundary (the kernel
+    counts UTF-8 bytes, and half a character would not print back as it was written)."""
+    cut = text.encode()[:MAX_COMMENT_BYTES].decode(errors="ignore")
+    return f"-m comment --comment {save_string(cut)}"
 
 
 def chain_id(netns: str) -> str:
@@ -182,6 +212,24 @@ class Port:
 class Peer:
     selector: dict[str, str] | None = None
     cidr: ipaddress.IPv4Network | None = None
+    excepts: tuple[ipaddress.IPv4Network, ...] = ()  # ipBlock.except: inside cidr, not matched
+
+    def matches_address(self, address: ipaddress.IPv4Address) -> bool:
+        return (self.cidr is not None and address in self.cidr
+                and not any(address in block for block in self.excepts))
+
+    def blocks(self) -> list[ipaddress.IPv4Network]:
+        """cidr minus the except blocks, as the fewest CIDR blocks in address order ([] for a selector)."""
+        remaining = [self.cidr] if self.cidr is not None else []
+        for excluded in self.excepts:
+            kept: list[ipaddress.IPv4Network] = []
+            for block in remaining:
+                if excluded.subnet_of(block):
+                    kept += block.address_exclude(excluded)
+                elif not block.subnet_of(excluded):
+                    kept.append(block)
+            remaining = kept
+        return list(ipaddress.collapse_addresses(remaining))
 
 
 @dataclass
@@ -261,25 +309,49 @@ class _Checker:
         return Port(protocol.lower(), values["port"], values["end_port"]) if ok else None
 
     def peer(self, where: str, item: Any) -> Peer | None:
-        if not isinstance(item, dict) or len([k for k in PEER_KEYS if k in item]) != 1:
+        if not isinstance(item, dict) or len([k for k in ("selector", "cidr") if k in item]) != 1:
             self.add(where, f"must be {{selector: {{...}}}} or {{cidr: 10.0.0.0/8}}, got {item!r}")
             if isinstance(item, dict):
                 self.unknown_keys(where, item, PEER_KEYS)
             return None
         self.unknown_keys(where, item, PEER_KEYS)
         if "selector" in item:
+            if "except" in item:
+                self.add(f"{where}.except", "belongs to a cidr peer (ipBlock), not to a selector")
+                return None
             selector = self.selector(f"{where}.selector", item["selector"])
             return Peer(selector=selector) if selector is not None else None
-        raw = item["cidr"]
+        net = self.cidr(f"{where}.cidr", item["cidr"])
+        raw_excepts = item.get("except")
+        if raw_excepts is None:
+            raw_excepts = []
+        if not isinstance(raw_excepts, list):
+            self.add(f"{where}.except", f"must be a list of CIDR blocks inside cidr, got {raw_excepts!r}")
+            return None
+        excepts = []
+        for index, raw in enumerate(raw_excepts):
+            block = self.cidr(f"{where}.except[{index}]", raw)
+            # Kubernetes' validation: an except block must be a strict subset of the peer's cidr
+            if block is not None and net is not None and not (block.subnet_of(net)
+                                                              and block.prefixlen > net.prefixlen):
+                self.add(f"{where}.except[{index}]", f"{block} is not strictly inside cidr {net} (an except "
+                                                     "block must be a smaller block within the cidr)")
+                block = None
+            excepts.append(block)
+        if net is None or any(block is None for block in excepts):
+            return None
+        return Peer(cidr=net, excepts=tuple(excepts))
+
+    def cidr(self, where: str, raw: Any) -> ipaddress.IPv4Network | None:
         if not isinstance(raw, str) or "/" not in raw:
-            self.add(f"{where}.cidr", f"{raw!r} is not an IPv4 network in CIDR notation (like 10.0.0.0/8)")
+            self.add(where, f"{raw!r} is not an IPv4 network in CIDR notation (like 10.0.0.0/8)")
             return None
         try:
-            net = ipaddress.IPv4Network(raw.strip(), strict=True)
+            # no strip(): like Kubernetes' ParseCIDR, the whole string must be the network
+            return ipaddress.IPv4Network(raw, strict=True)
         except ValueError as exc:
-            self.add(f"{where}.cidr", f"{raw!r} is not an IPv4 network ({exc})")
+            self.add(where, f"{raw!r} is not an IPv4 network ({exc})")
             return None
-        return Peer(cidr=net)
 
     def rule(self, where: str, item: Any, kind: str) -> Rule | None:
         if item is None:
@@ -348,22 +420,24 @@ def validate_policies(backend: str, policies: Any, host: str) -> list[Policy]:
             selector = check.selector(f"{where}.selector", item["selector"] if item["selector"] is not None
                                       else {})
         types: list[str] = []
-        if item.get("policy_types") is not None:
-            raw_types = item["policy_types"]
-            if not isinstance(raw_types, list) or not raw_types:
-                check.add(f"{where}.policy_types", f"must be a non-empty list of {INGRESS} and/or {EGRESS}")
-            else:
-                for raw in raw_types:
-                    known = {t.lower(): t for t in (INGRESS, EGRESS)}
-                    if not isinstance(raw, str) or raw.lower() not in known:
-                        check.add(f"{where}.policy_types", f"{raw!r} is not {INGRESS} or {EGRESS}")
-                    elif known[raw.lower()] not in types:
-                        types.append(known[raw.lower()])
-                for kind, key in ((INGRESS, "ingress"), (EGRESS, "egress")):
-                    if item.get(key) and kind not in types and types:
-                        check.add(f"{where}.{key}", f"has rules but policy_types does not list {kind}")
+        raw_types = item.get("policy_types")
+        if raw_types in (None, []):
+            # Kubernetes' defaulting (absent and empty alike): Ingress always, Egress when there are
+            # egress rules.  Rules of a type the policy does not have are ignored, as Kubernetes does.
+            egress_rules = item.get("egress")
+            types = [INGRESS] + ([EGRESS] if isinstance(egress_rules, list) and egress_rules else [])
+        elif not isinstance(raw_types, list):
+            check.add(f"{where}.policy_types",
+                      f"must be a list of {INGRESS} and/or {EGRESS}, got {raw_types!r}")
+        elif len(raw_types) > 2:
+            check.add(f"{where}.policy_types", f"may not list more than two types, got {raw_types!r}")
         else:
-            types = [t for t, k in ((INGRESS, "ingress"), (EGRESS, "egress")) if k in item] or [INGRESS]
+            known = {t.lower(): t for t in (INGRESS, EGRESS)}
+            for raw in raw_types:
+                if not isinstance(raw, str) or raw.lower() not in known:
+                    check.add(f"{where}.policy_types", f"{raw!r} is not {INGRESS} or {EGRESS}")
+                elif known[raw.lower()] not in types:
+                    types.append(known[raw.lower()])
         rules: dict[str, list[Rule]] = {}
         for kind, key in ((INGRESS, "ingress"), (EGRESS, "egress")):
             raw_rules = item.get(key)
@@ -412,7 +486,8 @@ def _peer_nets(peers: list[Peer] | None, everyone: list[tuple[str, dict]]) -> li
     nets: list[str | None] = []
     for peer in peers:
         if peer.cidr is not None:
-            candidates = [None if peer.cidr.prefixlen == 0 else str(peer.cidr)]  # -s 0.0.0.0/0 prints as nothing
+            # -s 0.0.0.0/0 prints as nothing
+            candidates = [None if block.prefixlen == 0 else str(block) for block in peer.blocks()]
         else:
             candidates = [f"{_pod_ip(pod)}/32" for _host, pod in everyone
                           if selects(peer.selector or {}, pod.get("labels") or {})]
@@ -505,7 +580,7 @@ def flow_allowed(policies: list[Policy], nodes: dict[str, dict], src: tuple[str,
         for policy in selecting:
             for rule in policy.rules.get(kind, []):
                 peer_ok = rule.peers is None or any(
-                    (p.cidr is not None and peer_ip in p.cidr)
+                    p.matches_address(peer_ip)
                     or (p.selector is not None and selects(p.selector, peer.get("labels") or {}))
                     for p in rule.peers)
                 port_ok = rule.ports is None or any(p.matches(protocol, port) for p in rule.ports)
@@ -531,10 +606,10 @@ def ping_surprises(cluster: dict, results: list[dict]) -> list[str]:
     return out
 
 
-def policy_commands(policy: dict | None) -> list[str]:
-    """A node's compiled policy ({chains, jump}) as iptables commands for a fresh host (render.yml)."""
+def policy_argvs(policy: dict | None) -> list[list[str]]:
+    """A node's compiled policy ({chains, jump}) as iptables argument vectors for a fresh host (render.yml)."""
     if not policy or not policy.get("chains"):
         return []
     table = policy["jump"]["table"]
     want, _problems = normalize_chains(policy["chains"], PREFIX)
-    return plan_chains(Table.empty(table), want, policy["jump"], PREFIX, "merged").commands(table)
+    return plan_chains(Table.empty(table), want, policy["jump"], PREFIX, "merged").argvs(table)

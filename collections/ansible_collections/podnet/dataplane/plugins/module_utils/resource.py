@@ -4,9 +4,17 @@
 (changed, commands, changes, diff)."""
 from __future__ import annotations
 
-from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import Change, EngineError
+from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
+    Change,
+    EngineError,
+    ForeignObjectError,
+    plan,
+)
 
 STATES = ["merged", "replaced", "overridden", "deleted", "gathered", "rendered"]
+# Devices (by name) and routes (by destination) that exist without podnet's marker and that podnet may
+# nevertheless change: the only way podnet takes over something it did not create.
+TAKE_OVER_OPTION = {"type": "list", "elements": "str", "default": []}
 
 
 def result_for(changes: list[Change], **extra) -> dict:
@@ -29,5 +37,13 @@ def fail_on_engine_error(module, func, *args, **kwargs):
     """Run func, turning engine failures into a clean module failure that names the command."""
     try:
         return func(*args, **kwargs)
+    except ForeignObjectError as exc:
+        module.fail_json(msg=f"podnet: nothing changed: {exc}", foreign=exc.problems)
     except EngineError as exc:
         module.fail_json(msg=f"podnet: kernel refused: {exc}")
+
+
+def plan_owned(module, want, have, purge=None) -> list[Change]:
+    """netlink.plan with the module's take_over, failing the module (nothing changed) on objects that
+    are not podnet's."""
+    return fail_on_engine_error(module, plan, want, have, purge, module.params.get("take_over") or ())

@@ -72,3 +72,26 @@ def check_ipv4_network(field: str, value: Any, strict: bool = True) -> list[str]
     except ValueError as exc:
         return [f"{field}: {value!r} is not an IPv4 network ({exc})"]
     return []
+
+
+# A per-interface sysctl as podnet_pod_sysctls names it: "{}" is the host-side pod interface. sysctl(8)
+# turns the dots into a path under /proc/sys (and a '/' into a dot), so only this shape is safe: any other
+# '/', '..' or empty part could reach files outside the interface's own settings.
+_POD_SYSCTL_RE = re.compile(r"net\.ipv[46]\.(conf|neigh)\.\{\}\.[a-z0-9_]+")
+_SYSCTL_VALUE_RE = re.compile(r"-?[0-9]{1,20}")
+
+
+def check_pod_sysctls(field: str, value: Any) -> list[str]:
+    """podnet_pod_sysctls: {"net.ipv4.conf.{}.<setting>": <integer>, ...} for the pods' host interfaces."""
+    if not isinstance(value, dict):
+        return [f"{field}: must be a mapping of sysctl names (with {{}} for the interface) to integers, "
+                f"got {value!r:.80}"]
+    problems = []
+    for key, setting in value.items():
+        if not isinstance(key, str) or not _POD_SYSCTL_RE.fullmatch(key):
+            problems.append(f"{field}: {key!r:.80} must be net.ipv4.conf.{{}}.<setting> or "
+                            "net.ipv4.neigh.{}.<setting> (or net.ipv6...; lowercase letters, digits, '_')")
+        elif (isinstance(setting, bool) or not isinstance(setting, (int, str))
+              or not _SYSCTL_VALUE_RE.fullmatch(str(setting))):
+            problems.append(f"{field}: {key}: {setting!r:.80} must be an integer")
+    return problems

@@ -18,7 +18,6 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
     Change,
     Engine,
     KernelState,
-    plan,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
     Address,
@@ -40,7 +39,9 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.offload import (
 from ansible_collections.podnet.dataplane.plugins.module_utils.persist import PERSIST_OPTION, persist_result
 from ansible_collections.podnet.dataplane.plugins.module_utils.resource import (
     STATES,
+    TAKE_OVER_OPTION,
     fail_on_engine_error,
+    plan_owned,
     result_for,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.validate import (
@@ -67,6 +68,7 @@ ARGUMENT_SPEC = {
     # a str with on/off choices: YAML's bare on/off (booleans) and the old bool values map onto them
     "tx_checksum_offload": {"type": "str", "choices": list(TX_CHECKSUM_MODES), "default": "auto"},
     "persist_dir": PERSIST_OPTION,
+    "take_over": TAKE_OVER_OPTION,
     "peers": {"type": "list", "elements": "dict", "options": PEER_SPEC, "default": []},
     "state": {"type": "str", "choices": STATES, "default": "merged"},
 }
@@ -176,13 +178,16 @@ def run(module: AnsibleModule) -> None:
         if state == "deleted":
             changes = deleted_changes(module, have, existing)
             extra: dict = {}
+            if existing is not None and not is_owned_alias(existing.alias):
+                extra["left_alone"] = (f"device {name} is not podnet's (alias {existing.alias!r}, not 'podnet:*'): "
+                                       "left as it is")
         else:
             if existing is not None and existing.kind != "vxlan":
                 module.fail_json(msg=f"podnet.vxlan_fdb: device {name} exists but is a {existing.kind} "
                                      "device, not VXLAN; podnet will not replace a device it did not create")
             vtep = wanted_vtep(module, have)
             want = vtep_objects(vtep) + vxlan_peer_objects(name, p["peers"])
-            changes = plan(want, have, purge_predicate(module))
+            changes = plan_owned(module, want, have, purge_predicate(module))
             extra = {"mtu": vtep["mtu"], "mac": vtep["mac"] or (existing.mac if existing else None)}
         if changes and not module.check_mode:
             fail_on_engine_error(module, engine.apply, changes, have)
@@ -225,14 +230,11 @@ def converge_offload(module: AnsibleModule, result: dict, decision: OffloadDecis
 
 def deleted_changes(module: AnsibleModule, have: KernelState, existing: Link | None) -> list[Change]:
     p = module.params
-    if existing is None:
-        return []
+    if existing is None or not is_owned_alias(existing.alias):
+        return []  # no device, or someone else's of that name: nothing of podnet's to remove
     if p["peers"]:
         keys = set()
         for obj in vxlan_peer_objects(p["name"], p["peers"]):
             keys.add(obj.key())
         return [Change("delete", None, have.objects[k]) for k in sorted(keys) if k in have.objects]
-    if not is_owned_alias(existing.alias):
-        module.fail_json(msg=f"podnet.vxlan_fdb: device {p['name']} was not created by podnet "
-                             f"(alias {existing.alias!r}); refusing to delete it")
     return [Change("delete", None, existing)]

@@ -9,8 +9,13 @@ module: network_policy
 short_description: Manage podnet's network-policy iptables chains, atomically and idempotently
 version_added: "0.1.0"
 description:
-  - Manages whole iptables chains whose names start with I(prefix) (podnet's chains), plus the one rule
-    that jumps into them from a foreign chain (by default C(-A FORWARD -j PODNET-FORWARD) at position 1).
+  - Manages whole iptables chains of podnet's, plus the one rule that jumps into them from a foreign chain
+    (by default C(-A FORWARD -j PODNET-FORWARD) at position 1).
+  - A chain cannot carry a comment, so its name marks it. podnet's chains are named by a fixed grammar,
+    I(prefix) followed by C(FORWARD) or by one capital letter, C(-) and 12 lowercase hex digits (the
+    planner's C(PODNET-I-0123456789ab), C(PODNET-E-...)). Chains of that grammar, and the chains a call
+    lists in I(chains), are the only ones the module rewrites or removes; a chain such as C(PODNET-MINE),
+    which only shares the prefix, is someone else's and is left alone with its jumps.
   - Reads the table once with C(iptables-save -t <table>) and compares podnet's chains, rule by rule and
     in order, with the wanted ones (rules are given exactly as C(iptables-save) prints them). When anything
     differs, everything is applied in B(one) C(iptables-restore -w --noflush) transaction fed on stdin -
@@ -65,16 +70,19 @@ options:
         type: int
         default: 1
   prefix:
-    description: Chains whose names start with this are podnet's.
+    description:
+      - Every chain podnet manages is named under this prefix; chains named by podnet's grammar under it
+        (see the description) are podnet's.
     type: str
     default: PODNET-
   state:
     description:
       - C(merged) and C(replaced) give each listed chain exactly the listed rules (a chain is one resource)
         and put the jump in place; other podnet chains stay.
-      - C(overridden) also removes podnet chains that are not listed, and bare jumps into podnet chains other
-        than I(jump).
-      - C(deleted) removes the listed chains (every podnet chain when none are listed) and the bare jumps to them.
+      - C(overridden) also removes podnet's chains (named by podnet's grammar) that are not listed, and bare
+        jumps into podnet chains other than I(jump).
+      - C(deleted) removes the listed chains (every chain named by podnet's grammar when none are listed) and
+        the bare jumps to them.
       - C(gathered) returns podnet's chains and jumps; C(rendered) returns the commands for a host that has
         none of them, without touching the host.
     type: str

@@ -25,6 +25,11 @@ description:
     M(podnet.dataplane.iptables_rules) C(overridden), then C(subnet.env) for canal (removed otherwise)."
   - The pods' MTU is the one the VTEP or tunnel got on the node (derived from the real underlay MTU),
     else the node's explicit C(mtu), else the planner's render-time value; C(subnet.env) carries the same.
+  - Before the first step, the node is read once to check that every device (VTEP, tunnel, bridge, the pods'
+    host interfaces) and every route of the node's namespace the backend will change is podnet's (alias
+    C(podnet:*), route protocol C(152)), absent, or handed over in C(node.take_over); that no other name is
+    given to protocol C(152) in C(rt_protos); and that I(rt_protos_file) is podnet's if it exists.
+    Otherwise the module fails, having changed nothing, naming each object (result C(foreign)).
   - The first failing step ends the run with that step's message; the steps before it stay applied,
     as separate tasks would have left them.
 author:
@@ -38,6 +43,8 @@ options:
         (C(backend), C(pod_mode), C(node_ip), C(vtep), C(tunnel), C(routes), C(pods), C(bridge),
         C(iptables), C(subnet_env), C(mtu), C(render_mtu)); C(pod_mode) C(bridge) selects the flannel
         steps below, C(routed) the calico ones.
+      - C(take_over) (from C(podnet_take_over)) lists devices and route destinations that are not podnet's
+        but that podnet may change (and so mark as its own); passed to every step as its I(take_over).
       - C(vtep.tx_checksum_offload) (C(auto), C(on) or C(off), from C(podnet_vxlan_tx_checksum_offload)) is
         passed to M(podnet.dataplane.vxlan_fdb), which decides the VTEP's TX checksum offload from the node's
         kernel for C(auto); a plan without it means C(auto).
@@ -115,6 +122,16 @@ options:
     description: The C(birdc) binary that shuts such a BIRD down.
     type: str
     default: birdc
+  rt_protos_file:
+    description:
+      - Where podnet names its route protocol (C(152 podnet)), so that C(ip route) shows podnet's routes as
+        C(proto podnet) and other programs see the number taken. Written with podnet's first line
+        C(# podnet:rt_protos) (mode 0644); an existing file without that line is not podnet's and makes the
+        run fail before any change. Empty - do not write it.
+      - The folder's other C(*.conf) files and the C(rt_protos) file one folder up are read to find another
+        name for C(152).
+    type: path
+    default: /etc/iproute2/rt_protos.d/podnet.conf
   lock:
     description:
       - Take the node lock before anything else, exactly as M(podnet.dataplane.node_lock)
@@ -214,6 +231,8 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.node_apply import
     StepFailed,
     apply_policy,
     backend_of,
+    name_route_protocol,
+    owned_or_refuse,
     summary,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.node_lock import (
@@ -222,6 +241,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.node_lock import 
     acquire,
     release,
 )
+from ansible_collections.podnet.dataplane.plugins.module_utils.ownership import RT_PROTOS_FILE
 from ansible_collections.podnet.dataplane.plugins.module_utils.persist import PERSIST_OPTION
 
 ARGUMENT_SPEC = {
@@ -237,6 +257,7 @@ ARGUMENT_SPEC = {
     }},
     "bird_dir": {"type": "path", "default": "/etc/podnet/bird"},
     "birdc": {"type": "str", "default": "birdc"},
+    "rt_protos_file": {"type": "path", "default": RT_PROTOS_FILE},
     "lock": {"type": "dict", "options": {**LOCK_SPEC, "release": {"type": "bool", "default": True}}},
     "persist_dir": PERSIST_OPTION,
 }
@@ -268,9 +289,11 @@ def main() -> None:
             lock_result = acquire(lock["path"], lock["owner"], lock["wait_timeout"], lock["stale_after"])
         except LockTimeout as exc:
             module.fail_json(msg=str(exc))
-    run = NodeRun(module)
+    run = NodeRun(module, node.get("take_over"))
     keep = False
     try:
+        owned_or_refuse(run, node, p["rt_protos_file"])
+        name_route_protocol(run, p["rt_protos_file"])
         backend_of(node)(run, node)
         if p["policy"] is not None:
             apply_policy(run, p["policy"])

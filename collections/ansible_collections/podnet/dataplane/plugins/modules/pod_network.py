@@ -97,6 +97,7 @@ options:
     default: merged
 extends_documentation_fragment:
   - podnet.dataplane.persist
+  - podnet.dataplane.ownership
 notes:
   - Supports check mode and diff mode.
 """

@@ -40,6 +40,16 @@ options:
         description: Treat the next hop as directly reachable on I(dev) even without a matching subnet.
         type: bool
         default: false
+  networks:
+    description:
+      - The networks podnet's peer routes lie in (the cluster CIDR). A route of podnet's protocol C(152)
+        whose destination lies outside all of them is someone else's, and I(state=overridden) or
+        I(state=deleted) leave it alone.
+      - Empty - every route of protocol C(152) (that does not leave through a pod's interface) is podnet's.
+      - Listed routes must lie inside these networks.
+    type: list
+    elements: str
+    default: []
   state:
     description:
       - C(merged) adds or corrects the listed routes.
@@ -53,6 +63,7 @@ options:
     default: merged
 extends_documentation_fragment:
   - podnet.dataplane.persist
+  - podnet.dataplane.ownership
 notes:
   - Supports check mode and diff mode.
 """

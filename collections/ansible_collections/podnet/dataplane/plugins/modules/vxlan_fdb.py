@@ -98,6 +98,8 @@ options:
       - C(replaced) also removes stale entries of the listed peers (an old MAC of a listed node IP).
       - C(overridden) makes the device hold exactly the listed peers and address.
       - C(deleted) removes the listed peers' entries, or the whole device when no peers are listed.
+        A device of that name that is not podnet's (its alias is not C(podnet:*)) is left as it is, and the
+        result says so in C(left_alone).
       - C(gathered) returns the device and its peers as the kernel has them.
       - C(rendered) returns the commands for the given configuration without touching the host.
     type: str
@@ -105,6 +107,7 @@ options:
     default: merged
 extends_documentation_fragment:
   - podnet.dataplane.persist
+  - podnet.dataplane.ownership
 notes:
   - Supports check mode and diff mode.
 """
@@ -139,6 +142,10 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+left_alone:
+  description: With I(state=deleted), why a device of that name was not removed (it is not podnet's).
+  returned: when I(state=deleted) finds a device that is not podnet's
+  type: str
 commands:
   description: The changes made (or, in check mode, that would be made) as C(ip)/C(bridge) commands.
   returned: always
