@@ -3,13 +3,15 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Lab and tests: iproute2..graphviz; the IPIP guest (DESIGN.md section 6): qemu-system-x86 busybox-static;
-# real CNI plugins and SSH-reached lab nodes (issue 7): containernetworking-plugins openssh-*; iperf3: bench.
+# real CNI plugins and SSH-reached lab nodes: containernetworking-plugins openssh-*; iperf3: bench;
+# the machines lab (booted systemd nodes, docs/machines-lab.md): systemd-container mmdebstrap.
 APT_PACKAGES := iproute2 iptables iputils-ping python3-venv kmod procps bird2 graphviz \
-	qemu-system-x86 busybox-static containernetworking-plugins openssh-server openssh-client iperf3
+	qemu-system-x86 busybox-static containernetworking-plugins openssh-server openssh-client iperf3 \
+	systemd-container mmdebstrap
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup demo test test-quick test-ipip-vm molecule-ipip-vm unit lint sanity clean dist bench
+.PHONY: setup demo test test-quick test-ipip-vm test-machines molecule-ipip-vm unit lint sanity clean dist bench
 
 setup: $(VENV)/.installed
 
@@ -49,6 +51,11 @@ test-quick: setup
 # ~50 min under software emulation, so not part of `make test`.
 test-ipip-vm: setup
 	PODNET_IPIP_VM=1 $(PY) -m pytest -q tests/integration/test_ipip_vm.py $(PYTEST_ARGS)
+
+# The machines lab (docs/machines-lab.md): builds the Debian image once (cached by recipe hash), boots three
+# systemd machines reached over SSH, reboots one; not yet part of `make test`.
+test-machines: setup
+	PODNET_MACHINES=1 $(PY) -m pytest -q tests/integration/test_machines_lab.py $(PYTEST_ARGS)
 
 # Molecule scenario ipip-vm: calico-ipip through create, converge, idempotence, verify and destroy inside one
 # QEMU guest (molecule/README.md); ~45 min under software emulation, so `make test` excludes it.

@@ -23,6 +23,21 @@ def test_save_writes_a_private_record_and_leaves_no_temporary_file(tmp_path: Pat
     assert sorted(p.name for p in folder.iterdir()) == ["pod_route.json"]
 
 
+def test_an_unchanged_record_is_left_as_it_is(tmp_path: Path) -> None:
+    folder = tmp_path / "state"
+    objects = [Sysctl("net.ipv4.ip_forward", "1")]
+    persist.save(str(folder), "pod_route", objects)
+    record = folder / "pod_route.json"
+    first = record.stat()
+    persist.save(str(folder), "pod_route", objects)  # a run that changed nothing
+    assert (record.stat().st_ino, record.stat().st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
+    record.chmod(0o644)  # a mode someone widened is put back, by a rewrite
+    persist.save(str(folder), "pod_route", objects)
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600 and record.stat().st_ino != first.st_ino
+    persist.save(str(folder), "pod_route", [])
+    assert json.loads(record.read_text())["objects"] == []
+
+
 def test_save_never_writes_through_a_planted_link(tmp_path: Path) -> None:
     folder = tmp_path / "state"
     folder.mkdir(mode=0o700)

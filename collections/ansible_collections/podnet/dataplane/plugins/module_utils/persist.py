@@ -43,9 +43,21 @@ def atomic_write(path: str, content: str, mode: int, folder_mode: int = 0o700) -
         os.close(folder_fd)
 
 
+RECORD_MODE = 0o600
+
+
 def save(directory: str, name: str, objects: list[KObject] = (), **extra: Any) -> None:
+    """Write the record, unless it already says exactly this: a run that changed nothing leaves the node's
+    files as they were (no new mtime, no fsync)."""
     data = json.dumps({"objects": [o.as_dict() for o in objects], **extra}, indent=1, sort_keys=True)
-    atomic_write(record_path(directory, name), data, 0o600)
+    path = record_path(directory, name)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            same = handle.read() == data and os.fstat(handle.fileno()).st_mode & 0o7777 == RECORD_MODE
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        atomic_write(path, data, RECORD_MODE)
 
 
 def forget(directory: str, name: str) -> None:
