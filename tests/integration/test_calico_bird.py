@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -123,6 +126,32 @@ def test_full_mesh_converges_and_carries_pod_traffic(mesh_lab, record_property):
     assert verify.rc == 0, verify.output
     again = lab.run("playbooks/site.yml")
     assert all(again.changed(h) == 0 for h in NODES), again.recap
+
+
+def test_the_boot_restore_starts_bird_again(mesh_lab):
+    """After a reboot no BIRD runs: the podnet-apply unit's command starts it from the calico role's record
+    (after the kernel state), and the routes come back; a BIRD that runs is left alone."""
+    lab = mesh_lab
+    state_dir = f"/run/podnet-lab/{lab.prefix}/node2/state"
+    argv = ["bird", "-c", bird_path(lab, "node2", "bird.conf"), "-s", bird_path(lab, "node2", "bird.ctl"),
+            "-P", bird_path(lab, "node2", "bird.pid")]
+    assert json.loads(Path(f"{state_dir}/bird.json").read_text())["services"] == [
+        {"name": "bird", "pidfile": bird_path(lab, "node2", "bird.pid"), "argv": argv}]
+    lab.exec("node2", ["birdc", "-s", bird_path(lab, "node2", "bird.ctl"), "down"], check=True)
+    deadline = time.monotonic() + CONVERGE_TIMEOUT
+    while bird_routes(lab, "node2") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert bird_routes(lab, "node2") == {}
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT / "collections"))
+    command = ["ip", "netns", "exec", lab.node_ns("node2"), sys.executable, "-m",
+               "ansible_collections.podnet.dataplane.plugins.module_utils.boot_apply", state_dir]
+    boot = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert boot.returncode == 0, boot.stdout + boot.stderr
+    assert " ".join(argv) in boot.stdout.splitlines()
+    wait_for_routes(lab, NODES)
+    assert len(bgp_sessions(lab, "node2")) == 2
+    boot = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert boot.returncode == 0 and "podnet-apply: 0 change(s)" in boot.stdout, boot.stdout + boot.stderr
 
 
 def test_removing_a_node_withdraws_its_routes(mesh_lab, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -218,6 +219,9 @@ def test_boot_apply_restores_a_wiped_node_without_ansible(lab):
     lab.exec("node2", ["iptables", "-t", "nat", "-F", "POSTROUTING"], check=True)
     lab.exec("node2", ["iptables", "-F", "FORWARD"], check=True)
     lab.exec("node2", ["sysctl", "-qw", "net.ipv4.ip_forward=0"], check=True)
+    subnet_env = Path(f"/run/podnet-lab/{lab.prefix}/node2/flannel/subnet.env")
+    subnet_env_before = subnet_env.read_text()
+    shutil.rmtree(subnet_env.parent)  # on tmpfs: gone after a reboot, folder and all
     assert lab.json("node2", "link", "show", "type", "vxlan") == []
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT / "collections"))
     boot = subprocess.run(["ip", "netns", "exec", lab.node_ns("node2"), sys.executable, "-m",
@@ -227,6 +231,7 @@ def test_boot_apply_restores_a_wiped_node_without_ansible(lab):
     assert "a-torn.json" in boot.stderr and "b-alien.json" in boot.stderr, boot.stderr
     assert podnet_objects(lab, "node2", "flannel-vxlan") == expected_objects("flannel-vxlan")
     assert lab.json("node2", "link", "show", "flannel.1")[0]["address"] == mac_before  # what peers were told
+    assert subnet_env.read_text() == subnet_env_before and oct(subnet_env.stat().st_mode & 0o777) == "0o644"
     verify = lab.run("playbooks/verify.yml", extra_vars={"podnet_backend": "flannel-vxlan"})
     assert verify.rc == 0, verify.output  # no drift anywhere, every pod reaches every pod
     again = lab.run("playbooks/site.yml", extra_vars={"podnet_backend": "flannel-vxlan"})

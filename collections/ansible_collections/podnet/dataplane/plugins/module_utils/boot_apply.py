@@ -39,7 +39,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.offload import (
     get_feature,
     set_feature,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.persist import load_all
+from ansible_collections.podnet.dataplane.plugins.module_utils.persist import atomic_write, load_all
 from ansible_collections.podnet.dataplane.plugins.module_utils.shell import shell_line
 
 NETNS_DIR = "/run/netns"
@@ -114,6 +114,49 @@ def apply_offloads(offloads: list[dict], check: bool = False) -> list[str]:
     return done
 
 
+def apply_files(files: list[dict], check: bool = False) -> list[str]:
+    """Files podnet wrote (flannel's subnet.env lives on tmpfs): written again where missing or different,
+    atomically, with their recorded mode; a missing folder is made 0755, as the run made it."""
+    done = []
+    for item in files:
+        path, content, mode = item["path"], item["content"], int(item["mode"], 8)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                same = handle.read() == content and os.fstat(handle.fileno()).st_mode & 0o7777 == mode
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            if not check:
+                atomic_write(path, content, mode, folder_mode=0o755)
+            done.append(f"write {shell_line([path])} (mode {mode:04o})")
+    return done
+
+
+def _running(pidfile: str, binary: str) -> bool:
+    """Whether the process a pid file names is alive and is `binary` (a pid file left from before a reboot
+    names nothing, or some other process)."""
+    try:
+        with open(pidfile, encoding="ascii") as handle:
+            pid = int(handle.read().strip())
+        with open(f"/proc/{pid}/comm", encoding="utf-8") as handle:
+            return handle.read().strip() == os.path.basename(binary)[:15]
+    except (OSError, ValueError):
+        return False
+
+
+def apply_services(services: list[dict], check: bool = False) -> list[str]:
+    """Daemons podnet started (BIRD for calico-bgp with BIRD), started again when not running: after the
+    kernel state, so BIRD finds its devices and routes in place."""
+    done = []
+    for service in services:
+        argv = [str(word) for word in service["argv"]]
+        if not _running(service["pidfile"], argv[0]):
+            if not check:
+                subprocess.run(argv, check=True, capture_output=True, text=True, timeout=60)
+            done.append(shell_line(argv))
+    return done
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Re-apply podnet's recorded node state (additive).")
     parser.add_argument("state_dir", nargs="?", default="/etc/podnet/state")
@@ -139,7 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         for record in records:  # network policy chains, after the pods' veths they name exist again
             if record.get("iptables_chains") and not args.check:
                 done += apply_record(record["iptables_chains"])
-    except (EngineError, OSError, subprocess.CalledProcessError) as exc:
+        done += apply_files([item for r in records for item in r.get("files", [])], args.check)
+        done += apply_services([item for r in records for item in r.get("services", [])], args.check)
+    except (EngineError, OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired, KeyError, TypeError,
+            ValueError) as exc:
         print(f"podnet-apply: failed: {exc}", file=sys.stderr)
         return 1
     for line in done:

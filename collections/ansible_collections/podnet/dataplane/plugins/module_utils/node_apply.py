@@ -23,6 +23,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils import (
     ipip_tunnel_resource,
     iptables_rules_resource,
     network_policy_resource,
+    persist,
     pod_network_resource,
     pod_route_resource,
     proxy_arp_resource,
@@ -56,6 +57,10 @@ RESOURCES = {
     "network_policy": network_policy_resource,
 }
 SUBNET_ENV_MODE = 0o644
+FILE_MODE = SUBNET_ENV_MODE  # every file node_apply writes
+# Boot records node_apply keeps beside the resources' (persist.py): its files, and the calico role's BIRD.
+FILES_RECORD = "node_files"
+BIRD_RECORD = "bird"
 SUBNET_ENV_DIR_MODE = 0o755
 
 
@@ -106,6 +111,8 @@ class NodeRun:
         self.take_over = list(take_over or [])
         # the node's devices as read before the first step (owned_or_refuse): name -> alias
         self.aliases: dict[str, str | None] = {}
+        # the files this run wrote (path -> content): what the boot restore writes again
+        self.files: dict[str, str] = {}
 
     def resource(self, step: str, resource: str, **params: Any) -> dict[str, Any]:
         params["persist_dir"] = self.module.params["persist_dir"]
@@ -125,6 +132,8 @@ class NodeRun:
             result = converge_file(self.module, path, content)
         except OSError as exc:
             raise StepFailed(step, f"podnet.node_apply: {step} ({path}): {exc}", {}) from exc
+        if content is not None:
+            self.files[path] = content
         return self.keep(step, "file", result)
 
     def keep(self, step: str, resource: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -376,6 +385,18 @@ def no_bird(run: NodeRun, bird_dir: str, birdc: str) -> None:
             raise StepFailed(step, f"podnet.node_apply: {step}: cannot remove podnet's BIRD files in {bird_dir}: "
                                    f"{exc}", result) from exc
     run.keep(step, "bird", result)
+
+
+def record_for_boot(run: NodeRun, node: dict[str, Any]) -> None:
+    """What the boot restore needs beyond the resources' own records: the files this run wrote (subnet.env
+    lives on tmpfs and is gone after a reboot), and no BIRD to start where the node runs none of podnet's."""
+    directory = run.module.params["persist_dir"]
+    if not directory or run.module.check_mode:
+        return
+    persist.save(directory, FILES_RECORD, files=[{"path": path, "content": content, "mode": f"{FILE_MODE:04o}"}
+                                                 for path, content in sorted(run.files.items())])
+    if ((node.get("bgp") or {}).get("mode") or "") != "bird":
+        persist.forget(directory, BIRD_RECORD)
 
 
 def backend_of(node: dict[str, Any]) -> Callable[[NodeRun, dict[str, Any]], None]:

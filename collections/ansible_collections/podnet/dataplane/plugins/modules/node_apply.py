@@ -233,6 +233,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.node_apply import
     backend_of,
     name_route_protocol,
     owned_or_refuse,
+    record_for_boot,
     summary,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.node_lock import (
@@ -297,6 +298,7 @@ def main() -> None:
         backend_of(node)(run, node)
         if p["policy"] is not None:
             apply_policy(run, p["policy"])
+        record_for_boot(run, node)
     except StepFailed as exc:
         details = {k: v for k, v in exc.extra.items() if k not in ("msg", "step")}
         outcome = {"msg": exc.msg, "step": exc.step, **summary(run.results), **details}
