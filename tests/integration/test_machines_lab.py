@@ -119,6 +119,40 @@ def test_reboot_keeps_root_and_empties_run(machines: str) -> None:
     assert status.returncode == 0, status.stdout + status.stderr
 
 
+def playbook(prefix: str, name: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    argv = [str(VENV_BIN / "ansible-playbook"), "-i", str(INVENTORY), str(REPO_ROOT / "playbooks" / name), *extra]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=900, env=playbook_env(prefix),
+                          cwd=REPO_ROOT)
+
+
+@pytest.mark.parametrize("backend", [
+    ("-e", "podnet_backend=flannel-vxlan"),
+    ("-e", "podnet_backend=calico-bgp", "-e", "podnet_calico_bgp=bird"),
+], ids=["flannel-vxlan", "calico-bgp-bird"])
+def test_a_rebooted_node_is_restored_by_its_boot_unit_alone(machines: str, backend: tuple[str, ...]) -> None:
+    """Converge, reboot node2 for real (fresh /run, fresh network namespace), and verify with no Ansible run
+    in between: podnet-apply, on the node's own Python and Debian packages, brought back the kernel state,
+    subnet.env (tmpfs) and BIRD."""
+    converge = playbook(machines, "site.yml", *backend)
+    assert converge.returncode == 0, converge.stdout + converge.stderr
+    start = time.monotonic()
+    reboot = lab_cmd("reboot", machines, "node2", timeout=300)
+    assert reboot.returncode == 0, f"reboot failed:\n{reboot.stdout}\n{reboot.stderr}"
+    unit = ""
+    while time.monotonic() - start < 120 and "active (exited)" not in unit:
+        time.sleep(1)
+        unit = ansible(machines, "systemctl status podnet-apply --no-pager --lines=0").get("node2", "")
+    print(f"\nnode2 rebooted and restored by podnet-apply in {time.monotonic() - start:.1f}s")
+    assert "status=0/SUCCESS" in unit, unit
+    deadline = time.monotonic() + 60
+    while True:  # BGP sessions take a few seconds to come back after the boot
+        verify = playbook(machines, "verify.yml", *backend)
+        if verify.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(5)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
 def test_down_leaves_nothing(machines: str) -> None:
     start = time.monotonic()
     down = lab_cmd("down", machines, timeout=300)

@@ -12,6 +12,7 @@ dump, not a module run.
 """
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import os
 import tempfile
@@ -229,7 +230,7 @@ def wanted_routes(node: dict[str, Any]) -> list[str]:
     """Destinations of the routes the node's backend installs in the node's namespace."""
     dsts = [route_destination(str(route["dst"])) for route in node.get("routes") or []]
     if node.get("pod_mode") == "routed":
-        dsts += [route_destination(f"{str(pod['address']).split('/')[0]}/32") for pod in node.get("pods") or []]
+        dsts += [f"{ipaddress.ip_interface(pod['address']).ip}/32" for pod in node.get("pods") or []]
     return [dst for dst in dsts if dst]
 
 
