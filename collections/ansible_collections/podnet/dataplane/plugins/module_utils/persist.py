@@ -46,17 +46,21 @@ def atomic_write(path: str, content: str, mode: int, folder_mode: int = 0o700) -
 RECORD_MODE = 0o600
 
 
+def holds(path: str, content: str, mode: int) -> bool:
+    """Whether the file at `path` has exactly this content and mode (a missing or unreadable one has not)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read() == content and os.fstat(handle.fileno()).st_mode & 0o7777 == mode
+    except (OSError, ValueError):
+        return False
+
+
 def save(directory: str, name: str, objects: list[KObject] = (), **extra: Any) -> None:
     """Write the record, unless it already says exactly this: a run that changed nothing leaves the node's
     files as they were (no new mtime, no fsync)."""
     data = json.dumps({"objects": [o.as_dict() for o in objects], **extra}, indent=1, sort_keys=True)
     path = record_path(directory, name)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            same = handle.read() == data and os.fstat(handle.fileno()).st_mode & 0o7777 == RECORD_MODE
-    except (OSError, ValueError):
-        same = False
-    if not same:
+    if not holds(path, data, RECORD_MODE):
         atomic_write(path, data, RECORD_MODE)
 
 
