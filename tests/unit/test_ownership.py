@@ -147,7 +147,7 @@ def test_the_protocol_name_file_and_other_claims(tmp_path):
     (tmp_path / "iproute2" / "rt_protos").write_text("# reserved\n4\tstatic\n0x98\tmyrouting  # mine\n")
     (folder / "other.conf").write_text("152 podnet\n153\tother\n")  # the same name elsewhere is no claim
     (folder / "notes.txt").write_text("152 notes\n")  # not a *.conf file: iproute2 does not read it
-    assert rt_proto_claims(str(mine)) == [f"{tmp_path}/iproute2/rt_protos: myrouting"]
+    assert rt_proto_claims(str(mine)) == [(f"{tmp_path}/iproute2/rt_protos", "myrouting")]
 
 
 # --- iptables ------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import copy
 import re
 import shlex
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,7 +92,7 @@ def targets_of(line: str) -> list[str]:
 class Ownership:
     """Which chains of a table are podnet's: named by podnet's grammar, or listed by the caller."""
 
-    def __init__(self, prefix: str, listed=()):
+    def __init__(self, prefix: str, listed: Iterable[str] = ()):
         self.prefix = prefix
         self.listed = frozenset(listed)
         self._grammar = re.compile(re.escape(prefix) + OWN_CHAIN_SUFFIX)

@@ -247,9 +247,9 @@ def owned_or_refuse(run: NodeRun, node: dict[str, Any], rt_protos_file: str | No
     bird = (RTPROT_BIRD,) if bird_conf_is_podnets(run.module.params["bird_dir"]) else ()
     problems = foreign_conflicts(want, have.objects, run.take_over, bird)
     if rt_protos_file:
-        problems += [f"route protocol {PODNET_RTPROTO} is named {claim.split(': ', 1)[1]!r} in "
-                     f"{claim.split(': ', 1)[0]}: something else uses podnet's protocol number, so podnet cannot "
-                     "tell its routes from that program's" for claim in rt_proto_claims(rt_protos_file)]
+        problems += [f"route protocol {PODNET_RTPROTO} is named {name!r} in {where}: something else uses "
+                     "podnet's protocol number, so podnet cannot tell its routes from that program's"
+                     for where, name in rt_proto_claims(rt_protos_file)]
         existing = _read(rt_protos_file)
         if existing is not None and not is_podnets_rt_protos(existing):
             problems.append(f"{rt_protos_file} exists and is not podnet's (its first line is not "

@@ -121,8 +121,8 @@ def is_podnets_rt_protos(text: str | None) -> bool:
     return bool(text) and text.splitlines()[0] == RT_PROTOS_MARKER
 
 
-def rt_proto_claims(path: str) -> list[str]:
-    """Where another name is given to podnet's protocol number: `<file>: <name>` for each, looking at the
+def rt_proto_claims(path: str) -> list[tuple[str, str]]:
+    """Where another name is given to podnet's protocol number: (file, name) for each, looking at the
     folder podnet's file goes into (its *.conf files) and the main table beside it (../rt_protos)."""
     folder = os.path.dirname(path)
     candidates = [os.path.join(os.path.dirname(folder), "rt_protos")]
@@ -142,5 +142,5 @@ def rt_proto_claims(path: str) -> list[str]:
         for line in lines:
             found = _RT_PROTOS_LINE.match(line.split("#", 1)[0])
             if found and int(found.group(1), 0) == PODNET_RTPROTO and found.group(2) != RT_PROTO_NAME:
-                claims.append(f"{candidate}: {found.group(2)}")
+                claims.append((candidate, found.group(2)))
     return claims
