@@ -1,11 +1,13 @@
 """podnet.dataplane.node_apply, the one module run per node the backend roles make: a failing step
 stops that node with the step's own module message, leaves the device it refused alone, and the other
-nodes still converge; the node lock it takes is kept only when asked, and never after a failure (the
+nodes still converge; the node lock it takes lives exactly as long as its run, failed or not (the
 flannel/calico test files cover the converged state itself)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -43,20 +45,19 @@ def test_a_failing_step_stops_its_node_with_the_modules_message(lab: Lab) -> Non
     assert link(lab, "node1", "flannel.1")["linkinfo"]["info_kind"] == "vxlan"
 
 
-KEEP_LOCK_PLAYBOOK = """
+LOCK_PLAYBOOK = """
 - hosts: podnet_nodes
   gather_facts: false
   roles:
     - podnet.dataplane.plan
   tasks:
-    - name: The backend under the node lock, kept for what would follow
+    - name: The backend under the node lock
       ansible.builtin.include_role:
         name: podnet.dataplane.flannel
       vars:
         podnet_apply_lock:
           owner: "{{{{ lookup('podnet.dataplane.run_owner') }}}}"
           path: "{{{{ podnet_lock_file }}}}"
-          release: false
     - name: Keep what node_apply said
       ansible.builtin.copy:
         content: "{{{{ podnet_flannel_apply | to_json }}}}"
@@ -66,24 +67,33 @@ KEEP_LOCK_PLAYBOOK = """
 """
 
 
-def test_the_lock_is_kept_only_when_asked_and_never_after_a_failure(lab: Lab, tmp_path: Path) -> None:
-    playbook = tmp_path / "keep.yml"
-    playbook.write_text(KEEP_LOCK_PLAYBOOK.format(out=tmp_path))
+def lock_is_free(path: Path) -> bool:
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def test_the_lock_lives_as_long_as_the_run_failed_or_not(lab: Lab, tmp_path: Path) -> None:
+    playbook = tmp_path / "lock.yml"
+    playbook.write_text(LOCK_PLAYBOOK.format(out=tmp_path))
     locks = {host: Path(f"/run/podnet-lab/{lab.prefix}/{host}/node.lock") for host in ("node1", "node2", "node3")}
 
-    kept = lab.run(playbook, extra_vars={"podnet_backend": "flannel-vxlan"})
+    done = lab.run(playbook, extra_vars={"podnet_backend": "flannel-vxlan"})
 
-    assert kept.rc == 0, kept.output
+    assert done.rc == 0, done.output
     for host, lock in locks.items():
-        assert json.loads((tmp_path / f"{host}.json").read_text())["lock"]["held"] is True
-        assert json.loads(lock.read_text())["owner"]["run"], host  # still there, and it is that run's
+        result = json.loads((tmp_path / f"{host}.json").read_text())["lock"]
+        assert result["waited"] < 60 and "abandoned_by" not in result, result
+        assert lock_is_free(lock) and lock.read_text() == "", host  # held by the run's process only
 
     lab.exec("node1", ["ip", "link", "del", "flannel.1"], check=True)
     lab.exec("node1", ["ip", "link", "add", "flannel.1", "type", "bridge"], check=True)
     failed = lab.run(playbook, extra_vars={"podnet_backend": "flannel-vxlan"})
 
     assert failed.rc != 0 and failed.failed("node1") == 1 and failed.failed("node2") == 0
-    assert not locks["node1"].exists()  # given back although release was false: nothing follows a failure
-    assert locks["node2"].exists() and locks["node3"].exists()
-    # the first run's locks were left by a process that is gone: broken at once, not waited for
-    assert json.loads((tmp_path / "node2.json").read_text())["lock"]["broke_stale"]["run"]
+    assert all(lock_is_free(lock) and lock.read_text() == "" for lock in locks.values())

@@ -1,12 +1,12 @@
 """Runs that are killed, runs that overlap, locks that are left behind: the next run always converges."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +35,38 @@ def lab():
 
 def lock_path(lab: Lab, host: str) -> Path:
     return Path(f"/run/podnet-lab/{lab.prefix}/{host}/node.lock")
+
+
+HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.ftruncate(fd, 0)
+os.write(fd, sys.argv[2].encode())
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def hold_lock(path: Path, record: dict) -> subprocess.Popen:
+    """Another run holding a node's lock: a live process with the flock, and the record it wrote."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), json.dumps(record)], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def lock_free(path: Path) -> bool:
+    """Nobody holds the node's lock, and the last holder ended cleanly (its record emptied)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return path.read_text() == ""
 
 
 def podnet_objects(lab: Lab, host: str, backend: str) -> dict:
@@ -137,7 +169,7 @@ def test_concurrent_runs_serialize_and_both_finish(lab):
     assert all(r.rc == 0 for r in results.values()), [r.output for r in results.values()]
     for host in NODES:
         assert podnet_objects(lab, host, "flannel-vxlan") == expected_objects("flannel-vxlan")
-        assert not lock_path(lab, host).exists()  # both gave their locks back
+        assert lock_free(lock_path(lab, host))  # both gave their locks back
     again = lab.run("playbooks/site.yml", extra_vars={"podnet_backend": "flannel-vxlan"})
     assert all(again.changed(h) == 0 for h in NODES), again.recap
 
@@ -149,51 +181,47 @@ def test_a_run_waiting_for_one_node_holds_no_other_node(lab):
     node1 would hang both until the lock timeout.)"""
     converge = lab.run("playbooks/site.yml", extra_vars={"podnet_backend": "calico-vxlan"})
     assert converge.rc == 0, converge.output
-    held = lock_path(lab, "node2")
-    held.write_text(json.dumps({"owner": {"host": socket.gethostname(), "pid": os.getpid(), "run": "held"}}))
+    holder = hold_lock(lock_path(lab, "node2"), {"run": "held"})
     proc = start_site(lab, "flannel-vxlan")
     try:
         deadline = time.monotonic() + 300
         free_nodes = ("node1", "node3")
-        while not all(converged(lab, h, "flannel-vxlan") and not lock_path(lab, h).exists() for h in free_nodes):
+        while not all(converged(lab, h, "flannel-vxlan") and lock_free(lock_path(lab, h)) for h in free_nodes):
             assert proc.poll() is None, "the run ended while node2 was still locked"
             assert time.monotonic() < deadline, "node1 and node3 were not converged while node2 was locked"
             time.sleep(0.5)
         assert podnet_objects(lab, "node2", "calico-vxlan") == expected_objects("calico-vxlan")  # still waiting
-        held.unlink()
+        holder.kill()
+        holder.wait()
         assert proc.wait(timeout=300) == 0
     finally:
         if proc.poll() is None:
             kill_run(proc)
             proc.wait()
-        held.unlink(missing_ok=True)
+        holder.kill()
+        holder.wait()
     assert podnet_objects(lab, "node2", "flannel-vxlan") == expected_objects("flannel-vxlan")
 
 
 def test_a_live_lock_blocks_and_a_dead_one_does_not(lab):
     path = lock_path(lab, "node2")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A live owner (this test process) holds node2: a run waits, then gives up with a clear message.
-    path.write_text(json.dumps({"owner": {"host": socket.gethostname(), "pid": os.getpid(), "run": "held"}}))
-    blocked = lab.run("playbooks/site.yml", extra_vars={"podnet_backend": "flannel-vxlan",
-                                                         "podnet_lock_wait_timeout": 3})
+    # A run in progress (a live process holding node2's flock): a run waits, then gives up, naming it.
+    holder = hold_lock(path, {"run": "held", "controller": "elsewhere", "pid": 1})
+    try:
+        blocked = lab.run("playbooks/site.yml", extra_vars={"podnet_backend": "flannel-vxlan",
+                                                             "podnet_lock_wait_timeout": 3})
+    finally:
+        holder.kill()  # SIGKILL: no release runs, the record stays behind
+        holder.wait()
     assert blocked.rc != 0 and blocked.failed("node2") == 1, blocked.output
-    assert "locked by run held" in blocked.stdout
-    # The same lock left by a process that no longer exists is broken at once.
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    path.write_text(json.dumps({"owner": {"host": socket.gethostname(), "pid": dead.pid, "run": "killed"}}))
+    assert "locked by run held of controller elsewhere" in blocked.stdout
+    # The same lock, its holder killed: the next run takes it at once, whatever the record says.
+    assert json.loads(path.read_text())["run"] == "held"
     start = time.monotonic()
     freed = lab.run("playbooks/site.yml", extra_vars={"podnet_backend": "flannel-vxlan"})
     assert freed.rc == 0, freed.output
     assert time.monotonic() - start < 60
-    assert not path.exists()
-    # An old lock of an owner that cannot be checked (another controller) expires after stale_after.
-    path.write_text(json.dumps({"owner": {"host": "elsewhere", "pid": 1, "run": "remote"}}))
-    old = time.time() - 3600
-    os.utime(path, (old, old))
-    expired = lab.run("playbooks/site.yml", extra_vars={"podnet_backend": "flannel-vxlan"})
-    assert expired.rc == 0, expired.output
+    assert lock_free(path)
 
 
 def test_boot_apply_restores_a_wiped_node_without_ansible(lab):

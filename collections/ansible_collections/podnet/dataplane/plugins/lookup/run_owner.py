@@ -7,10 +7,10 @@ name: run_owner
 short_description: Identify this ansible-playbook run (controller host, process id, random run id)
 version_added: "0.1.0"
 description:
-  - Returns one mapping C({host, pid, pidns, run}) naming the controller, the ansible-playbook process and
-    its PID namespace (boot id and namespace inode), so M(podnet.dataplane.node_lock) can tell a live run's
-    lock from one a killed run left behind, and checks the process only where it can see it (not on a node
-    that merely has the same hostname).
+  - Returns one mapping C({host, pid, run}) naming the controller, the ansible-playbook process and a
+    random run id. M(podnet.dataplane.node_apply) records it in the node lock it holds, so a run that has
+    to wait, or the run after one that was killed, can say which run held the node. The lock's liveness
+    never rests on it - the kernel releases the lock with the process that holds it on the node.
   - Evaluate it once per play (C(set_fact) with C(run_once)); every call makes a new run id.
 author:
   - podnet maintainers (@podnet)
@@ -34,11 +34,9 @@ import secrets
 import socket
 
 from ansible.plugins.lookup import LookupBase
-from ansible_collections.podnet.dataplane.plugins.module_utils.node_lock import pid_namespace
 
 
 class LookupModule(LookupBase):
     def run(self, terms, variables=None, **kwargs):
         # Lookups run in a worker forked from the ansible-playbook process: its parent is the run.
-        return [{"host": socket.gethostname(), "pid": os.getppid(), "pidns": pid_namespace(),
-                 "run": secrets.token_hex(8)}]
+        return [{"host": socket.gethostname(), "pid": os.getppid(), "run": secrets.token_hex(8)}]

@@ -127,14 +127,17 @@ def apply_files(files: list[dict], check: bool = False) -> list[str]:
     return done
 
 
-def _running(pidfile: str, binary: str) -> bool:
-    """Whether the process a pid file names is alive and is `binary` (a pid file left from before a reboot
-    names nothing, or some other process)."""
+def service_running(pidfile: str, binary: str) -> bool:
+    """Whether the process a pid file names is alive, is `binary`, and runs in this network namespace: a
+    pid file left from before a reboot names nothing or some other process, and in the namespace lab a
+    pid may be another node's."""
     try:
         with open(pidfile, encoding="ascii") as handle:
             pid = int(handle.read().strip())
         with open(f"/proc/{pid}/comm", encoding="utf-8") as handle:
-            return handle.read().strip() == os.path.basename(binary)[:15]
+            if handle.read().strip() != os.path.basename(binary)[:15]:
+                return False
+        return os.readlink(f"/proc/{pid}/ns/net") == os.readlink("/proc/self/ns/net")
     except (OSError, ValueError):
         return False
 
@@ -145,7 +148,7 @@ def apply_services(services: list[dict], check: bool = False) -> list[str]:
     done = []
     for service in services:
         argv = [str(word) for word in service["argv"]]
-        if not _running(service["pidfile"], argv[0]):
+        if not service_running(service["pidfile"], argv[0]):
             if not check:
                 subprocess.run(argv, check=True, capture_output=True, text=True, timeout=60)
             done.append(shell_line(argv))

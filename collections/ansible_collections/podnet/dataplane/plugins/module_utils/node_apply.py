@@ -30,6 +30,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils import (
     proxy_arp_resource,
     vxlan_fdb_resource,
 )
+from ansible_collections.podnet.dataplane.plugins.module_utils.boot_apply import service_running
 from ansible_collections.podnet.dataplane.plugins.module_utils.builders import subnet_env_text
 from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import Engine
 from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
@@ -112,8 +113,10 @@ class NodeRun:
         self.take_over = list(take_over or [])
         # the node's devices as read before the first step (owned_or_refuse): name -> alias
         self.aliases: dict[str, str | None] = {}
-        # the files this run wrote (path -> content): what the boot restore writes again
-        self.files: dict[str, str] = {}
+        # the files this run wrote (path -> (content, mode)): what the boot restore writes again
+        self.files: dict[str, tuple[str, int]] = {}
+        # the daemons this run keeps running (BIRD): what the boot restore starts again
+        self.services: list[dict[str, Any]] = []
 
     def resource(self, step: str, resource: str, **params: Any) -> dict[str, Any]:
         params["persist_dir"] = self.module.params["persist_dir"]
@@ -134,7 +137,7 @@ class NodeRun:
         except OSError as exc:
             raise StepFailed(step, f"podnet.node_apply: {step} ({path}): {exc}", {}) from exc
         if content is not None:
-            self.files[path] = content
+            self.files[path] = (content, FILE_MODE)
         return self.keep(step, "file", result)
 
     def keep(self, step: str, resource: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -254,6 +257,8 @@ def owned_or_refuse(run: NodeRun, node: dict[str, Any], rt_protos_file: str | No
         if existing is not None and not is_podnets_rt_protos(existing):
             problems.append(f"{rt_protos_file} exists and is not podnet's (its first line is not "
                             f"{rt_protos_text().splitlines()[0]!r}): podnet will not overwrite it")
+    if runs_bird(node) and run.module.params["bird"]:
+        problems += bird_refusals(run.module.params["bird_dir"], run.module.params["bird"]["config"])
     if problems:
         raise StepFailed(step, "podnet.node_apply: nothing changed: " + "; ".join(problems), {"foreign": problems})
     run.keep(step, "ownership", {"changed": False, "commands": []})
@@ -309,7 +314,7 @@ def apply_calico(run: NodeRun, node: dict[str, Any]) -> None:
         run.resource("proxy ARP and forwarding on the pods' host interfaces", "proxy_arp",
                      interfaces=[pod["host_interface"] for pod in node["pods"]], settings=p["pod_sysctls"],
                      state_file=p["proxy_arp_state_file"], state="merged")
-    if ((node.get("bgp") or {}).get("mode") or "") != "bird":
+    if not runs_bird(node):
         # before the static routes: a BIRD of an earlier bird run withdraws its routes, so the static ones
         # take destinations that are free, not BIRD's
         no_bird(run, p["bird_dir"], p["birdc"])
@@ -318,6 +323,8 @@ def apply_calico(run: NodeRun, node: dict[str, Any]) -> None:
     run.resource("masquerade rules", "iptables_rules", rules=node["iptables"], state="overridden")
     content = subnet_env_text(node["subnet_env"], mtu) if node.get("subnet_env") else None
     run.file("subnet.env of flannel (canal only)", p["subnet_env"], content)
+    if runs_bird(node) and p["bird"]:
+        with_bird(run, p["bird"])
 
 
 def apply_policy(run: NodeRun, policy: dict[str, Any]) -> None:
@@ -388,15 +395,78 @@ def no_bird(run: NodeRun, bird_dir: str, birdc: str) -> None:
     run.keep(step, "bird", result)
 
 
-def record_for_boot(run: NodeRun, node: dict[str, Any]) -> None:
+BIRD_CONF_MODE = 0o640
+BIRD_DIR_MODE = 0o750
+
+
+def bird_refusals(bird_dir: str, config: str) -> list[str]:
+    """Why podnet must not write this BIRD configuration into bird_dir, if it must not."""
+    problems = []
+    if BIRD_MARKER not in config.splitlines()[:10]:
+        problems.append(f"the BIRD configuration lacks podnet's line {BIRD_MARKER!r} in its first ten lines: "
+                        "podnet could not tell it from another BIRD's later")
+    if os.path.islink(bird_dir) or (os.path.lexists(bird_dir) and not os.path.isdir(bird_dir)):
+        problems.append(f"{bird_dir} (BIRD's folder) is not a folder: podnet will not write into it")
+    elif os.path.lexists(os.path.join(bird_dir, "bird.conf")) and not bird_conf_is_podnets(bird_dir):
+        problems.append(f"{bird_dir}/bird.conf is not podnet's (no {BIRD_MARKER!r} line): podnet will not "
+                        "overwrite another BIRD's configuration")
+    return problems
+
+
+def runs_bird(node: dict[str, Any]) -> bool:
+    return ((node.get("bgp") or {}).get("mode") or "") == "bird"
+
+
+def with_bird(run: NodeRun, bird: dict[str, Any]) -> None:
+    """A node whose BGP runs on BIRD: podnet's bird.conf in bird_dir, and one BIRD serving this node's
+    namespace with it - started when none runs, asked to reload when the configuration changed. Done
+    inside the node's run, under its lock: BIRD is part of the node's state like its routes."""
+    step = "BIRD with podnet's configuration"
+    p = run.module.params
+    bird_dir, config = p["bird_dir"], bird["config"]
+    conf, ctl, pidfile = (os.path.join(bird_dir, name) for name in ("bird.conf", "bird.ctl", "bird.pid"))
+    before = _read(conf)  # podnet's, or none: owned_or_refuse checked that before the first change
+    argv = [bird["binary"], "-c", conf, "-s", ctl, "-P", pidfile]
+    changed_conf = before != config or _mode(conf) != BIRD_CONF_MODE
+    # a BIRD that runs is asked to reload a changed configuration; none that runs: one is started
+    command = (None if not changed_conf else [p["birdc"], "-s", ctl, "configure"]) \
+        if service_running(pidfile, bird["binary"]) else argv
+    result: dict[str, Any] = {"changed": changed_conf or command is not None,
+                              "commands": [shell_line(command)] if command else [],
+                              "diff": {"before": before or "", "after": config}}
+    if not run.module.check_mode:
+        try:
+            if not os.path.isdir(bird_dir):
+                os.makedirs(bird_dir, mode=BIRD_DIR_MODE, exist_ok=True)
+                os.chmod(bird_dir, BIRD_DIR_MODE)  # made just now; not under the umask
+            if changed_conf:
+                persist.atomic_write(conf, config, BIRD_CONF_MODE)
+        except OSError as exc:
+            raise StepFailed(step, f"podnet.node_apply: {step}: {exc}", result) from exc
+        if command:
+            binary = run.module.get_bin_path(command[0])
+            if not binary:
+                raise StepFailed(step, f"podnet.node_apply: {step}: {command[0]} not found on the node", result)
+            rc, out, err = run.module.run_command([binary, *command[1:]])
+            if rc != 0:
+                raise StepFailed(step, f"podnet.node_apply: {step}: {shell_line(command)} failed (rc {rc}): "
+                                       f"{(err or out).strip()}", result)
+    run.files[conf] = (config, BIRD_CONF_MODE)
+    run.services.append({"name": "bird", "pidfile": pidfile, "argv": argv})
+    run.keep(step, "bird", result)
+
+
+def record_for_boot(run: NodeRun) -> None:
     """What the boot restore needs beyond the resources' own records: the files this run wrote (subnet.env
-    lives on tmpfs and is gone after a reboot), and no BIRD to start where the node runs none of podnet's."""
+    lives on tmpfs and is gone after a reboot) and the daemons it keeps running (none: the record goes)."""
     directory = run.module.params["persist_dir"]
     if not directory or run.module.check_mode:
         return
-    persist.save(directory, FILES_RECORD, files=[{"path": path, "content": content, "mode": f"{FILE_MODE:04o}"}
-                                                 for path, content in sorted(run.files.items())])
-    if ((node.get("bgp") or {}).get("mode") or "") != "bird":
+    persist.save(directory, FILES_RECORD, files=[{"path": path, "content": content, "mode": f"{mode:04o}"}
+                                                 for path, (content, mode) in sorted(run.files.items())])
+    if run.services:
+        persist.save(directory, BIRD_RECORD, services=run.services)
+    else:
         persist.forget(directory, BIRD_RECORD)
 
 

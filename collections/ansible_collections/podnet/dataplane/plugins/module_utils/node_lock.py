@@ -1,140 +1,154 @@
 # Copyright: podnet contributors
 # Apache License 2.0
-"""The node lock (podnet.dataplane.node_lock, and podnet.dataplane.preflight's I(lock)): a lock file
-that serializes podnet runs on a node and that a killed run cannot wedge."""
+"""The node lock (podnet.dataplane.node_apply's I(lock)): serializes podnet runs on a node.
+
+The lock is an exclusive ``flock`` on the lock file, held by the node-side process that changes the node,
+for exactly as long as that process runs. The kernel releases it when the process ends, however it ends
+(SIGKILL, an out-of-memory kill, the SSH connection cut, the node rebooting), so there is nothing to judge
+stale and no owner to check by hostname or PID: a lock that can be taken is free. Nothing holds the lock
+across tasks: a holder that outlived its process could only be judged by guessing.
+
+The file's content is only a record, for messages and for the next run: who holds the lock now (run id,
+controller, the holder's PID and boot id on the node), emptied on a clean release. A record found in a
+lock that could be taken names a run that died holding it.
+
+The lock file is never removed: a run that opened the old file while another removed it and made a new
+one would hold a lock on a file nobody else sees. A run that finds the path replaced after taking the lock
+(someone removed or replaced it meanwhile) lets go and takes the new file's lock instead.
+"""
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
-import socket
 import time
+from typing import Any
 
 LOCK_SPEC = {
-    "owner": {"type": "dict", "required": True},
+    "owner": {"type": "dict", "default": {}},
     "path": {"type": "path", "default": "/run/podnet/node.lock"},
     "wait_timeout": {"type": "int", "default": 600},
-    "stale_after": {"type": "int", "default": 900},
 }
+POLL = 0.2
+RECORD_LIMIT = 4096  # a record is one short JSON line; more is not a record of podnet's
 
 
 class LockTimeout(Exception):
     pass
 
 
-POLL = 0.25
+class LockError(Exception):
+    pass
 
 
-def read_lock(path: str) -> dict | None:
-    """The lock's content, its age and its identity (inode and mtime: which lock file this was)."""
-    try:
-        info = os.stat(path)
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-        if not isinstance(data, dict):
-            raise ValueError("not a lock record")
-    except FileNotFoundError:
-        return None
-    except (ValueError, OSError):
-        try:
-            info = os.stat(path)
-        except FileNotFoundError:
-            return None
-        data = {"owner": {}}  # torn write: judge by age
-    data["age"] = time.time() - info.st_mtime
-    data["identity"] = (info.st_ino, info.st_mtime_ns)
-    return data
-
-
-def pid_namespace() -> str | None:
-    """This process's PID namespace, unique on the machine and in time (boot id + namespace inode): a pid
-    recorded by a run can be checked from here only when both are the same. Hostnames are not enough: a
-    controller and a node (or two containers) may share one."""
+def boot_id() -> str | None:
     try:
         with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
-            boot = handle.read().strip()
-        return f"{boot}:{os.stat('/proc/self/ns/pid').st_ino}"
+            return handle.read().strip()
     except OSError:
         return None
 
 
-def owner_alive(owner: dict) -> bool | None:
-    """True/False when the owner's process can be checked from here; None when it cannot (another machine
-    or container): then only the lock's age tells."""
-    if not isinstance(owner.get("pid"), int):
-        return None
-    if "pidns" in owner:
-        if owner["pidns"] is None or owner["pidns"] != pid_namespace():
-            return None
-    elif owner.get("host") != socket.gethostname():  # an owner recorded by an earlier release
+def read_record(fd: int) -> dict[str, Any] | None:
+    """The record in the open lock file (read through the descriptor: a file removed meanwhile is still
+    readable, and nothing is opened by name twice). Empty: None; not a record: {"unreadable": ...}."""
+    raw = os.pread(fd, RECORD_LIMIT, 0)
+    if not raw.strip():
         return None
     try:
-        os.kill(owner["pid"], 0)
-    except ProcessLookupError:
+        data = json.loads(raw)
+    except ValueError:
+        return {"unreadable": raw[:200].decode("utf-8", "replace")}
+    return data if isinstance(data, dict) else {"unreadable": str(data)[:200]}
+
+
+def describe(record: dict[str, Any] | None) -> str:
+    if not record:
+        return "a process that left no record"
+    if "unreadable" in record:
+        return f"a process whose record is unreadable ({record['unreadable']!r})"
+    since = record.get("since")
+    age = f" for {time.time() - since:.0f} s" if isinstance(since, (int, float)) else ""
+    return (f"run {record.get('run')} of controller {record.get('controller')} (process {record.get('pid')} "
+            f"on this node){age}")
+
+
+def _open(path: str) -> int:
+    try:
+        # O_NOFOLLOW: a link planted at the lock's path is refused, not followed
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise LockError(f"podnet: the node lock {path} is a symbolic link: refused") from exc
+        raise LockError(f"podnet: cannot open the node lock {path}: {exc.strerror}") from exc
+
+
+def _still_at(path: str, fd: int) -> bool:
+    """The locked descriptor is the file at path (not one removed or replaced since it was opened)."""
+    try:
+        named = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
         return False
-    except PermissionError:
-        return True
-    return True
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
-def break_stale(path: str, judged: tuple[int, int]) -> bool:
-    """Remove the lock file judged stale, if it is still that file. Runs that judge the same lock stale at
-    once serialize on a mutex file next to it: the first removes it (and takes the lock anew), the others
-    find another lock file there and leave it alone. Without this, the second run removed the first one's
-    fresh lock and both held the node."""
-    with open(f"{path}.break", "a", encoding="utf-8") as mutex:
-        fcntl.flock(mutex.fileno(), fcntl.LOCK_EX)
+class NodeLock:
+    """The node lock, held by this process. Use as a context manager, or acquire() and release()."""
+
+    def __init__(self, path: str, owner: dict[str, Any] | None = None):
+        self.path = path
+        self.owner = owner or {}
+        self.fd: int | None = None
+
+    def acquire(self, wait_timeout: float) -> dict[str, Any]:
+        """Wait until no other process holds the lock, then take it: {"waited": s} and, when the last holder
+        died holding it, {"abandoned_by": its record}."""
+        folder = os.path.dirname(self.path)
+        if folder:
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+        start = time.monotonic()
+        while True:
+            fd = _open(self.path)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = read_record(fd)
+                os.close(fd)
+                waited = time.monotonic() - start
+                if waited >= wait_timeout:
+                    raise LockTimeout(f"podnet: the node is locked by {describe(holder)}; waited {waited:.0f} s "
+                                      "(a run in progress: it ends when its process ends)") from None
+                time.sleep(POLL)
+                continue
+            if _still_at(self.path, fd):
+                break
+            os.close(fd)  # the file was removed or replaced while we took its lock: take the new one's
+        self.fd = fd
+        previous = read_record(fd)
+        record = {"run": self.owner.get("run"), "controller": self.owner.get("host"), "pid": os.getpid(),
+                  "boot_id": boot_id(), "since": time.time()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(record, sort_keys=True) + "\n").encode(), 0)
+        result: dict[str, Any] = {"waited": round(time.monotonic() - start, 3)}
+        if previous:
+            result["abandoned_by"] = previous
+        return result
+
+    def release(self) -> None:
+        """Empty the record (a clean end) and let go. The kernel does the same, minus the emptying, when
+        the process dies."""
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
         try:
-            info = os.stat(path)
-        except FileNotFoundError:
-            return False
-        if (info.st_ino, info.st_mtime_ns) != judged:
-            return False
-        os.unlink(path)
-        return True
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)
 
+    def __enter__(self) -> NodeLock:
+        return self
 
-def try_create(path: str, owner: dict) -> bool:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump({"owner": owner, "since": time.time()}, handle)
-    return True
-
-
-def acquire(path: str, owner: dict, wait_timeout: int, stale_after: int) -> dict:
-    """Wait until no other live run holds the lock, then take it: {"waited": s[, "broke_stale": owner]}."""
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    start = time.monotonic()
-    broke = None
-    while True:
-        if try_create(path, owner):
-            break
-        current = read_lock(path)
-        if current is None:
-            continue  # released between our attempt and the read
-        holder = current.get("owner", {})
-        if holder.get("run") == owner.get("run"):
-            break  # ours already
-        alive = owner_alive(holder)
-        if alive is False or (alive is None and current["age"] > stale_after):
-            if break_stale(path, current["identity"]):
-                broke = holder
-            continue
-        if time.monotonic() - start > wait_timeout:
-            raise LockTimeout(f"podnet: node is locked by run {holder.get('run')} of {holder.get('host')} "
-                              f"(pid {holder.get('pid')}) for {current['age']:.0f} s; waited {wait_timeout} s")
-        time.sleep(POLL)
-    result: dict = {"waited": round(time.monotonic() - start, 3)}
-    if broke is not None:
-        result["broke_stale"] = broke
-    return result
-
-
-def release(path: str, owner: dict) -> None:
-    """Give the lock back if this run holds it."""
-    current = read_lock(path)
-    if current and current.get("owner", {}).get("run") == owner.get("run"):
-        os.unlink(path)
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()

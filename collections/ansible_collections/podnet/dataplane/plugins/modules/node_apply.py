@@ -22,7 +22,9 @@ description:
     VTEPs, the VTEP (calico-vxlan) or M(podnet.dataplane.ipip_tunnel) (calico-ipip),
     M(podnet.dataplane.pod_network) (routed) C(overridden), M(podnet.dataplane.proxy_arp) on the pods'
     host interfaces, M(podnet.dataplane.pod_route) C(overridden),
-    M(podnet.dataplane.iptables_rules) C(overridden), then C(subnet.env) for canal (removed otherwise)."
+    M(podnet.dataplane.iptables_rules) C(overridden), then C(subnet.env) for canal (removed otherwise),
+    then BIRD (I(bird)) where the node's BGP runs on it - or, where it does not, podnet's BIRD of an
+    earlier run stopped before the routes."
   - The pods' MTU is the one the VTEP or tunnel got on the node (derived from the real underlay MTU),
     else the node's explicit C(mtu), else the planner's render-time value; C(subnet.env) carries the same.
   - Before the first step, the node is read once to check that every device (VTEP, tunnel, bridge, the pods'
@@ -113,13 +115,14 @@ options:
             default: 1
   bird_dir:
     description:
+      - Where podnet's BIRD keeps its configuration, control socket and pid file (see I(bird)).
       - Routed backends whose BGP is static or absent (C(podnet_node.bgp.mode) is not C(bird)) run no
         BIRD of podnet's - a BIRD left in this folder by an earlier C(bird) run is shut down with
         C(birdc down) (withdrawing its routes) and the folder removed.
     type: path
     default: /etc/podnet/bird
   birdc:
-    description: The C(birdc) binary that shuts such a BIRD down.
+    description: The C(birdc) binary that reloads podnet's BIRD or shuts it down.
     type: str
     default: birdc
   rt_protos_file:
@@ -132,42 +135,56 @@ options:
         name for C(152).
     type: path
     default: /etc/iproute2/rt_protos.d/podnet.conf
+  bird:
+    description:
+      - For a node whose BGP runs on BIRD (C(node.bgp.mode) is C(bird)) - the BIRD configuration to keep in
+        I(bird_dir) (C(bird.conf), mode 0640, its folder 0750 when new) and the BIRD to run with it, as the
+        last step of the run (after the routes and rules BIRD works with) - started when no BIRD serves this
+        node's network namespace (the pid file in I(bird_dir) names no live C(bird) process in it), asked
+        to reload (C(birdc configure)) when the configuration changed. Recorded for the boot restore.
+      - The configuration must carry podnet's line C(# podnet:bird) in its first ten lines; an existing
+        C(bird.conf) without it is another BIRD's, and the run fails before any change.
+      - Omitted, a node whose BGP runs on BIRD keeps whatever BIRD it has.
+    type: dict
+    suboptions:
+      config:
+        description: The text of C(bird.conf) (the C(podnet.dataplane.calico) role renders it from the plan).
+        type: str
+        required: true
+      binary:
+        description: The C(bird) binary.
+        type: str
+        default: bird
   lock:
     description:
-      - Take the node lock before anything else, exactly as M(podnet.dataplane.node_lock)
-        C(state=acquired) does (so no other podnet run changes the node meanwhile), and give it back at
-        the end - always when a step fails, otherwise unless I(release) is false.
-      - Not taken in check mode, as with M(podnet.dataplane.node_lock).
+      - Take the node lock before anything else and hold it until the run ends, so no other podnet run
+        changes the node meanwhile. The lock is an exclusive C(flock) on I(path), held by this module's own
+        process on the node - the kernel releases it when that process ends, however it ends (killed, its
+        SSH connection cut, the node rebooted), so a killed run never makes the next one wait.
+      - The file records the holder (run id, controller, process id, boot id) for the message of a run that
+        waits too long, and is emptied on a clean end; a record found in a lock that could be taken names a
+        run that died holding it (result C(lock.abandoned_by)). The file is never removed.
+      - Not taken in check mode (nothing is changed then).
     type: dict
     suboptions:
       owner:
-        description: The run, as returned by the C(podnet.dataplane.run_owner) lookup (C(host), C(pid), C(run)).
+        description: The run, as returned by the C(podnet.dataplane.run_owner) lookup (C(host), C(run)); recorded only.
         type: dict
-        required: true
+        default: {}
       path:
-        description: Lock file on the node.
+        description: Lock file on the node (a symbolic link there is refused).
         type: path
         default: /run/podnet/node.lock
       wait_timeout:
-        description: Seconds to wait for a live run's lock before failing.
+        description: Seconds to wait for a run in progress before failing.
         type: int
         default: 600
-      stale_after:
-        description: Seconds after which a lock whose owner cannot be checked counts as abandoned.
-        type: int
-        default: 900
-      release:
-        description:
-          - Give the lock back when done. False keeps it (after a successful run) for the tasks that follow
-            (BIRD, the boot unit); M(podnet.dataplane.node_lock) C(state=released) gives it back then.
-        type: bool
-        default: true
 extends_documentation_fragment:
   - podnet.dataplane.persist
 notes:
   - Supports check mode and diff mode (one diff per step that would change).
   - For a single piece of state, use its own module; this module exists so that a node costs one
-    module run instead of seven to twelve (with the lock and the policy, site.yml's whole apply of a
+    module run instead of seven to twelve (with the lock, the policy and BIRD, site.yml's whole apply of a
     node is this one run).
 seealso:
   - module: podnet.dataplane.vxlan_fdb
@@ -188,6 +205,12 @@ EXAMPLES = r"""
     lock:
       owner: "{{ lookup('podnet.dataplane.run_owner') }}"
       path: /run/podnet/node.lock
+
+- name: calico-bgp with BIRD - the routes, then BIRD with its configuration, in one run
+  podnet.dataplane.node_apply:
+    node: "{{ podnet_node }}"
+    bird:
+      config: "{{ lookup('ansible.builtin.template', 'bird.conf.j2') }}"
 
 - name: Preview what a converge would change, without changing it
   podnet.dataplane.node_apply:
@@ -212,9 +235,8 @@ results:
   elements: dict
 lock:
   description:
-    - With I(lock) - C(waited) (seconds spent waiting for another run), C(held) (whether this run still
-      holds it, that is I(release) was false; never in check mode) and, when an abandoned lock was broken,
-      C(broke_stale) (its owner).
+    - With I(lock) (not in check mode) - C(waited) (seconds spent waiting for another run) and, when the
+      previous holder died holding the lock, C(abandoned_by) (its record).
   returned: when I(lock) is given
   type: dict
 """
@@ -238,9 +260,9 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.node_apply import
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.node_lock import (
     LOCK_SPEC,
+    LockError,
     LockTimeout,
-    acquire,
-    release,
+    NodeLock,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.ownership import RT_PROTOS_FILE
 from ansible_collections.podnet.dataplane.plugins.module_utils.persist import PERSIST_OPTION
@@ -259,7 +281,11 @@ ARGUMENT_SPEC = {
     "bird_dir": {"type": "path", "default": "/etc/podnet/bird"},
     "birdc": {"type": "str", "default": "birdc"},
     "rt_protos_file": {"type": "path", "default": RT_PROTOS_FILE},
-    "lock": {"type": "dict", "options": {**LOCK_SPEC, "release": {"type": "bool", "default": True}}},
+    "bird": {"type": "dict", "options": {
+        "config": {"type": "str", "required": True},
+        "binary": {"type": "str", "default": "bird"},
+    }},
+    "lock": {"type": "dict", "options": LOCK_SPEC},
     "persist_dir": PERSIST_OPTION,
 }
 NODE_KEYS = ("backend", "pod_mode", "node_ip", "routes", "pods", "iptables", "render_mtu")
@@ -283,34 +309,29 @@ def main() -> None:
         module.fail_json(msg=missing_required_lib("pyroute2"), exception=str(PYROUTE2_IMPORT_ERROR))
     if p["pod_sysctls"] is None:
         p["pod_sysctls"] = dict(CALICO_HOST_SYSCTLS)
-    lock = p["lock"] if not module.check_mode else None
-    lock_result: dict = {}
+    lock = NodeLock(p["lock"]["path"], p["lock"]["owner"]) if p["lock"] and not module.check_mode else None
+    outcome: dict = {}
     if lock:
         try:
-            lock_result = acquire(lock["path"], lock["owner"], lock["wait_timeout"], lock["stale_after"])
-        except LockTimeout as exc:
+            outcome["lock"] = lock.acquire(p["lock"]["wait_timeout"])
+        except (LockTimeout, LockError) as exc:
             module.fail_json(msg=str(exc))
     run = NodeRun(module, node.get("take_over"))
-    keep = False
     try:
         owned_or_refuse(run, node, p["rt_protos_file"])
         name_route_protocol(run, p["rt_protos_file"])
         backend_of(node)(run, node)
         if p["policy"] is not None:
             apply_policy(run, p["policy"])
-        record_for_boot(run, node)
+        record_for_boot(run)
     except StepFailed as exc:
         details = {k: v for k, v in exc.extra.items() if k not in ("msg", "step")}
-        outcome = {"msg": exc.msg, "step": exc.step, **summary(run.results), **details}
+        outcome.update(msg=exc.msg, step=exc.step, **summary(run.results), **details)
     else:
-        outcome = summary(run.results)
-        keep = bool(lock) and not lock["release"]
+        outcome.update(summary(run.results))
     finally:
-        # A failed run gives the lock back even when asked to keep it: nothing that needed it follows.
-        if lock and not keep:
-            release(lock["path"], lock["owner"])
-    if p["lock"] is not None:
-        outcome["lock"] = dict(lock_result or {"waited": 0.0}, held=keep)
+        if lock:
+            lock.release()
     if "msg" in outcome:
         module.fail_json(**outcome)
     module.exit_json(**outcome)
