@@ -154,6 +154,35 @@ def test_the_boot_restore_starts_bird_again(mesh_lab):
     assert boot.returncode == 0 and "podnet-apply: 0 change(s)" in boot.stdout, boot.stdout + boot.stderr
 
 
+def test_bird_is_part_of_the_nodes_run(mesh_lab):
+    """BIRD is started by node_apply, under the node lock: verify.yml sees a BIRD that stopped (the check
+    run would start it), the next run starts it again, and another BIRD's bird.conf stops the run on that
+    node before any change."""
+    lab = mesh_lab
+    lab.exec("node3", ["birdc", "-s", bird_path(lab, "node3", "bird.ctl"), "down"], check=True)
+    verify = lab.run("playbooks/verify.yml")
+    # node3's drift is its BIRD; the others fail too, on connectivity: node3's routes went with its BIRD
+    assert verify.rc != 0 and verify.failed("node3") == 1, verify.output
+    assert f"bird -c {bird_path(lab, 'node3', 'bird.conf')}" in verify.output
+    again = lab.run("playbooks/site.yml")
+    assert again.rc == 0 and again.changed("node3") > 0 and again.changed("node1") == 0, again.output
+    wait_for_routes(lab, NODES)
+    pid = Path(bird_path(lab, "node3", "bird.pid")).read_text().strip()
+    assert Path(f"/proc/{pid}/comm").read_text().strip() == "bird"
+    assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(f"/run/netns/{lab.node_ns('node3')}").st_ino
+
+    conf = Path(bird_path(lab, "node3", "bird.conf"))
+    ours = conf.read_text()
+    conf.write_text("# the site's own BIRD\nrouter id 10.9.9.9;\n")
+    try:
+        refused = lab.run("playbooks/site.yml")
+        assert refused.rc != 0 and refused.failed("node3") == 1, refused.output
+        assert "nothing changed" in refused.output and "bird.conf is not podnet's" in refused.output
+        assert conf.read_text() == "# the site's own BIRD\nrouter id 10.9.9.9;\n"
+    finally:
+        conf.write_text(ours)
+
+
 def test_removing_a_node_withdraws_its_routes(mesh_lab, tmp_path):
     lab = mesh_lab
     node3_block = subnets_of(lab)["node3"]
