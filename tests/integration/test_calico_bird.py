@@ -183,6 +183,28 @@ def test_bird_is_part_of_the_nodes_run(mesh_lab):
         conf.write_text(ours)
 
 
+def bird_running(lab: Lab, host: str) -> bool:
+    pidfile = Path(bird_path(lab, host, "bird.pid"))
+    return pidfile.exists() and Path(f"/proc/{pidfile.read_text().strip()}/comm").exists()
+
+
+@pytest.mark.parametrize("other", ["calico-vxlan", "flannel-vxlan"])
+def test_switching_away_stops_bird_and_back_starts_it(mesh_lab, other):
+    """A switch to a backend without BIRD (routed or flannel) stops podnet's BIRD before the static routes
+    take the destinations BIRD held; the switch back starts it again."""
+    lab = mesh_lab
+    away = lab.run("playbooks/site.yml", extra_vars={"podnet_backend": other, "podnet_calico_bgp": "static"})
+    assert away.rc == 0, away.output
+    for host in NODES:
+        assert lab.json(host, "route", "show", "proto", "bird") == []
+        assert len([r for r in lab.json(host, "route", "show", "proto", "152") if "/" in r["dst"]]) == 2
+        assert not bird_running(lab, host) and not Path(bird_path(lab, host, "bird.conf")).exists()
+    back = lab.run("playbooks/site.yml")
+    assert back.rc == 0, back.output
+    wait_for_routes(lab, NODES)
+    assert all(bird_running(lab, host) for host in NODES)
+
+
 def test_removing_a_node_withdraws_its_routes(mesh_lab, tmp_path):
     lab = mesh_lab
     node3_block = subnets_of(lab)["node3"]

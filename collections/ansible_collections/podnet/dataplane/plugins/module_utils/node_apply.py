@@ -12,6 +12,7 @@ dump, not a module run.
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import itertools
 import os
@@ -277,13 +278,15 @@ def _route_networks(node: dict[str, Any]) -> list[str]:
 
 def apply_flannel(run: NodeRun, node: dict[str, Any]) -> None:
     """flannel-vxlan / flannel-host-gw: VTEP and peers (vxlan), routes, bridge and pods, masquerade,
-    subnet.env; and nothing left of another backend (its VTEP, tunl0, proxy-ARP settings)."""
+    subnet.env; and nothing left of another backend (its VTEP, tunl0, BIRD, proxy-ARP settings)."""
     p = run.module.params
     vtep = None
     if node.get("vtep"):
         vtep = run.resource("VXLAN endpoint and static peers", "vxlan_fdb", **_vtep_params(node["vtep"]))
     _other_vteps(run, node)
     run.resource("no IPIP tunnel of calico-ipip", "ipip_tunnel", state="deleted")
+    # before the routes: podnet's BIRD of a calico-bgp run withdraws its routes as it goes
+    no_bird(run, p["bird_dir"], p["birdc"])
     run.resource("routes to every peer's pod subnet", "pod_route", routes=node["routes"], state="overridden",
                  networks=_route_networks(node))
     run.resource("no proxy-ARP settings of a routed backend", "proxy_arp", interfaces=["cali*"],
@@ -386,7 +389,9 @@ def no_bird(run: NodeRun, bird_dir: str, birdc: str) -> None:
             result["birdc_rc"], result["birdc_stderr"] = None, f"{birdc} not found: BIRD not asked to shut down"
         try:
             for path in ours:
-                os.unlink(path)
+                # BIRD removes its control socket and pid file itself as it goes down
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
             if not others:
                 os.rmdir(bird_dir)
         except OSError as exc:

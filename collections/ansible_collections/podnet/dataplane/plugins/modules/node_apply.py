@@ -15,7 +15,8 @@ description:
     so results, check mode, diffs and error messages are that module's.
   - "flannel backends: M(podnet.dataplane.vxlan_fdb) (the VTEP and static peers, flannel-vxlan),
     M(podnet.dataplane.vxlan_fdb) C(deleted) for every other VTEP in I(other_vteps),
-    M(podnet.dataplane.ipip_tunnel) C(deleted), M(podnet.dataplane.pod_route) C(overridden),
+    M(podnet.dataplane.ipip_tunnel) C(deleted), podnet's BIRD of a calico-bgp run stopped (see
+    I(bird_dir)), M(podnet.dataplane.pod_route) C(overridden),
     M(podnet.dataplane.proxy_arp) C(deleted) on C(cali*), M(podnet.dataplane.pod_network) (bridge)
     C(overridden), M(podnet.dataplane.iptables_rules) C(overridden), then C(subnet.env)."
   - "calico and the other routed backends: M(podnet.dataplane.vxlan_fdb) C(deleted) for the other
@@ -116,7 +117,7 @@ options:
   bird_dir:
     description:
       - Where podnet's BIRD keeps its configuration, control socket and pid file (see I(bird)).
-      - Routed backends whose BGP is static or absent (C(podnet_node.bgp.mode) is not C(bird)) run no
+      - flannel backends, and routed backends whose BGP is static or absent (C(podnet_node.bgp.mode) is not C(bird)), run no
         BIRD of podnet's - a BIRD left in this folder by an earlier C(bird) run is shut down with
         C(birdc down) (withdrawing its routes) and the folder removed.
     type: path
@@ -326,7 +327,8 @@ def main() -> None:
         record_for_boot(run)
     except StepFailed as exc:
         details = {k: v for k, v in exc.extra.items() if k not in ("msg", "step")}
-        outcome.update(msg=exc.msg, step=exc.step, **summary(run.results), **details)
+        # a dict display, not update(**...): the failing step's details repeat keys of the summary
+        outcome = {**outcome, "msg": exc.msg, "step": exc.step, **summary(run.results), **details}
     else:
         outcome.update(summary(run.results))
     finally:
