@@ -52,10 +52,10 @@ test-quick: setup
 test-ipip-vm: setup
 	PODNET_IPIP_VM=1 $(PY) -m pytest -q tests/integration/test_ipip_vm.py $(PYTEST_ARGS)
 
-# The machines lab (docs/machines-lab.md): builds the Debian image once (cached by recipe hash), boots three
-# systemd machines reached over SSH, reboots one; not yet part of `make test`.
+# The machines lab's tests alone (docs/machines-lab.md; also part of `make test`): builds the Debian image
+# once (cached by recipe hash), boots systemd machines reached over SSH, reboots them, kills runs.
 test-machines: setup
-	PODNET_MACHINES=1 $(PY) -m pytest -q tests/integration/test_machines_lab.py $(PYTEST_ARGS)
+	$(PYTEST) tests/integration/test_machines_lab.py tests/integration/test_machines_sigkill.py $(PYTEST_ARGS)
 
 # Molecule scenario ipip-vm: calico-ipip through create, converge, idempotence, verify and destroy inside one
 # QEMU guest (molecule/README.md); ~45 min under software emulation, so `make test` excludes it.

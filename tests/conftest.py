@@ -17,11 +17,14 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "collections"))
 
-# Slowest first (seconds of one serial run on the 2-core machine: the QEMU guest 145 and more under load,
-# five calico-style backends 268, four policy labs 162, twenty killed runs 143, ...).
+# Slowest first (seconds of one serial run on the 2-core machine: ten SIGKILLed backend switches on the
+# machines lab ~700 and more under load, the QEMU guest 145 and more under load, five calico-style backends
+# 268, the machines lab's two converges and reboots ~250, four policy labs 162, twenty killed runs 143, ...).
 SLOW_FIRST = (
+    "tests/integration/test_machines_sigkill.py",
     "tests/integration/test_ipip_vm.py",
     "tests/integration/test_calico.py",
+    "tests/integration/test_machines_lab.py",
     "tests/integration/test_policy.py",
     "tests/integration/test_reliability.py",
     "tests/integration/test_flannel.py",

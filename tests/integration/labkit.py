@@ -13,6 +13,7 @@ Typical use (the ``lab`` fixtures in conftest.py wrap this)::
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -248,6 +249,19 @@ def remove_netns(prefix: str) -> list[str]:
         except OSError:
             pass  # already gone; anything else shows up in list_netns() below
     return names
+
+
+def lock_is_free(path: Path) -> bool:
+    """Nobody holds a node's lock (its flock could be taken now), and its last holder ended cleanly: the
+    record it writes is emptied on a clean release."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return path.read_text() == ""
 
 
 def unique_prefix() -> str:

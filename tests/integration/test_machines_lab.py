@@ -1,95 +1,22 @@
 """The machines lab (scripts/machines/lab): booted systemd machines as lab nodes, reached over real SSH.
 
-Opt-in (PODNET_MACHINES=1): the first run builds the Debian image (~1.5 min), and the lab is not yet part
-of `make test`. One lab for the module, brought up once and always torn down.
+Part of `make test`: the first `lab up` on a fresh machine builds the Debian image (~1.5 min, cached by
+recipe hash afterwards). One lab for the module (machinekit.lab_fixture): brought up once, always torn
+down, nothing of it left afterwards.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.integration.labkit import REPO_ROOT, VENV_BIN, list_netns, playbook_env, unique_prefix
+from tests.integration import machinekit
+from tests.integration.machinekit import HOSTS, ansible, lab_cmd, leftovers, playbook
 
-OPT_IN = "PODNET_MACHINES"
-LAB = REPO_ROOT / "scripts" / "machines" / "lab"
-INVENTORY = REPO_ROOT / "inventories" / "lab-machines"
-HOSTS = ("node1", "node2", "node3")
-# "node1 | CHANGED | rc=0 | (stdout) node1" from `ansible -o`.
-_ONE_LINE = re.compile(r"^(?P<host>\S+) \| (?P<status>[A-Z]+) \| rc=(?P<rc>\d+) \| \(stdout\) ?(?P<out>.*)$")
+pytestmark = pytest.mark.integration
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        os.environ.get(OPT_IN) != "1",
-        reason=f"machines lab is opt-in: set {OPT_IN}=1 (boots three systemd-nspawn machines, builds the image)",
-    ),
-]
-
-
-def lab_cmd(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(LAB), *args], capture_output=True, text=True, timeout=timeout)
-
-
-def ansible(prefix: str, command: str) -> dict[str, str]:
-    """Run a command on every node with ad-hoc Ansible over SSH: host -> stdout (asserting rc 0)."""
-    argv = [
-        str(VENV_BIN / "ansible"),
-        "-i",
-        str(INVENTORY),
-        "podnet_nodes",
-        "-o",
-        "-m",
-        "command",
-        "-a",
-        command,
-    ]
-    proc = subprocess.run(
-        argv, capture_output=True, text=True, timeout=300, env=playbook_env(prefix), cwd=REPO_ROOT
-    )
-    out: dict[str, str] = {}
-    for line in proc.stdout.splitlines():
-        match = _ONE_LINE.match(line)
-        if match and match["rc"] == "0":
-            # The one-line callback writes the command's newlines as a literal backslash-n.
-            out[match["host"]] = match["out"].replace("\\n", "\n").strip()
-    assert proc.returncode == 0 and set(out) == set(HOSTS), f"{argv}\n{proc.stdout}\n{proc.stderr}"
-    return out
-
-
-def leftovers(prefix: str) -> list[str]:
-    """Whatever of the lab still exists: namespaces, mounts, machine processes, directories, cgroups."""
-    left = [f"netns {n}" for n in list_netns(prefix)]
-    mounts = subprocess.run(["findmnt", "-rn", "-o", "TARGET"], capture_output=True, text=True).stdout
-    left += [f"mount {m}" for m in mounts.split() if f"/podnet-lab/{prefix}/" in m + "/"]
-    ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    left += [f"process {p.strip()}" for p in ps.splitlines() if f"--machine={prefix}-" in p]
-    left += [
-        f"dir {d}"
-        for d in (Path("/var/lib/podnet-lab") / prefix, Path("/run/podnet-lab") / prefix)
-        if d.exists()
-    ]
-    left += [f"cgroup {g}" for g in Path("/sys/fs/cgroup").glob(f"**/podnet-lab-{prefix}-*")]
-    return left
-
-
-@pytest.fixture(scope="module")
-def machines() -> Iterator[str]:
-    prefix = unique_prefix()
-    start = time.monotonic()
-    up = lab_cmd("up", prefix)
-    try:
-        assert up.returncode == 0, f"lab up failed:\n{up.stdout}\n{up.stderr}"
-        print(f"\nlab up {time.monotonic() - start:.1f}s\n{up.stderr}")
-        yield prefix
-    finally:
-        lab_cmd("down", prefix, timeout=300)
+machines = machinekit.lab_fixture()
 
 
 def test_three_machines_with_own_hostnames(machines: str) -> None:
@@ -119,12 +46,6 @@ def test_reboot_keeps_root_and_empties_run(machines: str) -> None:
     assert status.returncode == 0, status.stdout + status.stderr
 
 
-def playbook(prefix: str, name: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    argv = [str(VENV_BIN / "ansible-playbook"), "-i", str(INVENTORY), str(REPO_ROOT / "playbooks" / name), *extra]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=900, env=playbook_env(prefix),
-                          cwd=REPO_ROOT)
-
-
 @pytest.mark.parametrize("backend", [
     ("-e", "podnet_backend=flannel-vxlan"),
     ("-e", "podnet_backend=calico-bgp", "-e", "podnet_calico_bgp=bird"),
@@ -134,7 +55,7 @@ def test_a_rebooted_node_is_restored_by_its_boot_unit_alone(machines: str, backe
     in between: podnet-apply, on the node's own Python and Debian packages, brought back the kernel state,
     subnet.env (tmpfs) and BIRD."""
     converge = playbook(machines, "site.yml", *backend)
-    assert converge.returncode == 0, converge.stdout + converge.stderr
+    assert converge.rc == 0, converge.output
     start = time.monotonic()
     reboot = lab_cmd("reboot", machines, "node2", timeout=300)
     assert reboot.returncode == 0, f"reboot failed:\n{reboot.stdout}\n{reboot.stderr}"
@@ -148,10 +69,38 @@ def test_a_rebooted_node_is_restored_by_its_boot_unit_alone(machines: str, backe
     deadline = time.monotonic() + 60
     while True:  # BGP sessions take a few seconds to come back after the boot
         verify = playbook(machines, "verify.yml", *backend)
-        if verify.returncode == 0 or time.monotonic() > deadline:
+        if verify.rc == 0 or time.monotonic() > deadline:
             break
         time.sleep(5)
-    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert verify.rc == 0, verify.output
+
+
+def bird_routes(prefix: str) -> dict[str, list[str]]:
+    out = ansible(prefix, "ip -o route show proto bird")
+    return {host: sorted(line.split()[0] for line in text.splitlines() if "blackhole" not in line)
+            for host, text in out.items()}
+
+
+def test_all_nodes_rebooted_at_once_are_restored_with_their_bird_routes(machines: str) -> None:
+    """After the calico-bgp-with-BIRD converge above: every node rebooted at once (lab_reboot.yml, a power
+    cut of the whole cluster), no Ansible run but verify.yml afterwards. Each node's podnet-apply restored
+    its kernel state and started BIRD, and the BIRD sessions learned every peer's block again."""
+    backend = ("-e", "podnet_backend=calico-bgp", "-e", "podnet_calico_bgp=bird")
+    before = bird_routes(machines)
+    assert all(len(routes) == 2 for routes in before.values()), before
+    ansible(machines, "sh -c 'echo $PPID > /run/before-reboot'")
+    start = time.monotonic()
+    reboot = playbook(machines, "lab_reboot.yml", "-e", "podnet_lab_reboot_serial=100%")
+    assert reboot.rc == 0, reboot.output
+    print(f"\nall three nodes rebooted and restored in {time.monotonic() - start:.1f}s")
+    assert set(ansible(machines, "sh -c 'test -e /run/before-reboot && echo kept || echo fresh'").values()) == {
+        "fresh"}
+    deadline = time.monotonic() + 60
+    while bird_routes(machines) != before and time.monotonic() < deadline:
+        time.sleep(2)
+    assert bird_routes(machines) == before
+    verify = playbook(machines, "verify.yml", *backend)
+    assert verify.rc == 0, verify.output
 
 
 def test_down_leaves_nothing(machines: str) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration import machinekit
 from tests.integration.labkit import REPO_ROOT, VENV_BIN, list_netns, remove_netns
 
 MOLECULE = VENV_BIN / "molecule"
@@ -99,19 +100,6 @@ def test_molecule_test_all(tmp_path: Path) -> None:
     assert all(not Path(f"/run/podnet-lab/{p}").exists() for p in prefixes), out
 
 
-def machines_leftovers(prefix: str) -> list[str]:
-    """Whatever of a machines lab still exists: namespaces, mounts, machine processes, directories, cgroups."""
-    left = [f"netns {n}" for n in list_netns(prefix)]
-    mounts = subprocess.run(["findmnt", "-rn", "-o", "TARGET"], capture_output=True, text=True).stdout
-    left += [f"mount {m}" for m in mounts.split() if f"/podnet-lab/{prefix}/" in m + "/"]
-    ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    left += [f"process {p.strip()}" for p in ps.splitlines() if f"--machine={prefix}-" in p]
-    left += [f"dir {d}" for d in (Path("/var/lib/podnet-lab") / prefix, Path("/run/podnet-lab") / prefix)
-             if d.exists()]
-    left += [f"cgroup {g}" for g in Path("/sys/fs/cgroup").glob(f"**/podnet-lab-{prefix}-*")]
-    return left
-
-
 @pytest.mark.skipif(os.environ.get(OPT_IN_SCENARIOS["machines"]) != "1",
                     reason="the machines lab is opt-in: set PODNET_MACHINES=1 (boots three systemd-nspawn "
                            "machines, builds the image on first use)")
@@ -131,7 +119,7 @@ def test_molecule_machines(tmp_path: Path) -> None:
             out += f"\n--- molecule destroy -s machines (cleanup) ---\n{destroy_out}"
     finally:
         prefixes = sorted(set(PREFIX.findall(out)))
-        leftovers = {p: machines_leftovers(p) for p in prefixes}
+        leftovers = {p: machinekit.leftovers(p) for p in prefixes}
         for prefix, left in leftovers.items():
             if left:  # last resort: the lab script removes whatever is left of the lab
                 subprocess.run([str(MACHINES_LAB), "down", prefix], capture_output=True, timeout=300)

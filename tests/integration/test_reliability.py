@@ -1,7 +1,6 @@
 """Runs that are killed, runs that overlap, locks that are left behind: the next run always converges."""
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import random
@@ -15,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from .labkit import ANSIBLE_PLAYBOOK, LAB_INVENTORY, REPO_ROOT, Lab, list_netns, playbook_env
+from .labkit import ANSIBLE_PLAYBOOK, LAB_INVENTORY, REPO_ROOT, Lab, list_netns, lock_is_free, playbook_env
+from .machinekit import descendants
 
 pytestmark = pytest.mark.integration
 
@@ -57,18 +57,6 @@ def hold_lock(path: Path, record: dict) -> subprocess.Popen:
     return proc
 
 
-def lock_free(path: Path) -> bool:
-    """Nobody holds the node's lock, and the last holder ended cleanly (its record emptied)."""
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-    return path.read_text() == ""
-
-
 def podnet_objects(lab: Lab, host: str, backend: str) -> dict:
     """podnet's objects on a node, by kind (the kernel cannot hold duplicates; stale ones show here)."""
     links = lab.json(host, "link", "show")
@@ -95,24 +83,6 @@ def start_site(lab: Lab, backend: str) -> subprocess.Popen:
             "-e", json.dumps({"podnet_backend": backend})]
     return subprocess.Popen(argv, cwd=REPO_ROOT, env=playbook_env(lab.prefix), stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live process below `pid` (read from /proc while `pid` is still their ancestor)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def kill_run(proc: subprocess.Popen) -> None:
@@ -169,7 +139,7 @@ def test_concurrent_runs_serialize_and_both_finish(lab):
     assert all(r.rc == 0 for r in results.values()), [r.output for r in results.values()]
     for host in NODES:
         assert podnet_objects(lab, host, "flannel-vxlan") == expected_objects("flannel-vxlan")
-        assert lock_free(lock_path(lab, host))  # both gave their locks back
+        assert lock_is_free(lock_path(lab, host))  # both gave their locks back
     again = lab.run("playbooks/site.yml", extra_vars={"podnet_backend": "flannel-vxlan"})
     assert all(again.changed(h) == 0 for h in NODES), again.recap
 
@@ -186,7 +156,7 @@ def test_a_run_waiting_for_one_node_holds_no_other_node(lab):
     try:
         deadline = time.monotonic() + 300
         free_nodes = ("node1", "node3")
-        while not all(converged(lab, h, "flannel-vxlan") and lock_free(lock_path(lab, h)) for h in free_nodes):
+        while not all(converged(lab, h, "flannel-vxlan") and lock_is_free(lock_path(lab, h)) for h in free_nodes):
             assert proc.poll() is None, "the run ended while node2 was still locked"
             assert time.monotonic() < deadline, "node1 and node3 were not converged while node2 was locked"
             time.sleep(0.5)
@@ -221,7 +191,7 @@ def test_a_live_lock_blocks_and_a_dead_one_does_not(lab):
     freed = lab.run("playbooks/site.yml", extra_vars={"podnet_backend": "flannel-vxlan"})
     assert freed.rc == 0, freed.output
     assert time.monotonic() - start < 60
-    assert lock_free(path)
+    assert lock_is_free(path)
 
 
 def test_boot_apply_restores_a_wiped_node_without_ansible(lab):

@@ -22,7 +22,11 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
     write_sysctl,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.objects import Sysctl
-from ansible_collections.podnet.dataplane.plugins.module_utils.persist import PERSIST_OPTION, persist_result
+from ansible_collections.podnet.dataplane.plugins.module_utils.persist import (
+    PERSIST_OPTION,
+    atomic_write,
+    persist_result,
+)
 from ansible_collections.podnet.dataplane.plugins.module_utils.resource import STATES, result_for
 from ansible_collections.podnet.dataplane.plugins.module_utils.validate import check_interface_name
 
@@ -62,12 +66,12 @@ def load_saved(path: str) -> dict[str, str]:
 
 
 def save(path: str, saved: dict[str, str]) -> None:
-    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(saved, handle, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    """Remember the values podnet changed (0600, atomically); nothing left to remember: no file, so a node
+    that switched back to flannel holds what a node that never ran a routed backend holds."""
+    if saved:
+        atomic_write(path, json.dumps(saved, indent=1, sort_keys=True), 0o600, folder_mode=0o700)
+    elif os.path.lexists(path):
+        os.unlink(path)
 
 
 def run(module: AnsibleModule) -> None:
@@ -110,7 +114,7 @@ def run(module: AnsibleModule) -> None:
             write_values(changes)
         except EngineError as exc:
             module.fail_json(msg=f"podnet.proxy_arp: {exc}")
-        if remaining != saved:
+        if remaining != saved or (not remaining and os.path.lexists(p["state_file"])):
             save(p["state_file"], remaining)
     persist_result(module, "proxy_arp", wanted)
     module.exit_json(**result_for(changes, interfaces=interfaces))
