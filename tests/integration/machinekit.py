@@ -8,7 +8,7 @@ by Ansible over real SSH.
 - ``ansible`` (ad hoc on every node), ``playbook`` (ansible-playbook, a ``PlaybookResult``), ``leftovers``.
 - ``snapshot``/``snapshot_diff``: podnet's whole state on every node, normalized so that two correct runs
   compare equal.
-- ``NetlinkMonitor``, ``kill_controller``, ``kill_node_module``: what the SIGKILL trials need.
+- ``NetlinkMonitor``, ``kill_controller``, ``kill_pid``: what the SIGKILL trials need.
 """
 
 from __future__ import annotations
@@ -166,6 +166,16 @@ def _ppid(pid: int) -> int:
         return 0
 
 
+def _started(pid: int) -> float:
+    """When a process started (seconds since the epoch); 0 when it is gone."""
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _all_pids() -> list[int]:
     return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
 
@@ -236,8 +246,12 @@ def module_processes(prefix: str, host: str) -> dict[int, str]:
         if "AnsiballZ_" in cmd:  # without pipelining: the module file is named on the command line
             found[pid] = cmd.split("AnsiballZ_", 1)[1].split(".py", 1)[0]
         elif cmd == "/usr/bin/python3" and "/usr/bin/python3" in _cmdline(_ppid(pid)):
+            # A module killed earlier leaves its payload directory behind: only those made since this
+            # process started are its own.
+            started = _started(pid)
             try:
-                payloads = [p.name for p in Path(f"/proc/{pid}/root/tmp").glob("ansible_*_payload_*")]
+                payloads = [p.name for p in Path(f"/proc/{pid}/root/tmp").glob("ansible_*_payload_*")
+                            if p.stat().st_mtime >= started - 0.1]
             except OSError:
                 payloads = []
             names = [p[len("ansible_"):].rsplit("_payload_", 1)[0] for p in payloads]
@@ -245,13 +259,16 @@ def module_processes(prefix: str, host: str) -> dict[int, str]:
     return found
 
 
-def kill_node_module(prefix: str, host: str, module: str = "podnet.dataplane.node_apply") -> int | None:
-    """SIGKILL the given module's process inside a machine (a crash on the node side); its pid or None."""
-    for pid, name in module_processes(prefix, host).items():
-        if name == module:
-            _kill(pid)
-            return pid
-    return None
+def kill_pid(pid: int, cmdline: str = "/usr/bin/python3") -> bool:
+    """SIGKILL one process of a machine (its pid as this host sees it), if it still runs that command line
+    (a module process seen a moment ago); False when it had ended already."""
+    if _cmdline(pid) != cmdline:
+        return False
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 # --- watching the kernel ---------------------------------------------------------------------------

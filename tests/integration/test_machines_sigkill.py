@@ -80,6 +80,7 @@ class Trial:
     rerun_seconds: float = 0.0
     equal: bool = False
     diff: list[str] = field(default_factory=list)
+    writes_before: list[tuple[float, str]] = field(default_factory=list)  # the first writes before the kill
 
     @property
     def inside(self) -> bool:
@@ -155,7 +156,7 @@ class LiveWrites:
 APPLY = "podnet.dataplane.node_apply"
 # How long after a node's node_apply began writing the kill comes, at most: the three nodes write at
 # about the same time, each for about a second (measured: a 1 s delay missed every write twice in five).
-KILL_DELAY = {"controller": 0.3, "node": 0.15}
+KILL_DELAY = {"controller": 0.3, "node": 0.1}
 
 
 def kill_trial(prefix: str, trial: Trial, rng: random.Random, log: Path) -> None:
@@ -168,33 +169,38 @@ def kill_trial(prefix: str, trial: Trial, rng: random.Random, log: Path) -> None
         running: dict[str, dict[int, str]] = {}
         watch = LiveWrites(prefix)
         try:
-            seen: dict[str, float] = {}  # host -> when its node_apply was first seen running
+            seen: dict[str, tuple[float, int]] = {}  # host -> when its node_apply was first seen, its pid
             done: set[str] = set()  # nodes whose node_apply ended before the kill reached it
             deadline = time.monotonic() + 120
             while kill_time is None and time.monotonic() < deadline and proc.poll() is None:
                 for host in HOSTS:
-                    if host not in seen and APPLY in machinekit.module_processes(prefix, host).values():
-                        seen[host] = time.time()
+                    if host not in seen:
+                        pids = [p for p, name in machinekit.module_processes(prefix, host).items() if name == APPLY]
+                        if pids:
+                            seen[host] = (time.time(), pids[0])
                 # writes from half a second before node_apply was seen: it may have begun just before
-                writing = [h for h in seen if h not in done and watch.since(h, seen[h] - 0.5)]
+                writing = [h for h in seen if h not in done and watch.since(h, seen[h][0] - 0.5)]
                 if not writing:
                     time.sleep(0.02)
                     continue
                 host = rng.choice(writing)
                 time.sleep(rng.uniform(0.0, KILL_DELAY[trial.kind]))
-                running = {h: machinekit.module_processes(prefix, h) for h in HOSTS}
+                # what runs where is read after the kill: a scan of three machines takes longer than a
+                # node's writes
                 kill_time = time.time()
                 if trial.kind == "controller":
                     machinekit.kill_controller(proc, prefix)
                     trial.killed = f"playbook+masters ({host} writing)"
-                elif machinekit.kill_node_module(prefix, host, APPLY) is not None:
+                elif machinekit.kill_pid(seen[host][1]):
                     trial.killed = f"node_apply@{host}"
                 else:
                     kill_time = None
                     done.add(host)
+                running = {h: machinekit.module_processes(prefix, h) for h in HOSTS}
             if kill_time is None:
                 trial.killed = "none (no node_apply seen writing)"
                 kill_time = time.time()
+            # module processes left in the machines right after the kill
             trial.running = " ".join(f"{h}:{n.rsplit('.', 1)[-1]}" for h, ps in running.items() for n in ps.values())
             trial.kill_at = kill_time - start
             trial.killed_rc = proc.wait(timeout=900)  # a node kill: the controller finishes the other nodes
@@ -203,7 +209,10 @@ def kill_trial(prefix: str, trial: Trial, rng: random.Random, log: Path) -> None
             if proc.poll() is None:
                 machinekit.kill_controller(proc, prefix)
                 proc.wait()
-        events = sorted(t for host in HOSTS for t, _ in monitor.stop()[host])
+        seen_events = monitor.stop()
+        events = sorted(t for host in HOSTS for t, _ in seen_events[host])
+        trial.writes_before = sorted((t, f"{host} {line}") for host in HOSTS for t, line in seen_events[host]
+                                     if t < kill_time)[:4]
     trial.before = sum(1 for t in events if t < kill_time)
     trial.after = sum(1 for t in events if t > kill_time)
     if events:
@@ -261,6 +270,9 @@ def test_sigkilled_runs_converge_to_the_uninterrupted_state(machines: str, tmp_p
             break  # the lab's state is unknown now: the next trials would measure nothing
 
     print("\n" + "\n".join([_header(), *(_row(t) for t in trials)]))
+    for t in trials:
+        print(f"trial {t.number}, first writes before the kill: "
+              + "; ".join(line[:120] for _, line in t.writes_before))
     for t in trials:
         if t.diff:
             print(f"trial {t.number} differences:\n  " + "\n  ".join(t.diff[:40]))
