@@ -4,10 +4,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Lab and tests: iproute2..graphviz; the IPIP guest (DESIGN.md section 6): qemu-system-x86 busybox-static;
 # real CNI plugins and SSH-reached lab nodes: containernetworking-plugins openssh-*; iperf3: bench;
-# the machines lab (booted systemd nodes, docs/machines-lab.md): systemd-container mmdebstrap.
+# the machines lab (booted systemd nodes, docs/machines-lab.md): systemd-container mmdebstrap;
+# ethtool: rendered scripts set the VXLAN offload with it (the render-exact tests run them).
 APT_PACKAGES := iproute2 iptables iputils-ping python3-venv kmod procps bird2 graphviz \
 	qemu-system-x86 busybox-static containernetworking-plugins openssh-server openssh-client iperf3 \
-	systemd-container mmdebstrap
+	systemd-container mmdebstrap ethtool
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 

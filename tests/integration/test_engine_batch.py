@@ -177,7 +177,7 @@ def test_error_mid_batch_names_the_route_and_keeps_earlier_entries(ns):
         with pytest.raises(EngineError) as caught:
             engine.apply(changes, have)
     message = str(caught.value)
-    assert message.startswith(f"ip netns exec {ns} ip route add 10.200.0.0/24 via 10.200.0.0 dev ghost onlink: ")
+    assert message.startswith(f"ip netns exec {ns} ip route add 10.200.0.0/24 via 10.200.0.0 dev ghost onlink proto 152: ")
     assert "No such device" in message
     fdb, neigh, routes = kernel_state(ns)
     want_fdb, want_neigh, want_routes = expected(items)

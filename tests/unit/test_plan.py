@@ -162,3 +162,70 @@ def test_subnets_are_inside_cluster_and_disjoint():
     nets = [ipaddress.ip_network(n["subnet"]) for n in result["nodes"].values()]
     assert all(n.subnet_of(ipaddress.ip_network("10.244.0.0/16")) for n in nets)
     assert len(set(nets)) == 40
+
+
+# ------------------------------------------------------------------ backends as compositions (transport)
+
+def test_presets_keep_their_transport_and_name():
+    for backend, transport in [("flannel-vxlan", "vxlan"), ("flannel-host-gw", "host-gw"), ("calico-bgp", "bgp"),
+                               ("calico-ipip", "ipip"), ("calico-vxlan", "vxlan"), ("canal", "vxlan"),
+                               ("romana-style", "host-gw"), ("weave-style", "vxlan")]:
+        node = plan(with_vars(podnet_backend=backend))["nodes"]["a"]
+        assert (node["backend"], node["transport"]) == (backend, transport)
+        same = plan(with_vars(podnet_backend=backend, podnet_transport=transport))["nodes"]["a"]
+        assert same == node  # naming the preset's own transport changes nothing
+
+
+def test_canal_over_host_gw_routes_via_the_peers_with_flannels_facts():
+    node = plan(with_vars(podnet_backend="canal", podnet_transport="host-gw"))["nodes"]["a"]
+    assert node["pod_mode"] == "routed" and node["vtep"] is None and node["tunnel"] is None
+    assert node["routes"][0] == {"dst": node["peers"][0]["subnet"], "via": "192.168.0.16", "dev": None,
+                                 "onlink": False}
+    assert node["subnet_env"]["FLANNEL_MTU"] == 1500  # no encapsulation to pay for
+    assert node["iptables"] and node["bgp"] is None
+
+
+def test_canal_over_bgp_with_bird_learns_its_routes():
+    node = plan(with_vars(podnet_backend="canal", podnet_transport="bgp", podnet_calico_bgp="bird"))["nodes"]["a"]
+    assert node["bgp"]["mode"] == "bird" and node["routes"] == []
+    assert [n["address"] for n in node["bgp"]["neighbors"]] == ["192.168.0.16", "192.168.0.20"]
+    assert node["subnet_env"] and node["iptables"]  # flannel's facts stay: canal
+    static = plan(with_vars(podnet_backend="canal", podnet_transport="bgp"))["nodes"]["a"]
+    assert static["bgp"]["mode"] == "static" and len(static["routes"]) == 2
+
+
+def test_canal_over_ipip_gets_calicos_tunnel_and_crosssubnet():
+    node = plan(with_vars(podnet_backend="canal", podnet_transport="ipip"))["nodes"]["a"]
+    assert node["tunnel"]["name"] == "tunl0" and node["vtep"] is None and node["render_mtu"] == 1480
+    assert node["routes"][0]["dev"] == "tunl0" and node["routes"][0]["onlink"]
+    hostvars = with_vars(podnet_backend="canal", podnet_transport="ipip", podnet_calico_crosssubnet=True)
+    for hv in hostvars.values():
+        hv["podnet_node_ip"] += "/24"
+    crossed = plan(hostvars)
+    assert crossed["nodes"]["a"]["routes"][0]["dev"] is None  # same subnet: plain route
+
+
+def test_calico_over_vxlan_keeps_calicos_device_and_flannel_over_host_gw_its_bridge():
+    node = plan(with_vars(podnet_backend="calico-bgp", podnet_transport="vxlan"))["nodes"]["a"]
+    assert (node["vtep"]["name"], node["vtep"]["vni"], node["vtep"]["port"]) == ("vxlan.calico", 4096, 4789)
+    assert node["bgp"] is None and node["subnet_env"] is None
+    node = plan(with_vars(podnet_backend="flannel-vxlan", podnet_transport="host-gw"))["nodes"]["a"]
+    assert node["bridge"]["name"] == "cni0" and node["vtep"] is None
+
+
+@pytest.mark.parametrize(("backend", "transport", "words"), [
+    ("flannel-vxlan", "bgp", "flannel-vxlan wires pods to a bridge"),
+    ("flannel-host-gw", "ipip", "vxlan or host-gw only"),
+    ("canal", "udp", "'udp' is not a transport"),
+    ("calico-bgp", "VXLAN", "'VXLAN' is not a transport"),
+])
+def test_combinations_podnet_does_not_build_are_refused_in_the_planner(backend, transport, words):
+    found = problems_of(with_vars(podnet_backend=backend, podnet_transport=transport))
+    assert any(p.startswith("host a: podnet_transport: ") and words in p for p in found), found
+
+
+def test_bgp_options_follow_the_transport_not_the_preset_name():
+    found = problems_of(with_vars(podnet_backend="canal", podnet_bgp_route_reflector=True))
+    assert any("podnet_bgp_route_reflector: needs BGP with BIRD" in p for p in found), found
+    plan(with_vars(podnet_backend="canal", podnet_transport="bgp", podnet_calico_bgp="bird",
+                   podnet_bgp_route_reflector=True))

@@ -1,5 +1,5 @@
-"""render.yml on the seed inventory: the five flannel-vxlan lines of DESIGN §2, verbatim and in order,
-written without contacting any host."""
+"""render.yml on the seed inventory: the five flannel-vxlan lines of DESIGN §2, verbatim and in order
+(routes with podnet's marker `proto 152` added, as a run installs them), written without contacting any host."""
 from __future__ import annotations
 
 import os
@@ -17,14 +17,14 @@ SEED_LINES_04 = [
     "ip addr add 10.244.0.0/32 dev flannel.1",
     "ip neigh add 10.244.2.0 dev flannel.1 lladdr 22:3d:4d:c5:65:ff",
     "bridge fdb add 22:3d:4d:c5:65:ff dst 192.168.0.16 dev flannel.1",
-    "ip route add 10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink",
+    "ip route add 10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink proto 152",
 ]
 SEED_LINES_16 = [
     "ip link add flannel.1 type vxlan id 1 local 192.168.0.16 dev eth0 dstport 8472 nolearning",
     "ip addr add 10.244.2.0/32 dev flannel.1",
     "ip neigh add 10.244.0.0 dev flannel.1 lladdr 56:ad:b6:5f:16:d7",
     "bridge fdb add 56:ad:b6:5f:16:d7 dst 192.168.0.4 dev flannel.1",
-    "ip route add 10.244.0.0/24 via 10.244.0.0 dev flannel.1 onlink",
+    "ip route add 10.244.0.0/24 via 10.244.0.0 dev flannel.1 onlink proto 152",
 ]
 
 
@@ -64,7 +64,7 @@ def test_seed_pod_wiring_and_masquerade(rendered):
     assert "ip addr add 10.244.0.1/24 dev cni0" in text
     assert "ip link add flannel_vxlan_h type veth peer name flannel_vxlan_c netns flannel_vxlan" in text
     assert "ip netns exec flannel_vxlan ip addr add 10.244.0.3/24 dev flannel_vxlan_c" in text
-    assert "ip netns exec flannel_vxlan ip route add default via 10.244.0.1" in text
+    assert "ip netns exec flannel_vxlan ip route add default via 10.244.0.1 proto 152" in text
     assert "iptables -t nat -A POSTROUTING ! -s 10.244.0.0/16 -d 10.244.0.0/24 -m comment" in text
 
 
@@ -77,11 +77,40 @@ def test_rendered_files_are_scripts_that_stop_at_the_first_failure(rendered):
         assert syntax.returncode == 0, syntax.stderr
 
 
+def script_commands(text: str) -> list[str]:
+    """A script's commands and comments; a command whose quoted word holds newlines (a file's content) is
+    one command over several lines."""
+    items: list[str] = []
+    pending = ""
+    for line in text.splitlines():
+        pending = f"{pending}\n{line}" if pending else line
+        if pending.startswith("#"):
+            items.append(pending)
+            pending = ""
+            continue
+        try:
+            shlex.split(pending)
+        except ValueError:  # an open quote: the command goes on
+            continue
+        items.append(pending)
+        pending = ""
+    assert not pending, pending
+    return items
+
+
 def test_every_rendered_command_is_the_one_shell_line_of_its_words(rendered):
     # Commands are joined by shell.shell_line only: splitting a line and joining it again changes nothing.
     for script in rendered.glob("*.sh"):
-        for line in script.read_text().splitlines()[2:]:
+        for line in script_commands(script.read_text())[2:]:
             assert line.startswith("# ") or shell_line(shlex.split(line)) == line, (script.name, line)
+
+
+def test_files_are_written_as_a_run_writes_them(rendered):
+    commands = script_commands((rendered / "192.168.0.4.sh").read_text())
+    writes = {shlex.split(c)[4]: shlex.split(c)[5] for c in commands if c.startswith("sh -c ")}
+    assert writes["/run/flannel/subnet.env"] == ("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.0.1/24\n"
+                                                  "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")
+    assert writes["/etc/iproute2/rt_protos.d/podnet.conf"].splitlines() == ["# podnet:rt_protos", "152\tpodnet"]
 
 
 def test_seed_vxlan_offload_rendered_for_a_modern_kernel_by_default(rendered):
@@ -108,7 +137,8 @@ def test_host_gw_lines(tmp_path):
     result = run_render(tmp_path, "-e", "podnet_backend=flannel-host-gw")
     assert result.returncode == 0, result.stdout + result.stderr
     lines = (tmp_path / "192.168.0.4.sh").read_text().splitlines()
-    assert "ip route add 10.244.2.0/24 via 192.168.0.16 dev eth0" in lines
+    # no underlay device in the inventory: the kernel picks the one that reaches the peer, as on a run
+    assert "ip route add 10.244.2.0/24 via 192.168.0.16 proto 152" in lines
     assert not any("flannel.1" in line for line in lines)
 
 
@@ -123,19 +153,19 @@ def test_render_touches_no_host_and_rejects_bad_input(tmp_path):
 
 CALICO_POD_LINES = [
     "ip netns exec calico ip addr add 10.244.0.3/24 dev calico-c",
-    "ip netns exec calico ip route add 169.254.1.1 dev calico-c",
-    "ip netns exec calico ip route add default via 169.254.1.1",
-    "ip route add 10.244.0.3 dev calico-h",
+    "ip netns exec calico ip route add 169.254.1.1 dev calico-c proto 152",
+    "ip netns exec calico ip route add default via 169.254.1.1 proto 152",
+    "ip route add 10.244.0.3 dev calico-h proto 152",
     "sysctl -w net.ipv4.conf.calico-h.proxy_arp=1",
 ]
 CALICO_BACKEND_LINES = {
-    "calico-bgp": ["ip route add 10.244.2.0/24 via 192.168.0.16"],
+    "calico-bgp": ["ip route add 10.244.2.0/24 via 192.168.0.16 proto 152"],
     "calico-ipip": ["ip tunnel add tunl0 mode ipip",
-                    "ip route add 10.244.2.0/24 via 192.168.0.16 dev tunl0 onlink"],
+                    "ip route add 10.244.2.0/24 via 192.168.0.16 dev tunl0 onlink proto 152"],
     "calico-vxlan": ["ip link add vxlan.calico type vxlan id 4096 local 192.168.0.4 dev eth0 dstport 4789 nolearning",
                      "ip neigh add 10.244.2.0 dev vxlan.calico lladdr 22:3d:4d:c5:65:ff",
                      "bridge fdb add 22:3d:4d:c5:65:ff dst 192.168.0.16 dev vxlan.calico",
-                     "ip route add 10.244.2.0/24 via 10.244.2.0 dev vxlan.calico onlink"],
+                     "ip route add 10.244.2.0/24 via 10.244.2.0 dev vxlan.calico onlink proto 152"],
 }
 
 
@@ -154,21 +184,21 @@ def test_seed_calico_lines_for_192_168_0_4(tmp_path, backend):
 CANAL_LINES = {
     "192.168.0.4": [
         "ip netns exec canal ip addr add 10.244.0.3/24 dev canal-c",
-        "ip netns exec canal ip route add default via 169.254.1.1",
-        "ip route add 10.244.0.3 dev canal-h",
+        "ip netns exec canal ip route add default via 169.254.1.1 proto 152",
+        "ip route add 10.244.0.3 dev canal-h proto 152",
         "sysctl -w net.ipv4.conf.canal-h.proxy_arp=1",
         "ip neigh add 10.244.1.0 dev flannel.1 lladdr 22:3d:4d:c5:65:ff",  # seed typo 10.5.47.0 corrected
         "bridge fdb add 22:3d:4d:c5:65:ff dst 192.168.0.16 dev flannel.1",
-        "ip route add 10.244.1.0/24 via 10.244.1.0 dev flannel.1 onlink",
+        "ip route add 10.244.1.0/24 via 10.244.1.0 dev flannel.1 onlink proto 152",
     ],
     "192.168.0.16": [
         "ip netns exec canal ip addr add 10.244.1.3/24 dev canal-c",
-        "ip netns exec canal ip route add default via 169.254.1.1",  # seed typo (netns calico) corrected
-        "ip route add 10.244.1.3 dev canal-h",
+        "ip netns exec canal ip route add default via 169.254.1.1 proto 152",  # seed typo (netns calico) corrected
+        "ip route add 10.244.1.3 dev canal-h proto 152",
         "sysctl -w net.ipv4.conf.canal-h.proxy_arp=1",
         "ip neigh add 10.244.0.0 dev flannel.1 lladdr 56:ad:b6:5f:16:d7",
         "bridge fdb add 56:ad:b6:5f:16:d7 dst 192.168.0.4 dev flannel.1",
-        "ip route add 10.244.0.0/24 via 10.244.0.0 dev flannel.1 onlink",  # seed typo via 10.244.1.0 corrected
+        "ip route add 10.244.0.0/24 via 10.244.0.0 dev flannel.1 onlink proto 152",  # seed typo via 10.244.1.0 corrected
     ],
 }
 

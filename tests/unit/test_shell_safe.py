@@ -28,13 +28,22 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.offload import (
     tx_checksum_lines,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.plan import HOSTNAME_RE, POD_NAME_RE
-from ansible_collections.podnet.dataplane.plugins.module_utils.render import node_argvs, node_commands
+from ansible_collections.podnet.dataplane.plugins.module_utils.render import (
+    RenderError,
+    node_argvs,
+    node_commands,
+)
 from ansible_collections.podnet.dataplane.plugins.module_utils.shell import (
     comment_line,
     display_word,
     shell_line,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.validate import _IFNAME_RE, _MAC_RE, _NETNS_RE
+from ansible_collections.podnet.dataplane.plugins.module_utils.validate import (
+    _IFNAME_RE,
+    _MAC_RE,
+    _NETNS_RE,
+    check_mac,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -216,11 +225,16 @@ PLANNER = {
     "pod": from_regex(POD_NAME_RE, 30),
     "netns": from_regex(_NETNS_RE, 40),
     "dev": from_regex(_IFNAME_RE, 15).filter(lambda s: s not in (".", "..")),
-    "mac": from_regex(_MAC_RE, 17),
+    "mac": from_regex(_MAC_RE, 17).filter(lambda mac: not check_mac("mac", mac)),
 }
+# What reaches the script as text podnet does not check against a pattern of its own: the node's name (a
+# comment), pod names (the veth's alias) and namespaces. Device names and MACs are checked by the steps
+# themselves (HOSTILE_DEVICES: the render refuses them).
+HOSTILE_NAMES = dict(PLANNER, node=HOSTILE_NAME, pod=HOSTILE_NAME,
+                     netns=HOSTILE_NAME.filter(lambda name: "/" not in name and name not in (".", "..")))
 # normalize_mac strips blanks: a MAC of only blanks would be "no MAC", another shape of node.
-HOSTILE_NAMES = {"node": HOSTILE_NAME, "pod": HOSTILE_NAME, "netns": HOSTILE_NAME, "dev": HOSTILE_NAME,
-                 "mac": HOSTILE_NAME.filter(str.strip)}
+HOSTILE_DEVICES = dict(PLANNER, dev=HOSTILE_NAME.filter(lambda name: not _IFNAME_RE.fullmatch(name)),
+                       mac=HOSTILE_NAME.filter(lambda mac: mac.strip() and check_mac("mac", mac.strip())))
 BACKENDS = {  # backend: (pod mode, has a vtep, has a tunnel, has a bridge)
     "flannel-vxlan": ("bridge", True, False, True),
     "flannel-host-gw": ("bridge", False, False, True),
@@ -259,6 +273,8 @@ def nodes(draw: st.DrawFn, names: dict[str, st.SearchStrategy[str]]) -> dict[str
         "routes": [{"dst": "10.244.1.0/24", "via": "10.244.1.0" if has_vtep else "192.168.0.16",
                     "dev": device if (has_vtep or has_tunnel) else None, "onlink": has_vtep or has_tunnel}],
         "iptables": [{"table": "nat", "chain": "POSTROUTING", "rule": ["!", "-s", "10.244.0.0/16", "-j", "MASQUERADE"]}],
+        "subnet_env": {"FLANNEL_NETWORK": "10.244.0.0/16", "FLANNEL_SUBNET": "10.244.0.1/24", "FLANNEL_MTU": 1450,
+                       "FLANNEL_IPMASQ": "true"} if backend in ("flannel-vxlan", "flannel-host-gw", "canal") else None,
         "policy": {"chains": {}, "jump": {"table": "filter", "chain": "FORWARD", "target": "PODNET-FORWARD",
                                           "position": 1}},
     }
@@ -292,7 +308,8 @@ def check_render(node: dict[str, Any], kernel: str = "") -> list[str]:
             assert any(a[:4] == ["ip", "link", "set", pod["host_interface"]]
                        and a[a.index("master", 4) + 1] == node["bridge"]["name"] for a in argvs if "master" in a[4:])
         else:
-            assert ["ip", "route", "add", pod["address"].split("/")[0], "dev", pod["host_interface"]] in argvs
+            assert ["ip", "route", "add", pod["address"].split("/")[0], "dev", pod["host_interface"], "proto",
+                    "152"] in argvs
     underlay = node["underlay_interface"] or "eth0"
     if node["vtep"]:
         vtep = node["vtep"]
@@ -308,7 +325,8 @@ def check_render(node: dict[str, Any], kernel: str = "") -> list[str]:
     if node["bridge"]:
         assert ["ip", "link", "add", node["bridge"]["name"], "type", "bridge"] in argvs
     if node["backend"] == "flannel-host-gw":
-        assert ["ip", "route", "add", "10.244.1.0/24", "via", "192.168.0.16", "dev", underlay] in argvs
+        # the planner's route names no device when the inventory names none: the kernel picks it, as on a run
+        assert ["ip", "route", "add", "10.244.1.0/24", "via", "192.168.0.16", "proto", "152"] in argvs
     return lines
 
 
@@ -317,13 +335,27 @@ def check_render(node: dict[str, Any], kernel: str = "") -> list[str]:
 def test_render_of_names_the_planner_accepts(node: dict[str, Any], kernel: str) -> None:
     lines = check_render(node, kernel)
     # The planner's names need no quoting at all: the script reads as a person types it.
-    assert not any("'" in line for line in lines if not is_comment(line))
+    # (files are written with `sh -c 'printf ...'`, whose script and content are quoted by nature)
+    assert not any("'" in line for line in lines if not is_comment(line) and not line.startswith("sh -c "))
 
 
 @SETTINGS
 @given(node=nodes(HOSTILE_NAMES))
 def test_render_of_hostile_names_is_still_one_word_each(node: dict[str, Any]) -> None:
     check_render(node)
+
+
+@SETTINGS
+@given(node=nodes(HOSTILE_DEVICES))
+def test_render_refuses_device_names_and_macs_linux_or_a_vtep_cannot_take(node: dict[str, Any]) -> None:
+    try:
+        lines = node_commands(node)
+    except RenderError as exc:
+        message = str(exc)
+        assert len(message.splitlines()) == 1, message  # names are shown quoted, never as raw text
+        assert "interface name" in message or "MAC" in message, message
+    else:  # every drawn node has pods, whose devices take the drawn names
+        raise AssertionError("\n".join(lines))
 
 
 # -------------------------------------------------------------------------------------- the real shell

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,9 +39,15 @@ def test_exec_and_status_without_a_guest(tmp_path: Path, capsys: pytest.CaptureF
 
 
 def _stand_in(*args: str) -> subprocess.Popen[bytes]:
-    """A process in its own session that ignores the stop request, like a hung guest."""
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", *args],
+    """A process in its own session that ignores the stop request, like a hung guest; returned once it runs
+    its own command line (until exec, a fresh child shows its parent's, which vmctl would not recognise)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", *args],
                             stdin=subprocess.DEVNULL, start_new_session=True)
+    cmdline = Path(f"/proc/{proc.pid}/cmdline")
+    deadline = time.monotonic() + 30
+    while b"time.sleep(120)" not in cmdline.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return proc
 
 
 def test_stop_leaves_a_process_it_did_not_start(tmp_path: Path) -> None:

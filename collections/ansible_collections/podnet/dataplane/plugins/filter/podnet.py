@@ -35,11 +35,13 @@ def plan(hostvars, hosts, leases=None) -> dict:
         raise AnsibleFilterError(str(exc)) from None
 
 
-def commands(node_state: dict, kernel: str | None = None) -> list[str]:
-    """{{ podnet_node | podnet.dataplane.commands(podnet_render_kernel) }}: the node's exact commands, one
-    per line, for a node running kernel release `kernel` (default: render.RENDER_KERNEL)."""
+def commands(node_state: dict, kernel: str | None = None, options: dict | None = None) -> list[str]:
+    """{{ podnet_node | podnet.dataplane.commands(podnet_render_kernel, options) }}: the node's exact commands,
+    one per line, for a node running kernel release `kernel` (default: render.RENDER_KERNEL); `options` are
+    node_apply's as the roles give them (None values: node_apply's defaults)."""
+    given = {key: value for key, value in (options or {}).items() if value is not None}
     try:
-        return node_commands(node_state, kernel)
+        return node_commands(node_state, kernel, given)
     except RenderError as exc:
         raise AnsibleFilterError(str(exc)) from None
 

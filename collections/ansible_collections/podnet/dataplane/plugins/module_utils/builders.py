@@ -163,8 +163,6 @@ def pod_network_argvs(bridge: dict[str, Any] | None, pods: list[dict[str, Any]],
         for obj in pod_side:  # the pod's end of the veth already exists: only configure it
             argvs += obj.update_argvs(["mtu", "up"]) if isinstance(obj, Link) else obj.add_argvs()
         argvs += [a for o in host_routes for a in o.add_argvs()]
-        if mode == "routed":
-            argvs += [a for o in proxy_arp_objects(link.name) for a in o.add_argvs()]
     return argvs
 
 

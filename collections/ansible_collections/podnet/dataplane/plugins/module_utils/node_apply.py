@@ -32,8 +32,13 @@ from ansible_collections.podnet.dataplane.plugins.module_utils import (
     vxlan_fdb_resource,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.boot_apply import service_running
-from ansible_collections.podnet.dataplane.plugins.module_utils.builders import subnet_env_text
+from ansible_collections.podnet.dataplane.plugins.module_utils.builders import (
+    CALICO_HOST_SYSCTLS,
+    subnet_env_text,
+)
 from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import Engine
+from ansible_collections.podnet.dataplane.plugins.module_utils.network_policy_resource import JUMP_SPEC
+from ansible_collections.podnet.dataplane.plugins.module_utils.node_lock import LOCK_SPEC
 from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
     PODNET_RTPROTO,
     Link,
@@ -41,6 +46,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
     is_owned_alias,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.ownership import (
+    RT_PROTOS_FILE,
     RTPROT_BIRD,
     foreign_conflicts,
     is_podnets_rt_protos,
@@ -48,7 +54,8 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.ownership import 
     rt_proto_claims,
     rt_protos_text,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.shell import shell_line
+from ansible_collections.podnet.dataplane.plugins.module_utils.persist import PERSIST_OPTION
+from ansible_collections.podnet.dataplane.plugins.module_utils.shell import comment_line, shell_line
 
 RESOURCES = {
     "vxlan_fdb": vxlan_fdb_resource,
@@ -58,6 +65,28 @@ RESOURCES = {
     "proxy_arp": proxy_arp_resource,
     "iptables_rules": iptables_rules_resource,
     "network_policy": network_policy_resource,
+}
+# The module's options: also what a render takes (render_node), so both read the same defaults.
+ARGUMENT_SPEC = {
+    "node": {"type": "dict", "required": True},
+    "pod_mode": {"type": "str", "choices": ["bridge", "routed"]},
+    "other_vteps": {"type": "list", "elements": "str", "default": ["flannel.1", "vxlan.calico", "vxlan-6784"]},
+    "subnet_env": {"type": "path", "default": "/run/flannel/subnet.env"},
+    "proxy_arp_state_file": {"type": "path", "default": "/var/lib/podnet/proxy_arp.json"},
+    "pod_sysctls": {"type": "dict"},
+    "policy": {"type": "dict", "options": {
+        "chains": {"type": "dict", "default": {}},
+        "jump": {"type": "dict", "options": JUMP_SPEC, "apply_defaults": True},
+    }},
+    "bird_dir": {"type": "path", "default": "/etc/podnet/bird"},
+    "birdc": {"type": "str", "default": "birdc"},
+    "rt_protos_file": {"type": "path", "default": RT_PROTOS_FILE},
+    "bird": {"type": "dict", "options": {
+        "config": {"type": "str", "required": True},
+        "binary": {"type": "str", "default": "bird"},
+    }},
+    "lock": {"type": "dict", "options": LOCK_SPEC},
+    "persist_dir": PERSIST_OPTION,
 }
 SUBNET_ENV_MODE = 0o644
 FILE_MODE = SUBNET_ENV_MODE  # every file node_apply writes
@@ -91,6 +120,8 @@ class StepModule:
             raise StepFailed(step, f"podnet.{resource}: " + "; ".join(checked.error_messages), {})
         self.params = checked.validated_parameters
         self.check_mode = parent.check_mode
+        # set when rendering on the controller: the nodes' kernel, for what depends on it (vxlan_fdb's offload)
+        self.render_kernel = getattr(parent, "render_kernel", None)
 
     def exit_json(self, **result: Any) -> None:
         raise _StepDone(result)
@@ -107,6 +138,8 @@ class StepModule:
 
 class NodeRun:
     """Runs a node's steps in order and keeps their results; the first failure ends the run."""
+
+    rendering = False
 
     def __init__(self, module, take_over: list[str] | None = None):
         self.module = module
@@ -199,6 +232,53 @@ def _mode(path: str) -> int | None:
         return None
 
 
+class RenderHost:
+    """What the steps use of AnsibleModule when a node is rendered on the controller: node_apply's options,
+    check mode (nothing is touched), no binaries and no commands run."""
+
+    check_mode = True
+
+    def __init__(self, params: dict[str, Any], kernel: str):
+        self.params = params
+        self.render_kernel = kernel
+
+    def get_bin_path(self, *_args: Any, **_kwargs: Any) -> None:
+        return None
+
+    def run_command(self, *_args: Any, **_kwargs: Any):
+        raise RuntimeError("a render runs no command")
+
+
+class RenderRun(NodeRun):
+    """The node's steps, exactly as a run takes them, turned into the commands that build their state on a
+    fresh host: each resource in its `rendered` state with the parameters the run would give it, each file
+    written as the run writes it. What a run removes (another backend's devices, rules, BIRD) is not on a
+    fresh host, so removals print nothing."""
+
+    rendering = True
+
+    def __init__(self, module: RenderHost, take_over: list[str] | None = None):
+        super().__init__(module, take_over)
+        self.lines: list[str] = []
+
+    def resource(self, step: str, resource: str, **params: Any) -> dict[str, Any]:
+        if params.get("state") == "deleted":
+            return self.keep(step, resource, {"changed": False, "commands": []})
+        result = super().resource(step, resource, **dict(params, state="rendered"))
+        self.lines += result["rendered"]
+        return result
+
+    def file(self, step: str, path: str, content: str | None) -> dict[str, Any]:
+        if content is None:
+            return self.keep(step, "file", {"changed": False, "commands": []})
+        # as converge_file: a missing folder made 0755 (an existing one keeps its mode), the file's content
+        # and mode exactly; one argv each, so the script stays plain commands
+        self.lines += [shell_line(["mkdir", "-p", "-m", f"{SUBNET_ENV_DIR_MODE:04o}", os.path.dirname(path) or "."]),
+                       shell_line(["sh", "-c", f'printf %s "$2" > "$1" && chmod {FILE_MODE:04o} "$1"', "sh",
+                                   path, content])]
+        return self.keep(step, "file", {"changed": True, "commands": []})
+
+
 def _vtep_params(vtep: dict[str, Any]) -> dict[str, Any]:
     keys = ("name", "vni", "port", "local", "underlay_interface", "mtu", "mac", "address", "peers")
     # a plan made before the offload decision existed carries none: the module's default (auto) then
@@ -216,6 +296,8 @@ def _pod_mtu(node: dict[str, Any], *device_results: dict[str, Any] | None) -> in
 
 
 def _other_vteps(run: NodeRun, node: dict[str, Any]) -> None:
+    if run.rendering:
+        return  # removals only: nothing to remove on a fresh host
     own = (node.get("vtep") or {}).get("name")
     for name in run.module.params["other_vteps"]:
         # a device of that name that is not podnet's is someone else's: left alone, and no run of its own
@@ -308,8 +390,12 @@ def apply_calico(run: NodeRun, node: dict[str, Any]) -> None:
         vtep = run.resource("VXLAN endpoint and static peers", "vxlan_fdb", **_vtep_params(node["vtep"]))
     if node.get("tunnel"):
         t = node["tunnel"]
+        # a run derives the MTU from the node's underlay device; a render takes the planner's
         tunnel = run.resource("IPIP tunnel", "ipip_tunnel", name=t["name"], local=node["node_ip"],
-                              mtu=t.get("mtu"), address=t.get("address"), state="overridden")
+                              mtu=t.get("mtu") or (node["render_mtu"] if run.rendering else None),
+                              address=t.get("address"), state="overridden")
+    else:  # canal and calico over another transport than IPIP: nothing left of an IPIP one
+        run.resource("no IPIP tunnel", "ipip_tunnel", state="deleted")
     mtu = _pod_mtu(node, vtep, tunnel)
     run.resource("pods wired the routed way", "pod_network", mode="routed", mtu=mtu, pods=node["pods"],
                  state="overridden")
@@ -362,7 +448,7 @@ def no_bird(run: NodeRun, bird_dir: str, birdc: str) -> None:
     removed, and the folder too once nothing else is in it. A folder whose bird.conf is not podnet's
     (no BIRD_MARKER) is someone else's BIRD: nothing in it is touched."""
     step = "no BIRD where BGP is static or absent"
-    if not os.path.lexists(bird_dir):
+    if run.rendering or not os.path.lexists(bird_dir):
         run.keep(step, "bird", {"changed": False, "commands": []})
         return
     if os.path.islink(bird_dir) or not os.path.isdir(bird_dir) or not bird_conf_is_podnets(bird_dir):
@@ -479,6 +565,42 @@ def backend_of(node: dict[str, Any]) -> Callable[[NodeRun, dict[str, Any]], None
     """The planner's pod mode says which family the backend is: "bridge" (cni0 + veths) for the
     flannel backends, "routed" (/32 routes + proxy ARP) for calico and the other routed ones."""
     return apply_flannel if node["pod_mode"] == "bridge" else apply_calico
+
+
+def with_defaults(params: dict[str, Any]) -> dict[str, Any]:
+    """Options whose default depends on others: the routed backends' pod sysctls are felix's by default."""
+    if params["pod_sysctls"] is None:
+        params["pod_sysctls"] = dict(CALICO_HOST_SYSCTLS)
+    return params
+
+
+def node_steps(run: NodeRun, node: dict[str, Any]) -> None:
+    """Everything a node's run does after the ownership check, in order: the one sequence that both a run
+    and a render take."""
+    p = run.module.params
+    name_route_protocol(run, p["rt_protos_file"])
+    backend_of(node)(run, node)
+    if p["policy"] is not None:
+        apply_policy(run, p["policy"])
+    if run.rendering and runs_bird(node) and not p["bird"]:
+        run.lines.append(comment_line("the routes to the other nodes' pods come from BIRD (podnet_calico_bgp: "
+                                      "bird): site.yml writes its bird.conf and starts it"))
+
+
+def render_node(node: dict[str, Any], kernel: str, options: dict[str, Any] | None = None) -> list[str]:
+    """The node's steps as script lines for a fresh host whose kernel release is `kernel`. `options` are
+    node_apply's (subnet_env, rt_protos_file, pod_sysctls, ...); the node's own policy is applied, as site.yml
+    does. Raises ValueError naming the step and the problem."""
+    given = {"node": node, "policy": node.get("policy") or {}, **(options or {})}
+    checked = ArgumentSpecValidator(ARGUMENT_SPEC).validate(given)
+    if checked.error_messages:
+        raise ValueError("; ".join(checked.error_messages))
+    run = RenderRun(RenderHost(with_defaults(checked.validated_parameters), kernel), node.get("take_over"))
+    try:
+        node_steps(run, node)
+    except StepFailed as exc:
+        raise ValueError(f"{exc.step}: {exc.msg}") from None
+    return run.lines
 
 
 def summary(results: list[dict[str, Any]]) -> dict[str, Any]:

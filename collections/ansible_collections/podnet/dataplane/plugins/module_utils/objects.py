@@ -293,6 +293,9 @@ class Route(KObject):
             words += ["dev", self.dev]
         if self.onlink:
             words.append("onlink")
+        if self.proto is not None:
+            # the marker is part of the route: a route typed without it would not be podnet's
+            words += ["proto", str(self.proto)]
         return words
 
     def add_argvs(self) -> list[list[str]]:

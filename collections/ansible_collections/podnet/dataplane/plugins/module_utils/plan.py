@@ -52,35 +52,70 @@ KNOWN_BACKENDS = FLANNEL_BACKENDS + CALICO_BACKENDS + POLICY_STYLE_BACKENDS
 
 @dataclass(frozen=True)
 class Profile:
-    """What distinguishes one backend from another — only which objects it wants (flannel's
-    one-package-per-backend split, as data)."""
+    """A backend as a composition: how pods are wired on the node, how packets reach the other nodes' pods,
+    and whether flannel's node facts (masquerade rules, subnet.env) are kept. Presets are the seed table's
+    rows; podnet_transport changes the transport of one (canal over host-gw, BGP or IPIP, as seed 000 says)."""
 
     pod_mode: str  # "bridge": cni0 + veths (flannel); "routed": /32 routes + proxy ARP (calico)
-    encap: str | None  # "vxlan", "ipip" or None (plain routes)
-    overhead: int = 0  # bytes the encapsulation costs, taken off the underlay MTU
+    transport: str  # "vxlan", "ipip", "host-gw" (plain routes via the peers) or "bgp" (static or BIRD)
     vtep: str = ""  # VXLAN device name; "{vni}" is filled in
     vni: int = 1
     port: int = 8472
     direct_var: str = ""  # variable that turns on plain routing to peers on the same underlay subnet
+    flannel_env: bool = False  # flannel runs the network: its masquerade rules and subnet.env
+
+    @property
+    def encap(self) -> str | None:
+        return self.transport if self.transport in ("vxlan", "ipip") else None
+
+    @property
+    def overhead(self) -> int:
+        """Bytes the encapsulation costs, taken off the underlay MTU."""
+        return {"vxlan": VXLAN_OVERHEAD, "ipip": IPIP_OVERHEAD}.get(self.transport, 0)
 
 
+FLANNEL_VXLAN = {"vtep": "flannel.{vni}", "vni": 1, "port": 8472}
+CALICO_VXLAN = {"vtep": "vxlan.calico", "vni": 4096, "port": 4789}
 PROFILES = {
-    "flannel-vxlan": Profile("bridge", "vxlan", VXLAN_OVERHEAD, "flannel.{vni}", 1, 8472,
-                             "podnet_flannel_directrouting"),
-    "flannel-host-gw": Profile("bridge", None),
-    "calico-bgp": Profile("routed", None),
-    "calico-ipip": Profile("routed", "ipip", IPIP_OVERHEAD, direct_var="podnet_calico_crosssubnet"),
-    "calico-vxlan": Profile("routed", "vxlan", VXLAN_OVERHEAD, "vxlan.calico", 4096, 4789,
-                            "podnet_calico_crosssubnet"),
-    "canal": Profile("routed", "vxlan", VXLAN_OVERHEAD, "flannel.{vni}", 1, 8472),
-    "romana-style": Profile("routed", None),
+    "flannel-vxlan": Profile("bridge", "vxlan", **FLANNEL_VXLAN, direct_var="podnet_flannel_directrouting",
+                             flannel_env=True),
+    "flannel-host-gw": Profile("bridge", "host-gw", flannel_env=True),
+    "calico-bgp": Profile("routed", "bgp"),
+    "calico-ipip": Profile("routed", "ipip", direct_var="podnet_calico_crosssubnet"),
+    "calico-vxlan": Profile("routed", "vxlan", **CALICO_VXLAN, direct_var="podnet_calico_crosssubnet"),
+    "canal": Profile("routed", "vxlan", **FLANNEL_VXLAN, flannel_env=True),
+    "romana-style": Profile("routed", "host-gw"),
     # weave's fast datapath is a VXLAN mesh on UDP 6784 (device vxlan-6784).
-    "weave-style": Profile("routed", "vxlan", VXLAN_OVERHEAD, "vxlan-6784", 6784, 6784),
+    "weave-style": Profile("routed", "vxlan", vtep="vxlan-6784", vni=6784, port=6784),
 }
+TRANSPORTS = ("vxlan", "host-gw", "ipip", "bgp")
+# Bridge wiring is flannel's, whose backends are VXLAN and host-gw; IPIP and BGP come with calico's wiring.
+WIRING_TRANSPORTS = {"bridge": ("vxlan", "host-gw"), "routed": TRANSPORTS}
+
+
+def profile_for(backend: str, transport: Any = None) -> Profile:
+    """The preset, with its transport replaced when podnet_transport names another (ValueError: a
+    combination podnet does not build, with the reason)."""
+    preset = PROFILES[backend]
+    if transport in (None, "") or transport == preset.transport:
+        return preset
+    if transport not in TRANSPORTS:
+        raise ValueError(f"{transport!r} is not a transport; choose one of {', '.join(TRANSPORTS)}")
+    if transport not in WIRING_TRANSPORTS[preset.pod_mode]:
+        raise ValueError(f"{backend} wires pods to a bridge (flannel's way), which podnet combines with "
+                         f"{' or '.join(WIRING_TRANSPORTS['bridge'])} only; {transport} comes with the routed "
+                         "wiring of calico, canal and the other routed backends")
+    vxlan = (FLANNEL_VXLAN if preset.flannel_env else CALICO_VXLAN) if transport == "vxlan" else {}
+    direct = {"vxlan": "podnet_flannel_directrouting" if preset.flannel_env else "podnet_calico_crosssubnet",
+              "ipip": "podnet_calico_crosssubnet"}.get(transport, "")
+    return Profile(preset.pod_mode, transport, **vxlan, direct_var=direct, flannel_env=preset.flannel_env)
+
+
 IPIP_DEVICE = "tunl0"
 
 DEFAULTS: dict[str, Any] = {
     "podnet_backend": "flannel-vxlan",
+    "podnet_transport": None,  # the preset's
     "podnet_cluster_cidr": "10.244.0.0/16",
     "podnet_subnet_prefix": 24,
     "podnet_vxlan_vni": None,  # per backend: flannel 1, calico 4096
@@ -96,7 +131,7 @@ DEFAULTS: dict[str, Any] = {
     "podnet_calico_crosssubnet": False,
     "podnet_network_policies": [],
 }
-CLUSTER_KEYS = ("podnet_backend", "podnet_cluster_cidr", "podnet_subnet_prefix", "podnet_vxlan_vni",
+CLUSTER_KEYS = ("podnet_backend", "podnet_transport", "podnet_cluster_cidr", "podnet_subnet_prefix", "podnet_vxlan_vni",
                 "podnet_vxlan_port", "podnet_mtu", "podnet_underlay_mtu", "podnet_ipmasq", "podnet_bridge",
                 "podnet_calico_bgp", "podnet_bgp_as", "podnet_flannel_directrouting", "podnet_calico_crosssubnet",
                 "podnet_network_policies")
@@ -193,7 +228,7 @@ def _check_device_names(host: str, node: dict[str, Any], problems: _Problems) ->
 def _check_hostnames(hosts: list[str], settings: dict[str, Any], problems: _Problems) -> None:
     """Inventory hostnames podnet can write into files, scripts and bird.conf; BIRD names distinct."""
     symbols: dict[str, str] = {}
-    bird = settings["podnet_backend"] == "calico-bgp" and settings["podnet_calico_bgp"] == "bird"
+    bird = runs_bird(settings)
     for host in hosts:
         if not isinstance(host, str) or not HOSTNAME_RE.fullmatch(host):
             problems.add(host, "inventory_hostname", "must be letters, digits, '_', '.' and '-', starting and "
@@ -210,6 +245,18 @@ def _check_hostnames(hosts: list[str], settings: dict[str, Any], problems: _Prob
             problems.add(host, "inventory_hostname", f"BIRD would name it {symbol}, as {symbols[symbol]}: "
                                                      "rename one (bird.conf cannot tell them apart)")
         symbols.setdefault(symbol, host)
+
+
+def _profile(settings: dict[str, Any]) -> Profile:
+    """The cluster's profile, once _cluster_settings has checked the backend and transport."""
+    try:
+        return profile_for(settings["podnet_backend"], settings["podnet_transport"])
+    except (KeyError, ValueError):
+        return PROFILES["flannel-vxlan"]  # reported already; only checks that cannot fail anyway follow
+
+
+def runs_bird(settings: dict[str, Any]) -> bool:
+    return _profile(settings).transport == "bgp" and settings["podnet_calico_bgp"] == "bird"
 
 
 def vtep_mac_for(node_ip: str) -> str:
@@ -295,6 +342,12 @@ def _cluster_settings(hosts: list[str], hostvars: dict[str, dict], problems: _Pr
         prefix = None
     settings["podnet_subnet_prefix"] = prefix
     profile = PROFILES.get(backend, PROFILES["flannel-vxlan"])
+    if backend in PROFILES:
+        try:
+            profile = profile_for(backend, settings["podnet_transport"])
+        except ValueError as exc:
+            problems.add(first, "podnet_transport", str(exc))
+    settings["podnet_transport"] = profile.transport
     settings["podnet_vxlan_vni"] = settings["podnet_vxlan_vni"] if settings["podnet_vxlan_vni"] not in (None, "") \
         else profile.vni
     settings["podnet_vxlan_port"] = settings["podnet_vxlan_port"] \
@@ -336,7 +389,7 @@ def _cluster_settings(hosts: list[str], hostvars: dict[str, dict], problems: _Pr
         elif flag and key != profile.direct_var:
             problems.add(first, key, f"only applies to backend(s) "
                                      f"{', '.join(b for b, p in PROFILES.items() if p.direct_var == key)}, "
-                                     f"not {backend}")
+                                     f"not {backend} over {profile.transport}")
         settings[key] = bool(flag)
     return settings
 
@@ -448,12 +501,11 @@ def plan_cluster(hosts: list[str], hostvars: dict[str, dict], leases: dict[str, 
         reflector = hv.get("podnet_bgp_route_reflector")
         if reflector not in (None, "") and _bool(reflector) is None:
             problems.add(host, "podnet_bgp_route_reflector", f"{reflector!r} is not a boolean")
-        elif _bool(reflector) and not (settings["podnet_backend"] == "calico-bgp"
-                                       and settings["podnet_calico_bgp"] == "bird"):
-            problems.add(host, "podnet_bgp_route_reflector", "needs podnet_backend calico-bgp with "
-                                                             "podnet_calico_bgp: bird (it is a BGP role)")
-    direct_var = PROFILES[settings["podnet_backend"]].direct_var \
-        if settings["podnet_backend"] in PROFILES else ""
+        elif _bool(reflector) and not runs_bird(settings):
+            problems.add(host, "podnet_bgp_route_reflector", "needs BGP with BIRD (podnet_backend calico-bgp, or "
+                                                             "podnet_transport bgp, with podnet_calico_bgp: bird; "
+                                                             "it is a BGP role)")
+    direct_var = _profile(settings).direct_var
     if direct_var and settings.get(direct_var):
         for host in hosts:
             if host in node_ips and host not in node_nets:
@@ -573,7 +625,7 @@ def _node_state(host: str, hosts: list[str], hostvars: dict[str, dict], settings
                 subnets: dict[str, ipaddress.IPv4Network], macs: dict[str, str],
                 problems: _Problems) -> dict[str, Any]:
     backend = settings["podnet_backend"]
-    profile = PROFILES[backend]
+    profile = _profile(settings)
     cluster_cidr = str(settings["podnet_cluster_cidr"])
     subnet = subnets[host]
     hv = hostvars[host]
@@ -594,6 +646,7 @@ def _node_state(host: str, hosts: list[str], hostvars: dict[str, dict], settings
     state: dict[str, Any] = {
         "name": host,
         "backend": backend,
+        "transport": profile.transport,
         "pod_mode": profile.pod_mode,
         "node_ip": node_ips[host],
         "subnet": str(subnet),
@@ -638,16 +691,16 @@ def _node_state(host: str, hosts: list[str], hostvars: dict[str, dict], settings
             route = {"dst": peer["subnet"], "via": peer["vtep_ip"], "dev": vtep_name, "onlink": True}
         elif peer["encapsulated"]:
             route = {"dst": peer["subnet"], "via": peer["node_ip"], "dev": IPIP_DEVICE, "onlink": True}
-        elif backend == "calico-bgp":
+        elif profile.transport == "bgp":
             route = {"dst": peer["subnet"], "via": peer["node_ip"], "dev": None, "onlink": False}
         else:  # host-gw, DirectRouting, CrossSubnet: plain route; the peer must share the L2 segment
             route = {"dst": peer["subnet"], "via": peer["node_ip"], "dev": underlay, "onlink": False}
         state["routes"].append(route)
-    if backend == "calico-bgp":
+    if profile.transport == "bgp":
         state["bgp"] = _bgp(host, hosts, hostvars, settings, node_ips, subnet)
         if state["bgp"]["mode"] == "bird":
             state["routes"] = []  # BIRD learns and installs them (proto bird)
-    if backend in FLANNEL_BACKENDS or backend == "canal":  # canal runs flannel for the overlay
+    if profile.flannel_env:  # flannel runs the network (canal: flannel between the nodes, calico's wiring)
         state["iptables"] = flannel_ipmasq_rules(cluster_cidr, str(subnet)) if settings["podnet_ipmasq"] else []
         state["subnet_env"] = {
             "FLANNEL_NETWORK": cluster_cidr,

@@ -205,8 +205,10 @@ def run(module: AnsibleModule) -> None:
 
 
 def offload_decision(module: AnsibleModule) -> OffloadDecision:
-    """TX checksum offload for this node's kernel (the module runs on the node)."""
-    return decide_tx_checksum(module.params["tx_checksum_offload"], os.uname().release)
+    """TX checksum offload for this node's kernel: the module runs on the node, a render (node_apply's, on
+    the controller) says which kernel it renders for."""
+    kernel = getattr(module, "render_kernel", None) or os.uname().release
+    return decide_tx_checksum(module.params["tx_checksum_offload"], kernel)
 
 
 def converge_offload(module: AnsibleModule, result: dict, decision: OffloadDecision, created: bool) -> None:

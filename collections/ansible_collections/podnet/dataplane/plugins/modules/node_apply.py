@@ -20,7 +20,7 @@ description:
     M(podnet.dataplane.proxy_arp) C(deleted) on C(cali*), M(podnet.dataplane.pod_network) (bridge)
     C(overridden), M(podnet.dataplane.iptables_rules) C(overridden), then C(subnet.env)."
   - "calico and the other routed backends: M(podnet.dataplane.vxlan_fdb) C(deleted) for the other
-    VTEPs, the VTEP (calico-vxlan) or M(podnet.dataplane.ipip_tunnel) (calico-ipip),
+    VTEPs, the VTEP (calico-vxlan) or M(podnet.dataplane.ipip_tunnel) (calico-ipip; C(deleted) without an IPIP transport),
     M(podnet.dataplane.pod_network) (routed) C(overridden), M(podnet.dataplane.proxy_arp) on the pods'
     host interfaces, M(podnet.dataplane.pod_route) C(overridden),
     M(podnet.dataplane.iptables_rules) C(overridden), then C(subnet.env) for canal (removed otherwise),
@@ -33,6 +33,9 @@ description:
     C(podnet:*), route protocol C(152)), absent, or handed over in C(node.take_over); that no other name is
     given to protocol C(152) in C(rt_protos); and that I(rt_protos_file) is podnet's if it exists.
     Otherwise the module fails, having changed nothing, naming each object (result C(foreign)).
+  - The same steps, with the same parameters, are what the P(podnet.dataplane.commands#filter) filter and
+    C(render.yml) print (each resource in its C(rendered) state), so a node built from its rendered script is
+    one this module then leaves unchanged.
   - The first failing step ends the run with that step's message; the steps before it stay applied,
     as separate tasks would have left them.
 author:
@@ -243,52 +246,26 @@ lock:
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible_collections.podnet.dataplane.plugins.module_utils.builders import CALICO_HOST_SYSCTLS
 from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
     HAS_PYROUTE2,
     PYROUTE2_IMPORT_ERROR,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.network_policy_resource import JUMP_SPEC
 from ansible_collections.podnet.dataplane.plugins.module_utils.node_apply import (
+    ARGUMENT_SPEC,
     NodeRun,
     StepFailed,
-    apply_policy,
-    backend_of,
-    name_route_protocol,
+    node_steps,
     owned_or_refuse,
     record_for_boot,
     summary,
+    with_defaults,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.node_lock import (
-    LOCK_SPEC,
     LockError,
     LockTimeout,
     NodeLock,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.ownership import RT_PROTOS_FILE
-from ansible_collections.podnet.dataplane.plugins.module_utils.persist import PERSIST_OPTION
 
-ARGUMENT_SPEC = {
-    "node": {"type": "dict", "required": True},
-    "pod_mode": {"type": "str", "choices": ["bridge", "routed"]},
-    "other_vteps": {"type": "list", "elements": "str", "default": ["flannel.1", "vxlan.calico", "vxlan-6784"]},
-    "subnet_env": {"type": "path", "default": "/run/flannel/subnet.env"},
-    "proxy_arp_state_file": {"type": "path", "default": "/var/lib/podnet/proxy_arp.json"},
-    "pod_sysctls": {"type": "dict"},
-    "policy": {"type": "dict", "options": {
-        "chains": {"type": "dict", "default": {}},
-        "jump": {"type": "dict", "options": JUMP_SPEC, "apply_defaults": True},
-    }},
-    "bird_dir": {"type": "path", "default": "/etc/podnet/bird"},
-    "birdc": {"type": "str", "default": "birdc"},
-    "rt_protos_file": {"type": "path", "default": RT_PROTOS_FILE},
-    "bird": {"type": "dict", "options": {
-        "config": {"type": "str", "required": True},
-        "binary": {"type": "str", "default": "bird"},
-    }},
-    "lock": {"type": "dict", "options": LOCK_SPEC},
-    "persist_dir": PERSIST_OPTION,
-}
 NODE_KEYS = ("backend", "pod_mode", "node_ip", "routes", "pods", "iptables", "render_mtu")
 BRIDGE_NODE_KEYS = ("bridge", "subnet_env")
 FAMILIES = {"bridge": "flannel backends (pods on a bridge)", "routed": "routed backends (calico and the like)"}
@@ -308,8 +285,7 @@ def main() -> None:
                              f"{node['backend']} wires pods the {node['pod_mode']} way; nothing was changed")
     if not HAS_PYROUTE2:
         module.fail_json(msg=missing_required_lib("pyroute2"), exception=str(PYROUTE2_IMPORT_ERROR))
-    if p["pod_sysctls"] is None:
-        p["pod_sysctls"] = dict(CALICO_HOST_SYSCTLS)
+    with_defaults(p)
     lock = NodeLock(p["lock"]["path"], p["lock"]["owner"]) if p["lock"] and not module.check_mode else None
     outcome: dict = {}
     if lock:
@@ -320,10 +296,7 @@ def main() -> None:
     run = NodeRun(module, node.get("take_over"))
     try:
         owned_or_refuse(run, node, p["rt_protos_file"])
-        name_route_protocol(run, p["rt_protos_file"])
-        backend_of(node)(run, node)
-        if p["policy"] is not None:
-            apply_policy(run, p["policy"])
+        node_steps(run, node)
         record_for_boot(run)
     except StepFailed as exc:
         details = {k: v for k, v in exc.extra.items() if k not in ("msg", "step")}
