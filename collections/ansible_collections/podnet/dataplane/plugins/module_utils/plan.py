@@ -14,9 +14,15 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ansible_collections.podnet.dataplane.plugins.module_utils import policy
+from ansible_collections.podnet.dataplane.plugins.module_utils.backends import (
+    KNOWN_BACKENDS,
+    PROFILES,
+    Profile,
+    profile_for,
+)
 from ansible_collections.podnet.dataplane.plugins.module_utils.builders import (
     CALICO_GATEWAY,
-    IPIP_OVERHEAD,
     VXLAN_OVERHEAD,
     calico_veth_name,
     host_veth_name,
@@ -28,6 +34,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.ownership import 
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.validate import (
     POD_NAME_MAX,
+    PlanError,
     check_interface_name,
     check_mac,
     check_netns_name,
@@ -41,75 +48,6 @@ HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,251}[A-Za-z0-9])?")
 # BIRD 2 symbols are at most 64 characters (SYM_MAX_LEN); a peer's is "peer_" + its name.
 BIRD_SYMBOL_MAX = 64
 POD_NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
-
-FLANNEL_BACKENDS = ("flannel-vxlan", "flannel-host-gw")
-CALICO_BACKENDS = ("calico-bgp", "calico-ipip", "calico-vxlan")
-# The seed table's other rows: canal (flannel's VXLAN between nodes, calico's pod wiring and policy),
-# romana (host-gw routing + policy) and weave (a VXLAN mesh + policy) — as kernel state, no daemons.
-POLICY_STYLE_BACKENDS = ("canal", "romana-style", "weave-style")
-KNOWN_BACKENDS = FLANNEL_BACKENDS + CALICO_BACKENDS + POLICY_STYLE_BACKENDS
-
-
-@dataclass(frozen=True)
-class Profile:
-    """A backend as a composition: how pods are wired on the node, how packets reach the other nodes' pods,
-    and whether flannel's node facts (masquerade rules, subnet.env) are kept. Presets are the seed table's
-    rows; podnet_transport changes the transport of one (canal over host-gw, BGP or IPIP, as seed 000 says)."""
-
-    pod_mode: str  # "bridge": cni0 + veths (flannel); "routed": /32 routes + proxy ARP (calico)
-    transport: str  # "vxlan", "ipip", "host-gw" (plain routes via the peers) or "bgp" (static or BIRD)
-    vtep: str = ""  # VXLAN device name; "{vni}" is filled in
-    vni: int = 1
-    port: int = 8472
-    direct_var: str = ""  # variable that turns on plain routing to peers on the same underlay subnet
-    flannel_env: bool = False  # flannel runs the network: its masquerade rules and subnet.env
-
-    @property
-    def encap(self) -> str | None:
-        return self.transport if self.transport in ("vxlan", "ipip") else None
-
-    @property
-    def overhead(self) -> int:
-        """Bytes the encapsulation costs, taken off the underlay MTU."""
-        return {"vxlan": VXLAN_OVERHEAD, "ipip": IPIP_OVERHEAD}.get(self.transport, 0)
-
-
-FLANNEL_VXLAN = {"vtep": "flannel.{vni}", "vni": 1, "port": 8472}
-CALICO_VXLAN = {"vtep": "vxlan.calico", "vni": 4096, "port": 4789}
-PROFILES = {
-    "flannel-vxlan": Profile("bridge", "vxlan", **FLANNEL_VXLAN, direct_var="podnet_flannel_directrouting",
-                             flannel_env=True),
-    "flannel-host-gw": Profile("bridge", "host-gw", flannel_env=True),
-    "calico-bgp": Profile("routed", "bgp"),
-    "calico-ipip": Profile("routed", "ipip", direct_var="podnet_calico_crosssubnet"),
-    "calico-vxlan": Profile("routed", "vxlan", **CALICO_VXLAN, direct_var="podnet_calico_crosssubnet"),
-    "canal": Profile("routed", "vxlan", **FLANNEL_VXLAN, flannel_env=True),
-    "romana-style": Profile("routed", "host-gw"),
-    # weave's fast datapath is a VXLAN mesh on UDP 6784 (device vxlan-6784).
-    "weave-style": Profile("routed", "vxlan", vtep="vxlan-6784", vni=6784, port=6784),
-}
-TRANSPORTS = ("vxlan", "host-gw", "ipip", "bgp")
-# Bridge wiring is flannel's, whose backends are VXLAN and host-gw; IPIP and BGP come with calico's wiring.
-WIRING_TRANSPORTS = {"bridge": ("vxlan", "host-gw"), "routed": TRANSPORTS}
-
-
-def profile_for(backend: str, transport: Any = None) -> Profile:
-    """The preset, with its transport replaced when podnet_transport names another (ValueError: a
-    combination podnet does not build, with the reason)."""
-    preset = PROFILES[backend]
-    if transport in (None, "") or transport == preset.transport:
-        return preset
-    if transport not in TRANSPORTS:
-        raise ValueError(f"{transport!r} is not a transport; choose one of {', '.join(TRANSPORTS)}")
-    if transport not in WIRING_TRANSPORTS[preset.pod_mode]:
-        raise ValueError(f"{backend} wires pods to a bridge (flannel's way), which podnet combines with "
-                         f"{' or '.join(WIRING_TRANSPORTS['bridge'])} only; {transport} comes with the routed "
-                         "wiring of calico, canal and the other routed backends")
-    vxlan = (FLANNEL_VXLAN if preset.flannel_env else CALICO_VXLAN) if transport == "vxlan" else {}
-    direct = {"vxlan": "podnet_flannel_directrouting" if preset.flannel_env else "podnet_calico_crosssubnet",
-              "ipip": "podnet_calico_crosssubnet"}.get(transport, "")
-    return Profile(preset.pod_mode, transport, **vxlan, direct_var=direct, flannel_env=preset.flannel_env)
-
 
 IPIP_DEVICE = "tunl0"
 
@@ -148,14 +86,6 @@ _PATH_RE = re.compile(r"(/[A-Za-z0-9_.+@-]+)+")
 PATH_MAX = 1024
 BIRD_DIR_MAX = 107 - len("/bird.ctl")
 NAME_MAX = 255
-
-
-class PlanError(ValueError):
-    """Invalid inventory.  `problems` lists every problem found, each naming host and variable."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("podnet: invalid inventory:\n  - " + "\n  - ".join(problems))
 
 
 @dataclass
@@ -534,8 +464,6 @@ def plan_cluster(hosts: list[str], hostvars: dict[str, dict], leases: dict[str, 
 
 def _compile_policies(settings: dict[str, Any], nodes: dict[str, dict], problems: _Problems) -> None:
     """Each node's policy chains (node["policy"]); policy problems are reported with all others."""
-    from ansible_collections.podnet.dataplane.plugins.module_utils import policy  # it imports this module
-
     try:
         if nodes and not problems.items:
             for host, compiled in policy.compile_policies(settings["podnet_backend"],

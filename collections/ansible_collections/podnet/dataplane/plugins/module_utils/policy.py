@@ -73,17 +73,17 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ansible_collections.podnet.dataplane.plugins.module_utils.backends import (
+    CALICO_BACKENDS,
+    FLANNEL_BACKENDS,
+    POLICY_STYLE_BACKENDS,
+)
 from ansible_collections.podnet.dataplane.plugins.module_utils.iptables_chains import (
     Table,
     normalize_chains,
     plan_chains,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.plan import (
-    CALICO_BACKENDS,
-    FLANNEL_BACKENDS,
-    POLICY_STYLE_BACKENDS,
-    PlanError,
-)
+from ansible_collections.podnet.dataplane.plugins.module_utils.validate import PlanError
 
 VAR = "podnet_network_policies"
 PREFIX = "PODNET-"

@@ -21,6 +21,15 @@ POD_NAME_MAX = 63
 _NETNS_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
+
+class PlanError(ValueError):
+    """Invalid inventory.  `problems` lists every problem found, each naming host and variable."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("podnet: invalid inventory:\n  - " + "\n  - ".join(problems))
+
+
 def check_interface_name(field: str, name: Any) -> list[str]:
     if not isinstance(name, str) or not name:
         return [f"{field}: interface name {name!r} must be a non-empty string"]
