@@ -59,3 +59,19 @@ def test_noop_rerun_starts_only_the_needed_modules(lab, tmp_path):
         assert all(noop[h] <= converge[h] for h in NODES), (backend, converge, noop)
         verify, _ = counted_run(lab, wrapper, log, backend, "playbooks/verify.yml")
         assert verify.rc == 0, verify.output
+
+
+def test_reset_is_one_module_run_per_node(lab, tmp_path):
+    """reset.yml removes a node's whole state in one node_apply run (state deleted); the lab's nodes have
+    no boot unit, whose removal would be the second."""
+    wrapper, log = counting_interpreter(tmp_path)
+    counted_run(lab, wrapper, log, "calico-bgp")
+    result, reset = counted_run(lab, wrapper, log, "calico-bgp", "playbooks/reset.yml")
+    print(f"reset.yml: module runs per node {reset}")
+    assert all(n == 1 for n in reset.values()), reset
+    for host in NODES:
+        assert [link["ifname"] for link in lab.json(host, "link", "show")] == ["lo", "eth0"]
+        assert lab.json(host, "route", "show", "proto", "152") == []
+        assert not Path(f"/run/podnet-lab/{lab.prefix}/{host}/state").exists()  # the boot records went
+    again, _ = counted_run(lab, wrapper, log, "calico-bgp", "playbooks/reset.yml")
+    assert again.changed() == 0, again.recap

@@ -68,7 +68,10 @@ RESOURCES = {
 }
 # The module's options: also what a render takes (render_node), so both read the same defaults.
 ARGUMENT_SPEC = {
-    "node": {"type": "dict", "required": True},
+    "node": {"type": "dict"},
+    "state": {"type": "str", "choices": ["overridden", "deleted"], "default": "overridden"},
+    "bridge": {"type": "str", "default": "cni0"},
+    "networks": {"type": "list", "elements": "str", "default": []},
     "pod_mode": {"type": "str", "choices": ["bridge", "routed"]},
     "other_vteps": {"type": "list", "elements": "str", "default": ["flannel.1", "vxlan.calico", "vxlan-6784"]},
     "subnet_env": {"type": "path", "default": "/run/flannel/subnet.env"},
@@ -601,6 +604,62 @@ def render_node(node: dict[str, Any], kernel: str, options: dict[str, Any] | Non
     except StepFailed as exc:
         raise ValueError(f"{exc.step}: {exc.msg}") from None
     return run.lines
+
+
+def reset_steps(run: NodeRun) -> None:
+    """Everything podnet makes on a node, whichever backend made it, removed - each by its resource's
+    `deleted` state, which takes only what carries podnet's marker: BIRD first (its clean shutdown withdraws
+    its routes), the proxy-ARP values given back while the pods' interfaces still exist, then pods and bridge,
+    peer routes, VTEPs, rules, the tunnel, the policy chains and podnet's files and records."""
+    p = run.module.params
+    no_bird(run, p["bird_dir"], p["birdc"])
+    run.resource("proxy-ARP values given back", "proxy_arp", interfaces=["cali*"],
+                 state_file=p["proxy_arp_state_file"], state="deleted")
+    # pod_network wants a bridge address for a bridge; a deletion matches the bridge by name and alias only
+    run.resource("no pods, no pod bridge", "pod_network", bridge={"name": p["bridge"], "address": "0.0.0.0/32"},
+                 state="deleted")
+    run.resource("no peer routes", "pod_route", networks=p["networks"], state="deleted")
+    for name in p["other_vteps"]:
+        run.resource(f"no VXLAN endpoint {name}", "vxlan_fdb", name=name, state="deleted")
+    run.resource("no masquerade or forward rules", "iptables_rules", state="deleted")
+    run.resource("no IPIP tunnel", "ipip_tunnel", state="deleted")
+    apply_policy(run, {})
+    run.file("no subnet.env", p["subnet_env"], None)
+    if p["rt_protos_file"]:
+        if is_podnets_rt_protos(_read(p["rt_protos_file"])):
+            run.file("no name for podnet's route protocol", p["rt_protos_file"], None)
+        elif os.path.lexists(p["rt_protos_file"]):
+            run.keep("no name for podnet's route protocol", "file", {
+                "changed": False, "commands": [], "msg": f"{p['rt_protos_file']} is not podnet's: left alone"})
+    forget_records(run)
+
+
+def forget_records(run: NodeRun) -> None:
+    """The boot restore's records go with the state they describe: podnet's *.json records, and the folder
+    once nothing else is in it (anything else there is not podnet's and stays)."""
+    step = "no boot records"
+    directory = run.module.params["persist_dir"]
+    if not directory or not os.path.isdir(directory) or os.path.islink(directory):
+        run.keep(step, "file", {"changed": False, "commands": []})
+        return
+    records = sorted(name for name in os.listdir(directory) if name.endswith(".json") and not name.startswith("."))
+    others = sorted(set(os.listdir(directory)) - set(records))
+    paths = [os.path.join(directory, name) for name in records]
+    commands = ([shell_line(["rm", "-f", *paths])] if paths else []) + ([] if others else [shell_line(["rmdir", directory])])
+    if not run.module.check_mode:
+        try:
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            if not others:
+                os.rmdir(directory)
+        except OSError as exc:
+            raise StepFailed(step, f"podnet.node_apply: {step}: {exc}", {}) from exc
+    result: dict[str, Any] = {"changed": True, "commands": commands,
+                              "diff": {"before": "".join(f"{path}\n" for path in paths), "after": ""}}
+    if others:
+        result["msg"] = f"{directory} kept: it also holds {', '.join(others)}, which is not podnet's"
+    run.keep(step, "file", result)
 
 
 def summary(results: list[dict[str, Any]]) -> dict[str, Any]:

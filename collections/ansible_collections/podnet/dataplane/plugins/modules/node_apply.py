@@ -43,8 +43,22 @@ author:
 requirements:
   - pyroute2 on the managed node
 options:
+  state:
+    description:
+      - C(overridden) - the node holds exactly I(node)'s state (and nothing of another backend's).
+      - C(deleted) - everything podnet makes on a node is removed, whichever backend made it, each piece by
+        its module's C(deleted) state (only what carries podnet's marker) - podnet's BIRD shut down (I(bird_dir)),
+        the proxy-ARP values podnet changed on C(cali*) given back (I(proxy_arp_state_file)), podnet's pod
+        veths and the pod bridge I(bridge), podnet's routes to I(networks), the VXLAN devices in
+        I(other_vteps), podnet's iptables rules, the IPIP tunnel's configuration, the network policy chains,
+        I(subnet_env), I(rt_protos_file) when it is podnet's, and podnet's records in I(persist_dir) (the folder
+        too once empty). I(node) is not needed. This is what C(reset.yml) runs.
+    type: str
+    choices: [overridden, deleted]
+    default: overridden
   node:
     description:
+      - Required with I(state=overridden).
       - This node's planned state, C(podnet_node) as the C(podnet.dataplane.plan) role sets it
         (C(backend), C(pod_mode), C(node_ip), C(vtep), C(tunnel), C(routes), C(pods), C(bridge),
         C(iptables), C(subnet_env), C(mtu), C(render_mtu)); C(pod_mode) C(bridge) selects the flannel
@@ -55,7 +69,18 @@ options:
         passed to M(podnet.dataplane.vxlan_fdb), which decides the VTEP's TX checksum offload from the node's
         kernel for C(auto); a plan without it means C(auto).
     type: dict
-    required: true
+  bridge:
+    description: With I(state=deleted), the pod bridge to remove when it is podnet's (C(podnet_bridge)).
+    type: str
+    default: cni0
+  networks:
+    description:
+      - With I(state=deleted), where podnet's peer routes lie (C(podnet_cluster_cidr)); a route of podnet's
+        protocol elsewhere is some other program's and stays. Empty - every route of podnet's protocol that does
+        not lead into a pod.
+    type: list
+    elements: str
+    default: []
   pod_mode:
     description:
       - The kind of backend this task is meant to apply - C(bridge) (the flannel backends) or C(routed)
@@ -216,6 +241,14 @@ EXAMPLES = r"""
     bird:
       config: "{{ lookup('ansible.builtin.template', 'bird.conf.j2') }}"
 
+- name: Remove everything podnet made on the node, under the node lock (what reset.yml does)
+  podnet.dataplane.node_apply:
+    state: deleted
+    networks: [10.244.0.0/16]
+    persist_dir: /etc/podnet/state
+    lock:
+      path: /run/podnet/node.lock
+
 - name: Preview what a converge would change, without changing it
   podnet.dataplane.node_apply:
     node: "{{ podnet_node }}"
@@ -257,6 +290,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.node_apply import
     node_steps,
     owned_or_refuse,
     record_for_boot,
+    reset_steps,
     summary,
     with_defaults,
 )
@@ -272,15 +306,17 @@ FAMILIES = {"bridge": "flannel backends (pods on a bridge)", "routed": "routed b
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True,
+                           required_if=[("state", "overridden", ["node"])])
     p = module.params
-    node = p["node"]
-    wanted = NODE_KEYS + (BRIDGE_NODE_KEYS if node.get("pod_mode") == "bridge" else ())
+    deleting = p["state"] == "deleted"
+    node = p["node"] or {}
+    wanted = () if deleting else NODE_KEYS + (BRIDGE_NODE_KEYS if node.get("pod_mode") == "bridge" else ())
     missing = [key for key in wanted if key not in node]
     if missing:
         module.fail_json(msg=f"podnet.node_apply: node lacks {', '.join(missing)}; pass podnet_node as the "
                              "podnet.dataplane.plan role sets it")
-    if p["pod_mode"] and p["pod_mode"] != node["pod_mode"]:
+    if p["pod_mode"] and not deleting and p["pod_mode"] != node["pod_mode"]:
         module.fail_json(msg=f"podnet.node_apply: this task applies the {FAMILIES[p['pod_mode']]}, but "
                              f"{node['backend']} wires pods the {node['pod_mode']} way; nothing was changed")
     if not HAS_PYROUTE2:
@@ -295,9 +331,12 @@ def main() -> None:
             module.fail_json(msg=str(exc))
     run = NodeRun(module, node.get("take_over"))
     try:
-        owned_or_refuse(run, node, p["rt_protos_file"])
-        node_steps(run, node)
-        record_for_boot(run)
+        if deleting:
+            reset_steps(run)
+        else:
+            owned_or_refuse(run, node, p["rt_protos_file"])
+            node_steps(run, node)
+            record_for_boot(run)
     except StepFailed as exc:
         details = {k: v for k, v in exc.extra.items() if k not in ("msg", "step")}
         # a dict display, not update(**...): the failing step's details repeat keys of the summary
