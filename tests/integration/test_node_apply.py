@@ -58,7 +58,7 @@ LOCK_PLAYBOOK = """
           path: "{{{{ podnet_lock_file }}}}"
     - name: Keep what node_apply said
       ansible.builtin.copy:
-        content: "{{{{ podnet_flannel_apply | to_json }}}}"
+        content: "{{{{ podnet_node_apply | to_json }}}}"
         dest: "{out}/{{{{ inventory_hostname }}}}.json"
         mode: "0600"
       delegate_to: localhost

@@ -10,9 +10,10 @@ short_description: Converge a node's whole backend (devices, peers, routes, pods
 version_added: "0.4.0"
 description:
   - Applies one node's part of the plan (C(podnet_node), set by the C(podnet.dataplane.plan) role) in a
-    single module run, which is what the C(podnet.dataplane.flannel) and C(podnet.dataplane.calico)
-    roles call. Each piece is done by the code of its own module, in this order and with these states -
-    so results, check mode, diffs and error messages are that module's.
+    single module run, which is what the C(podnet.dataplane.node) role calls (the C(podnet.dataplane.flannel)
+    and C(podnet.dataplane.calico) roles are that role with the pod wiring they apply). Each piece is done by
+    the code of its own module, in this order and with these states - so results, check mode, diffs and
+    error messages are that module's.
   - "flannel backends: M(podnet.dataplane.vxlan_fdb) (the VTEP and static peers, flannel-vxlan),
     M(podnet.dataplane.vxlan_fdb) C(deleted) for every other VTEP in I(other_vteps),
     M(podnet.dataplane.ipip_tunnel) C(deleted), podnet's BIRD of a calico-bgp run stopped (see
@@ -177,7 +178,7 @@ options:
     type: dict
     suboptions:
       config:
-        description: The text of C(bird.conf) (the C(podnet.dataplane.calico) role renders it from the plan).
+        description: The text of C(bird.conf) (the C(podnet.dataplane.node) role renders it from the plan).
         type: str
         required: true
       binary:
