@@ -79,7 +79,10 @@ sanity: setup
 	$(PY) scripts/ansible_test_offline.py --python 3.11
 	cd collections/ansible_collections/podnet/dataplane && \
 		$(CURDIR)/scripts/timed sanity $(CURDIR)/$(VENV)/bin/ansible-test sanity --python 3.11 --color no
+	cd collections/ansible_collections/podnet/lab && \
+		$(CURDIR)/scripts/timed sanity-lab $(CURDIR)/$(VENV)/bin/ansible-test sanity --python 3.11 --color no
 
+# The product's artifact: podnet.dataplane only (the namespace lab, podnet.lab, stays in the repository).
 dist: setup
 	mkdir -p build && $(VENV)/bin/ansible-galaxy collection build --force --output-path build collections/ansible_collections/podnet/dataplane
 

@@ -256,7 +256,7 @@ def ansible_env() -> dict:
 
 def playbook(ns: str, tmp: Path, tasks: list[dict], extra: dict) -> tuple[float, dict]:
     inventory = {"all": {"hosts": {"bench": {
-        "ansible_connection": "podnet.dataplane.netns", "ansible_netns_name": ns,
+        "ansible_connection": "podnet.lab.netns", "ansible_netns_name": ns,
         "ansible_python_interpreter": sys.executable}}}}
     (tmp / "inventory.json").write_text(json.dumps(inventory))
     (tmp / "vars.json").write_text(json.dumps(extra))

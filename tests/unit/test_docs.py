@@ -12,20 +12,22 @@ import yaml
 from ansible_collections.podnet.dataplane.plugins.filter.podnet import FilterModule
 
 REPO = Path(__file__).resolve().parents[2]
-PLUGINS = REPO / "collections/ansible_collections/podnet/dataplane/plugins"
+COLLECTIONS = REPO / "collections/ansible_collections/podnet"
 # Every filter FilterModule exposes, so a new filter without its plugins/filter/<name>.yml fails here.
 FILTERS = sorted(FilterModule().filters())
-DOCUMENTED = [("module", p.stem) for p in sorted((PLUGINS / "modules").glob("*.py"))] + [
-    ("connection", "netns"), ("lookup", "run_owner")] + [("filter", name) for name in FILTERS]
+DOCUMENTED = [("module", f"{c}.{p.stem}") for c in ("dataplane", "lab")
+              for p in sorted((COLLECTIONS / c / "plugins" / "modules").glob("*.py"))] + [
+    ("connection", "lab.netns"), ("lookup", "dataplane.run_owner")] + [("filter", f"dataplane.{name}")
+                                                                       for name in FILTERS]
 
 
 @pytest.mark.parametrize(("kind", "name"), DOCUMENTED, ids=[f"{k}:{n}" for k, n in DOCUMENTED])
 def test_plugin_documentation_parses(kind, name):
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
     doc = subprocess.run([str(Path(sys.executable).parent / "ansible-doc"), "-t", kind, "--json",
-                          f"podnet.dataplane.{name}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+                          f"podnet.{name}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert doc.returncode == 0, doc.stderr
-    data = json.loads(doc.stdout)[f"podnet.dataplane.{name}"]
+    data = json.loads(doc.stdout)[f"podnet.{name}"]
     assert data["doc"]["short_description"] and data["doc"]["description"]
     if kind in ("module", "filter"):
         assert data["examples"] and yaml.safe_load(data["examples"])

@@ -35,8 +35,10 @@ def test_galaxy_artifact_builds_installs_and_resolves(tmp_path):
     names = tarfile.open(artifact).getnames()
     assert "plugins/modules/vxlan_fdb.py" in names and "plugins/module_utils/netlink.py" in names
     assert "meta/runtime.yml" in names and "MANIFEST.json" in names
-    for role in ("plan", "flannel", "calico", "policy", "boot"):
+    for role in ("plan", "node", "flannel", "calico", "policy", "boot"):
         assert f"roles/{role}/tasks/main.yml" in names and f"roles/{role}/meta/argument_specs.yml" in names
+    # the namespace lab is podnet.lab's, not the product's
+    assert not [name for name in names if name.startswith("plugins/") and "netns" in name], names
     doc = subprocess.run([str(BIN / "ansible-doc"), "podnet.dataplane.vxlan_fdb"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)
     assert doc.returncode == 0 and "VXLAN" in doc.stdout, doc.stderr
@@ -55,13 +57,15 @@ def test_requires_ansible_is_the_tested_range():
     from packaging.specifiers import SpecifierSet
     from packaging.version import Version
 
-    runtime = yaml.safe_load((REPO / "collections/ansible_collections/podnet/dataplane/meta/runtime.yml").read_text())
-    declared = SpecifierSet(runtime["requires_ansible"])
+    declared = {collection: SpecifierSet(yaml.safe_load(
+        (REPO / f"collections/ansible_collections/podnet/{collection}/meta/runtime.yml").read_text())["requires_ansible"])
+        for collection in ("dataplane", "lab")}
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     (tested,) = [Requirement(r).specifier for r in project["dependencies"] if Requirement(r).name == "ansible-core"]
 
     def bounds(specifiers: SpecifierSet) -> set[tuple[str, Version]]:
         return {(s.operator, Version(s.version)) for s in specifiers}  # 2.19 and 2.19.0 are one version
 
-    assert bounds(declared) == bounds(tested)
-    assert ansible.__version__ in declared
+    for specifiers in declared.values():
+        assert bounds(specifiers) == bounds(tested)
+        assert ansible.__version__ in specifiers

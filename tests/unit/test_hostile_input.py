@@ -13,7 +13,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.validate import (
     check_mac,
     check_netns_name,
 )
-from ansible_collections.podnet.dataplane.plugins.modules.netns_lab import PREFIX_RE
+from ansible_collections.podnet.lab.plugins.modules.netns_lab import PREFIX_RE
 
 POLICY_POD = {"name": "db", "labels": {"app": "db"}}
 

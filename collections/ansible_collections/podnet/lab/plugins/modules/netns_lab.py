@@ -97,7 +97,7 @@ notes:
 
 EXAMPLES = r"""
 - name: Build a two-node lab
-  podnet.dataplane.netns_lab:
+  podnet.lab.netns_lab:
     prefix: demo
     underlay_cidr: 172.30.0.0/24
     gateway: 172.30.0.1
@@ -106,7 +106,7 @@ EXAMPLES = r"""
       - {name: demo-node2, address: 172.30.0.12, pods: [demo-node2-pod1]}
 
 - name: Build a lab with two segments and a router between them (node3 is across an L3 boundary)
-  podnet.dataplane.netns_lab:
+  podnet.lab.netns_lab:
     prefix: demo
     underlay_cidr: 172.30.0.0/24
     routed_cidr: 172.31.0.0/24
@@ -117,7 +117,7 @@ EXAMPLES = r"""
       - {name: demo-node3, address: 172.31.0.13/24}
 
 - name: Remove every namespace of that lab
-  podnet.dataplane.netns_lab:
+  podnet.lab.netns_lab:
     prefix: demo
     state: absent
 """

@@ -11,7 +11,7 @@ description:
     C(ip netns exec <netns_name> /bin/sh -c <command>), so modules see the network of the named
     namespace (its links, addresses, routes, sysctls) while sharing the controller's filesystem.
   - This is how podnet reaches the nodes of its namespace lab, where each node is a network namespace
-    created by M(podnet.dataplane.netns_lab).
+    created by M(podnet.lab.netns_lab).
   - File transfer is the C(local) connection's (plain copies on the shared filesystem);
     pipelining works as it does for C(local).
   - The controller user must be allowed to enter network namespaces (in practice, root).
@@ -67,7 +67,7 @@ NETNS_RUN_DIR = "/run/netns"
 class Connection(LocalConnection):
     """``local`` connection whose commands run under ``ip netns exec``."""
 
-    transport = "podnet.dataplane.netns"
+    transport = "podnet.lab.netns"
     has_pipelining = True
 
     def __init__(self, *args, **kwargs) -> None:
