@@ -461,31 +461,21 @@ def no_bird(run: NodeRun, bird_dir: str, birdc: str) -> None:
     socket = os.path.join(bird_dir, "bird.ctl")
     ours = [os.path.join(bird_dir, name) for name in BIRD_FILES if os.path.lexists(os.path.join(bird_dir, name))]
     others = sorted(set(os.listdir(bird_dir)) - set(BIRD_FILES))
-    commands = [shell_line(["rm", "-f", *ours])] + ([] if others else [shell_line(["rmdir", bird_dir])])
-    if os.path.exists(socket):
-        commands.insert(0, shell_line([birdc, "-s", socket, "down"]))
-    result: dict[str, Any] = {"changed": True, "commands": commands,
-                              "diff": {"before": "".join(f"{path}\n" for path in ours), "after": ""}}
-    if others:
-        result["msg"] = f"{bird_dir} kept: it also holds {', '.join(others)}, which is not podnet's"
-    if not run.module.check_mode:
-        binary = run.module.get_bin_path(birdc) if os.path.exists(socket) else None
+    stop = [birdc, "-s", socket, "down"] if os.path.exists(socket) else None
+    done: dict[str, Any] = {}
+    if stop and not run.module.check_mode:
+        binary = run.module.get_bin_path(birdc)
         if binary:
             # a BIRD that no longer answers is gone already: its files are removed all the same
-            rc, _out, err = run.module.run_command([binary, "-s", socket, "down"])
-            result["birdc_rc"], result["birdc_stderr"] = rc, err.strip()
-        elif os.path.exists(socket):
-            result["birdc_rc"], result["birdc_stderr"] = None, f"{birdc} not found: BIRD not asked to shut down"
-        try:
-            for path in ours:
-                # BIRD removes its control socket and pid file itself as it goes down
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-            if not others:
-                os.rmdir(bird_dir)
-        except OSError as exc:
-            raise StepFailed(step, f"podnet.node_apply: {step}: cannot remove podnet's BIRD files in {bird_dir}: "
-                                   f"{exc}", result) from exc
+            rc, _out, err = run.module.run_command([binary, *stop[1:]])
+            done = {"birdc_rc": rc, "birdc_stderr": err.strip()}
+        else:
+            done = {"birdc_rc": None, "birdc_stderr": f"{birdc} not found: BIRD not asked to shut down"}
+    # BIRD removes its control socket and pid file itself as it goes down: the removal tolerates that
+    result = remove_ours(run, step, bird_dir, ours, others, "podnet's BIRD files")
+    if stop:
+        result["commands"].insert(0, shell_line(stop))
+    result.update(done)
     run.keep(step, "bird", result)
 
 
@@ -645,21 +635,29 @@ def forget_records(run: NodeRun) -> None:
     records = sorted(name for name in os.listdir(directory) if name.endswith(".json") and not name.startswith("."))
     others = sorted(set(os.listdir(directory)) - set(records))
     paths = [os.path.join(directory, name) for name in records]
-    commands = ([shell_line(["rm", "-f", *paths])] if paths else []) + ([] if others else [shell_line(["rmdir", directory])])
+    run.keep(step, "file", remove_ours(run, step, directory, paths, others, "podnet's records"))
+
+
+def remove_ours(run: NodeRun, step: str, folder: str, ours: list[str], others: list[str],
+                what: str) -> dict[str, Any]:
+    """podnet's files `ours` in `folder` removed, and the folder once nothing else (`others`) is in it: what
+    is not podnet's stays. The step's result: changed, the commands, a diff listing the files."""
+    commands = ([shell_line(["rm", "-f", *ours])] if ours else []) + ([] if others else [shell_line(["rmdir", folder])])
+    result: dict[str, Any] = {"changed": True, "commands": commands,
+                              "diff": {"before": "".join(f"{path}\n" for path in ours), "after": ""}}
+    if others:
+        result["msg"] = f"{folder} kept: it also holds {', '.join(others)}, which is not podnet's"
     if not run.module.check_mode:
         try:
-            for path in paths:
+            for path in ours:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
             if not others:
-                os.rmdir(directory)
+                os.rmdir(folder)
         except OSError as exc:
-            raise StepFailed(step, f"podnet.node_apply: {step}: {exc}", {}) from exc
-    result: dict[str, Any] = {"changed": True, "commands": commands,
-                              "diff": {"before": "".join(f"{path}\n" for path in paths), "after": ""}}
-    if others:
-        result["msg"] = f"{directory} kept: it also holds {', '.join(others)}, which is not podnet's"
-    run.keep(step, "file", result)
+            raise StepFailed(step, f"podnet.node_apply: {step}: cannot remove {what} in {folder}: {exc}",
+                             result) from exc
+    return result
 
 
 def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
