@@ -1,5 +1,5 @@
-"""node_apply's own parts that need no kernel: the subnet.env file step, the BIRD cleanup, the policy
-step's skip where no iptables exists, step argument checking, the pods' MTU choice and the result summary (tests/integration/test_node_apply.py and the backend tests run
+"""node_apply's own parts that need no kernel: the subnet.env file step, the BIRD cleanup, the boot records'
+removal, the policy step's skip where no iptables exists, step argument checking, the pods' MTU choice and the result summary (tests/integration/test_node_apply.py and the backend tests run
 the whole module against namespace labs)."""
 
 from __future__ import annotations
@@ -220,3 +220,42 @@ def test_policy_step_is_skipped_only_where_no_chain_can_exist(monkeypatch: pytes
     node_apply.apply_policy(NodeRun(iptables), {"chains": {}, "jump": None})
     assert [(c["state"], c["chains"]) for c in calls] == [
         ("overridden", {"PODNET-FORWARD": ["-j ACCEPT"]}), ("deleted", {})]
+
+
+def records_parent(directory: Path, check_mode: bool = False) -> FakeParent:
+    parent = FakeParent(check_mode=check_mode)
+    parent.params["persist_dir"] = str(directory)
+    return parent
+
+
+def test_reset_removes_podnets_records_then_their_folder_once(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    for name in ("pod_route.json", "vxlan_fdb-flannel.1.json"):
+        (state / name).write_text("{}")
+    preview = NodeRun(records_parent(state, check_mode=True))
+    node_apply.forget_records(preview)
+    assert preview.results[0]["changed"] and sorted(p.name for p in state.iterdir()) == [
+        "pod_route.json", "vxlan_fdb-flannel.1.json"]
+    run = NodeRun(records_parent(state))
+    node_apply.forget_records(run)
+    assert not state.exists()
+    assert run.results[0]["commands"] == [f"rm -f {state}/pod_route.json {state}/vxlan_fdb-flannel.1.json",
+                                          f"rmdir {state}"]
+    again = NodeRun(records_parent(state))
+    node_apply.forget_records(again)
+    assert not again.results[0]["changed"]
+
+
+def test_reset_keeps_what_is_not_a_record_and_then_changes_nothing(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "bird.json").write_text("{}")
+    (state / "README.admin").write_text("not podnet's\n")
+    run = NodeRun(records_parent(state))
+    node_apply.forget_records(run)
+    assert [p.name for p in state.iterdir()] == ["README.admin"]
+    assert run.results[0]["changed"] and "README.admin" in run.results[0]["msg"]
+    again = NodeRun(records_parent(state))
+    node_apply.forget_records(again)
+    assert not again.results[0]["changed"] and again.results[0]["commands"] == []

@@ -643,7 +643,8 @@ def remove_ours(run: NodeRun, step: str, folder: str, ours: list[str], others: l
     """podnet's files `ours` in `folder` removed, and the folder once nothing else (`others`) is in it: what
     is not podnet's stays. The step's result: changed, the commands, a diff listing the files."""
     commands = ([shell_line(["rm", "-f", *ours])] if ours else []) + ([] if others else [shell_line(["rmdir", folder])])
-    result: dict[str, Any] = {"changed": True, "commands": commands,
+    # nothing of podnet's in a folder that holds something else: nothing to do
+    result: dict[str, Any] = {"changed": bool(commands), "commands": commands,
                               "diff": {"before": "".join(f"{path}\n" for path in ours), "after": ""}}
     if others:
         result["msg"] = f"{folder} kept: it also holds {', '.join(others)}, which is not podnet's"
