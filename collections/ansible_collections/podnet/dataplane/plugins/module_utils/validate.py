@@ -21,7 +21,6 @@ POD_NAME_MAX = 63
 _NETNS_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
-
 class PlanError(ValueError):
     """Invalid inventory.  `problems` lists every problem found, each naming host and variable."""
 
