@@ -1,8 +1,8 @@
 """The Galaxy artifact, installed into a clean directory, converges a lab by FQCN roles alone.
 
 The playbook is the README's "in your own playbook" snippet; it runs from a directory with no
-ansible.cfg, no roles/ and no collections/ next to it, with the installed collection as the only one
-on the collections path. Whatever it applies must be what the repo's own verify.yml expects."""
+ansible.cfg, no roles/ and no collections/ next to it, with the installed collections as the only ones
+on the collections path: podnet.dataplane, and podnet.lab for the lab's connection to its nodes. Whatever it applies must be what the repo's own verify.yml expects."""
 from __future__ import annotations
 
 import pytest
@@ -24,7 +24,7 @@ USER_PLAYBOOK = """\
 
 
 def test_installed_collection_converges_the_lab_by_fqcn(lab, tmp_path):
-    _artifact, env = build_and_install(tmp_path)
+    _artifact, env = build_and_install(tmp_path, ("dataplane", "lab"))
     (tmp_path / "ansible.cfg").write_text("[defaults]\n")
     env["ANSIBLE_CONFIG"] = str(tmp_path / "ansible.cfg")
     playbook = tmp_path / "podnet.yml"

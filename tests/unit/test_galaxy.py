@@ -11,20 +11,23 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def build_and_install(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    """Build the artifact into tmp_path and install it under tmp_path/installed, as a user would:
-    outside the repo, whose ansible.cfg already points at the source tree. Returns the artifact and an
-    environment that finds the installed collection only."""
-    build = subprocess.run([str(BIN / "ansible-galaxy"), "collection", "build", "--output-path", str(tmp_path),
-                            str(REPO / "collections/ansible_collections/podnet/dataplane")],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert build.returncode == 0, build.stdout + build.stderr
-    (artifact,) = tmp_path.glob("podnet-dataplane-*.tar.gz")
+def build_and_install(tmp_path: Path, collections: tuple[str, ...] = ("dataplane",)) -> tuple[Path, dict[str, str]]:
+    """Build the artifacts of `collections` (podnet.<name>) into tmp_path and install them under
+    tmp_path/installed, as a user would: outside the repo, whose ansible.cfg already points at the source
+    tree. Returns podnet.dataplane's artifact and an environment that finds the installed collections only."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
     target = tmp_path / "installed"
-    install = subprocess.run([str(BIN / "ansible-galaxy"), "collection", "install", "--force", "-p", str(target),
-                              str(artifact)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert install.returncode == 0, install.stdout + install.stderr
+    for name in collections:
+        build = subprocess.run([str(BIN / "ansible-galaxy"), "collection", "build", "--output-path", str(tmp_path),
+                                str(REPO / f"collections/ansible_collections/podnet/{name}")],
+                               cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert build.returncode == 0, build.stdout + build.stderr
+        (built,) = tmp_path.glob(f"podnet-{name}-*.tar.gz")
+        install = subprocess.run([str(BIN / "ansible-galaxy"), "collection", "install", "--force", "-p",
+                                  str(target), str(built)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                                 timeout=300)
+        assert install.returncode == 0, install.stdout + install.stderr
+    (artifact,) = tmp_path.glob("podnet-dataplane-*.tar.gz")
     env["ANSIBLE_COLLECTIONS_PATH"] = str(target)
     env["ANSIBLE_ROLES_PATH"] = str(tmp_path / "no-roles")  # FQCN roles from the collection, nothing else
     return artifact, env
