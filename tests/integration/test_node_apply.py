@@ -84,3 +84,29 @@ def test_the_lock_lives_as_long_as_the_run_failed_or_not(lab: Lab, tmp_path: Pat
 
     assert failed.rc != 0 and failed.failed("node1") == 1 and failed.failed("node2") == 0
     assert all(lock_is_free(lock) for lock in locks.values())
+
+
+def pod_veth(lab: Lab, host: str, pod: str) -> str:
+    (name,) = [link["ifname"] for link in lab.json(host, "link", "show") if link.get("ifalias") == f"podnet:pod:{pod}"]
+    return name
+
+
+def test_a_device_a_killed_run_created_but_did_not_mark_is_finished_by_the_next(lab: Lab) -> None:
+    """The kernel takes a new device's group with its creation, its alias only in a second message: a run
+    killed in between leaves a device of podnet's group without podnet's alias. The next run finishes it; a
+    device of that name outside podnet's group is someone else's and stays refused."""
+    first = lab.run("playbooks/site.yml", extra_vars={"podnet_backend": "flannel-vxlan"})
+    assert first.rc == 0, first.output
+    assert all(link.get("group") == "152" for link in lab.json("node1", "-d", "link", "show")
+               if link.get("ifalias", "").startswith("podnet:")), "podnet's devices are created in its group"
+    unfinished, foreign = pod_veth(lab, "node1", "pod1"), pod_veth(lab, "node2", "pod1")
+    for host, name, group in (("node1", unfinished, ["group", "152"]), ("node2", foreign, [])):
+        lab.exec(host, ["ip", "link", "del", name], check=True)
+        lab.exec(host, ["ip", "link", "add", "name", name, *group, "type", "veth", "peer", "name", "eth0",
+                        "netns", lab.pod_ns(host, "pod1")], check=True)
+    again = lab.run("playbooks/site.yml", extra_vars={"podnet_backend": "flannel-vxlan"})
+    assert again.rc != 0 and f"device {foreign} exists and is not podnet's" in again.stdout, again.output
+    assert f"device {unfinished} exists" not in again.stdout
+    finished = link(lab, "node1", unfinished)
+    assert finished["ifalias"] == "podnet:pod:pod1" and finished["master"] == "cni0", finished
+    assert "UP" in finished["flags"]

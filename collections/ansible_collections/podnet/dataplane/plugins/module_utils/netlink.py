@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
     MAIN_TABLE,
     NUD_PERMANENT,
+    PODNET_LINK_GROUP,
     RTNH_F_ONLINK,
     Address,
     FdbEntry,
@@ -37,6 +38,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
     Route,
     Sysctl,
     VxlanInfo,
+    read_alias,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.ownership import TakeOver, foreign_conflicts
 
@@ -244,7 +246,8 @@ RTM_NEWLINK, RTM_GETLINK = 16, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
-IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_EXT_MASK = 1, 3, 4, 10, 18, 20, 29
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_GROUP, IFLA_EXT_MASK = (
+    1, 3, 4, 10, 18, 20, 27, 29)
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING, IFLA_VXLAN_PORT = 1, 3, 4, 7, 15
 RTEXT_FILTER_SKIP_STATS = 1 << 3
@@ -540,7 +543,7 @@ def _parse_links(nl: _Netlink, netns: str | None) -> tuple[dict[tuple, KObject],
             mac=mac.hex(":") if mac is not None else None,
             up=bool(flags & IFF_UP),
             master=names.get(master) if master else None,
-            alias=_text(attrs.get(IFLA_IFALIAS)),
+            alias=read_alias(_text(attrs.get(IFLA_IFALIAS)), _u32(attrs.get(IFLA_GROUP))),
             vxlan=vxlan,
             netns=netns,
         )
@@ -815,7 +818,7 @@ class Engine:
             mac=msg.get_attr("IFLA_ADDRESS"),
             up=bool(msg["flags"] & IFF_UP),
             master=names.get(master) if master else None,
-            alias=msg.get_attr("IFLA_IFALIAS"),
+            alias=read_alias(msg.get_attr("IFLA_IFALIAS"), msg.get_attr("IFLA_GROUP")),
             vxlan=vxlan,
             netns=self.netns,
         )
@@ -975,7 +978,8 @@ class Engine:
             state.link_index.pop(link.name, None)
             return
         if change.op == "add":
-            spec: dict = {"ifname": link.name, "kind": link.kind}
+            # podnet's group from the device's first moment: its alias can only follow in a second message
+            spec: dict = {"ifname": link.name, "kind": link.kind, "group": PODNET_LINK_GROUP}
             if link.kind == "vxlan" and link.vxlan is not None:
                 v = link.vxlan
                 spec.update(vxlan_id=v.vni, vxlan_port=v.port, vxlan_learning=int(v.learning))

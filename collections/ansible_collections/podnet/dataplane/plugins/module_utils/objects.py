@@ -33,8 +33,24 @@ NUD_PERMANENT = 0x80
 RTNH_F_ONLINK = 0x04
 
 
+# Devices podnet creates are created in this device group (IFLA_GROUP, `ip link show` "group 152"): the
+# kernel takes a group with the RTM_NEWLINK that creates a device, but an alias only in a second message. A
+# run killed between the two leaves a device without podnet's alias that is podnet's all the same; read
+# back, such a device shows UNFINISHED_ALIAS, so the next run takes it as its own and finishes it.
+PODNET_LINK_GROUP = 152
+
+
 def owner_alias(role: str) -> str:
     return f"{OWNER_ALIAS}:{role}"
+
+
+UNFINISHED_ALIAS = owner_alias("unfinished")
+
+
+def read_alias(alias: str | None, group: int | None) -> str | None:
+    """A device's alias as podnet reads it: its own, or UNFINISHED_ALIAS for one podnet created and did not
+    get to mark (no alias, podnet's device group)."""
+    return alias if alias or group != PODNET_LINK_GROUP else UNFINISHED_ALIAS
 
 
 def is_owned_alias(alias: str | None) -> bool:
