@@ -299,8 +299,6 @@ def _pod_mtu(node: dict[str, Any], *device_results: dict[str, Any] | None) -> in
 
 
 def _other_vteps(run: NodeRun, node: dict[str, Any]) -> None:
-    if run.rendering:
-        return  # removals only: nothing to remove on a fresh host
     own = (node.get("vtep") or {}).get("name")
     for name in run.module.params["other_vteps"]:
         # a device of that name that is not podnet's is someone else's: left alone, and no run of its own

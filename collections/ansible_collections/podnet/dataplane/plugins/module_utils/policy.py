@@ -78,11 +78,6 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.backends import (
     FLANNEL_BACKENDS,
     POLICY_STYLE_BACKENDS,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.iptables_chains import (
-    Table,
-    normalize_chains,
-    plan_chains,
-)
 from ansible_collections.podnet.dataplane.plugins.module_utils.validate import PlanError
 
 VAR = "podnet_network_policies"
@@ -604,12 +599,3 @@ def ping_surprises(cluster: dict, results: list[dict]) -> list[str]:
             out.append(f"{result['source']} -> {result['target']}: "
                        + ("answered although the network policy denies it" if result["ok"] else "no answer"))
     return out
-
-
-def policy_argvs(policy: dict | None) -> list[list[str]]:
-    """A node's compiled policy ({chains, jump}) as iptables argument vectors for a fresh host (render.yml)."""
-    if not policy or not policy.get("chains"):
-        return []
-    table = policy["jump"]["table"]
-    want, _problems = normalize_chains(policy["chains"], PREFIX)
-    return plan_chains(Table.empty(table), want, policy["jump"], PREFIX, "merged").argvs(table)
