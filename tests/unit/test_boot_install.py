@@ -257,6 +257,8 @@ def podnet_imports(path: Path) -> set[str]:
         names = ([node.module] if isinstance(node, ast.ImportFrom) and node.module
                  else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
         out |= {name.rsplit(".", 1)[1] for name in names if name.startswith(PACKAGE + ".")}
+        if isinstance(node, ast.ImportFrom) and node.module == PACKAGE:  # from <module_utils> import files
+            out |= {alias.name for alias in node.names}
     return out
 
 
@@ -305,7 +307,9 @@ def test_boot_apply_runs_from_a_copy_of_only_the_listed_files(tmp_path):
 def test_no_listed_file_is_unneeded(tmp_path, missing):
     copy_engine(tmp_path / "lib", [n for n in ENGINE_FILES if n != missing])
     done = run_engine(tmp_path / "lib", "--check", str(tmp_path / "state"))
-    assert done.returncode != 0 and "ModuleNotFoundError" in done.stderr, done.stderr
+    # ModuleNotFoundError for `import package.name`, ImportError for `from package import name`
+    assert done.returncode != 0 and f"{missing[:-3]}" in done.stderr.splitlines()[-1], done.stderr
+    assert done.stderr.splitlines()[-1].startswith(("ModuleNotFoundError", "ImportError")), done.stderr
 
 
 def test_the_sources_come_from_the_running_packages_loader():

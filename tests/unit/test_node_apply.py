@@ -4,7 +4,6 @@ the whole module against namespace labs)."""
 
 from __future__ import annotations
 
-import os
 import stat
 from pathlib import Path
 
@@ -27,9 +26,6 @@ class FakeParent:
         self.params = {"persist_dir": None}
         self.binaries = binaries or {}
         self.commands: list[list[str]] = []
-
-    def atomic_move(self, src: str, dest: str) -> None:
-        os.replace(src, dest)
 
     def get_bin_path(self, name: str, required: bool = False) -> str | None:
         return self.binaries.get(name)

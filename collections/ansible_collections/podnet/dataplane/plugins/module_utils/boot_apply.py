@@ -39,7 +39,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.offload import (
     get_feature,
     set_feature,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.persist import atomic_write, holds, load_all
+from ansible_collections.podnet.dataplane.plugins.module_utils.persist import load_all
 from ansible_collections.podnet.dataplane.plugins.module_utils.shell import shell_line
 
 NETNS_DIR = "/run/netns"
@@ -120,9 +120,7 @@ def apply_files(files: list[dict], check: bool = False) -> list[str]:
     done = []
     for item in files:
         path, content, mode = item["path"], item["content"], int(item["mode"], 8)
-        if not holds(path, content, mode):
-            if not check:
-                atomic_write(path, content, mode, folder_mode=0o755)
+        if files.converge(path, content, mode, folder_mode=0o755, check=check):
             done.append(f"write {shell_line([path])} (mode {mode:04o})")
     return done
 

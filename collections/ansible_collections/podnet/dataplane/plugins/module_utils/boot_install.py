@@ -37,7 +37,11 @@ from typing import Any
 # The engine the unit runs: importing it here makes AnsiballZ ship it, and every module it imports, with any
 # module that uses this file, so that their sources can be read from the payload (see engine_sources).
 from ansible_collections.podnet.dataplane.plugins.module_utils import boot_apply
-from ansible_collections.podnet.dataplane.plugins.module_utils.persist import atomic_write, holds
+from ansible_collections.podnet.dataplane.plugins.module_utils.files import (
+    atomic_symlink,
+    atomic_write,
+    holds,
+)
 from ansible_collections.podnet.dataplane.plugins.module_utils.shell import shell_line
 
 PACKAGE = "ansible_collections.podnet.dataplane.plugins.module_utils"
@@ -50,6 +54,7 @@ ENGINE_FILES = (
     "__init__.py",
     "boot_apply.py",
     "builders.py",
+    "files.py",
     "iptables_chains.py",
     "netlink.py",
     "objects.py",
@@ -325,7 +330,7 @@ def install(lib_dir: str, python: str, persist_dir: str, unit_dir: str = UNIT_DI
         result["commands"].append(shell_line(["ln", "-sfn", unit_path, link]))
         if not check_mode:
             try:
-                _symlink(unit_path, link)
+                atomic_symlink(unit_path, link, folder_mode=DIR_MODE)
             except OSError as exc:
                 raise BootInstallError(f"podnet.boot_unit: cannot link {link}: {exc}", result) from exc
 
@@ -340,22 +345,6 @@ def _write(path: str, content: str, result: dict[str, Any]) -> None:
         atomic_write(path, content, FILE_MODE, folder_mode=DIR_MODE)
     except OSError as exc:
         raise BootInstallError(f"podnet.boot_unit: cannot write {path}: {exc}", result) from exc
-
-
-def _symlink(target: str, link: str) -> None:
-    """Make `link` point to `target` atomically (a new link beside it, renamed over the old one)."""
-    folder = os.path.dirname(link)
-    os.makedirs(folder, mode=DIR_MODE, exist_ok=True)
-    temporary = os.path.join(folder, f".{os.path.basename(link)}.{os.getpid()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(temporary)
-    os.symlink(target, temporary)
-    try:
-        os.replace(temporary, link)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
 
 
 # ------------------------------------------------------------------------------------------------ removal

@@ -16,12 +16,12 @@ import contextlib
 import ipaddress
 import itertools
 import os
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible_collections.podnet.dataplane.plugins.module_utils import (
+    files,
     ipip_tunnel_resource,
     iptables_rules_resource,
     network_policy_resource,
@@ -188,29 +188,21 @@ class NodeRun:
 
 def converge_file(module, path: str, content: str | None) -> dict[str, Any]:
     """What ansible.builtin.file + copy did for subnet.env, in-process: content and mode exactly as
-    wanted, written atomically (module.atomic_move), or the file removed when content is None. A missing
+    wanted, written atomically (files.atomic_write), or the file removed when content is None. A missing
     folder is made 0755; an existing one keeps its mode (it may be someone else's)."""
-    before = _read(path)
+    before = files.read_text(path)
     changed_dir = False
     if content is None:
         changed = before is not None
         if changed and not module.check_mode:
-            os.unlink(path)
+            files.remove(path)
         after = None
     else:
         folder = os.path.dirname(path) or "."
         changed_dir = not os.path.isdir(folder)
-        changed = before != content or _mode(path) != SUBNET_ENV_MODE
-        if not module.check_mode:
-            if changed_dir:
-                os.makedirs(folder, mode=SUBNET_ENV_DIR_MODE, exist_ok=True)
-                os.chmod(folder, SUBNET_ENV_DIR_MODE)  # the folder made just now; not under the umask
-            if changed:
-                fd, tmp = tempfile.mkstemp(dir=folder, prefix=".podnet-")
-                with os.fdopen(fd, "w") as handle:
-                    handle.write(content)
-                os.chmod(tmp, SUBNET_ENV_MODE)
-                module.atomic_move(tmp, path)
+        if changed_dir and not module.check_mode:
+            files.make_folder(folder, SUBNET_ENV_DIR_MODE)
+        changed = files.converge(path, content, SUBNET_ENV_MODE, SUBNET_ENV_DIR_MODE, check=module.check_mode)
         after = content
     return {
         "changed": changed or changed_dir,
@@ -218,21 +210,6 @@ def converge_file(module, path: str, content: str | None) -> dict[str, Any]:
         "commands": [],
         "diff": {"before": before or "", "after": after or ""},
     }
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return None
-
-
-def _mode(path: str) -> int | None:
-    try:
-        return os.stat(path).st_mode & 0o7777
-    except FileNotFoundError:
-        return None
 
 
 class RenderHost:
@@ -337,7 +314,7 @@ def owned_or_refuse(run: NodeRun, node: dict[str, Any], rt_protos_file: str | No
         problems += [f"route protocol {PODNET_RTPROTO} is named {name!r} in {where}: something else uses "
                      "podnet's protocol number, so podnet cannot tell its routes from that program's"
                      for where, name in rt_proto_claims(rt_protos_file)]
-        existing = _read(rt_protos_file)
+        existing = files.read_text(rt_protos_file)
         if existing is not None and not is_podnets_rt_protos(existing):
             problems.append(f"{rt_protos_file} exists and is not podnet's (its first line is not "
                             f"{rt_protos_text().splitlines()[0]!r}): podnet will not overwrite it")
@@ -507,9 +484,9 @@ def with_bird(run: NodeRun, bird: dict[str, Any]) -> None:
     p = run.module.params
     bird_dir, config = p["bird_dir"], bird["config"]
     conf, ctl, pidfile = (os.path.join(bird_dir, name) for name in ("bird.conf", "bird.ctl", "bird.pid"))
-    before = _read(conf)  # podnet's, or none: owned_or_refuse checked that before the first change
+    before = files.read_text(conf)  # podnet's, or none: owned_or_refuse checked that before the first change
     argv = [bird["binary"], "-c", conf, "-s", ctl, "-P", pidfile]
-    changed_conf = before != config or _mode(conf) != BIRD_CONF_MODE
+    changed_conf = not files.holds(conf, config, BIRD_CONF_MODE)
     # a BIRD that runs is asked to reload a changed configuration; none that runs: one is started
     command = (None if not changed_conf else [p["birdc"], "-s", ctl, "configure"]) \
         if service_running(pidfile, bird["binary"]) else argv
@@ -518,11 +495,8 @@ def with_bird(run: NodeRun, bird: dict[str, Any]) -> None:
                               "diff": {"before": before or "", "after": config}}
     if not run.module.check_mode:
         try:
-            if not os.path.isdir(bird_dir):
-                os.makedirs(bird_dir, mode=BIRD_DIR_MODE, exist_ok=True)
-                os.chmod(bird_dir, BIRD_DIR_MODE)  # made just now; not under the umask
-            if changed_conf:
-                persist.atomic_write(conf, config, BIRD_CONF_MODE)
+            files.make_folder(bird_dir, BIRD_DIR_MODE)
+            files.converge(conf, config, BIRD_CONF_MODE)
         except OSError as exc:
             raise StepFailed(step, f"podnet.node_apply: {step}: {exc}", result) from exc
         if command:
@@ -614,7 +588,7 @@ def reset_steps(run: NodeRun) -> None:
     apply_policy(run, {})
     run.file("no subnet.env", p["subnet_env"], None)
     if p["rt_protos_file"]:
-        if is_podnets_rt_protos(_read(p["rt_protos_file"])):
+        if is_podnets_rt_protos(files.read_text(p["rt_protos_file"])):
             run.file("no name for podnet's route protocol", p["rt_protos_file"], None)
         elif os.path.lexists(p["rt_protos_file"]):
             run.keep("no name for podnet's route protocol", "file", {
@@ -639,7 +613,11 @@ def forget_records(run: NodeRun) -> None:
 def remove_ours(run: NodeRun, step: str, folder: str, ours: list[str], others: list[str],
                 what: str) -> dict[str, Any]:
     """podnet's files `ours` in `folder` removed, and the folder once nothing else (`others`) is in it: what
-    is not podnet's stays. The step's result: changed, the commands, a diff listing the files."""
+    is not podnet's stays. The step's result: changed, the commands, a diff listing the files. A dead
+    writer's temporary files (files.is_stale_temporary) are podnet's too."""
+    stale = [name for name in others if files.is_stale_temporary(name)]
+    ours = [*ours, *(os.path.join(folder, name) for name in stale)]
+    others = [name for name in others if name not in stale]
     commands = ([shell_line(["rm", "-f", *ours])] if ours else []) + ([] if others else [shell_line(["rmdir", folder])])
     # nothing of podnet's in a folder that holds something else: nothing to do
     result: dict[str, Any] = {"changed": bool(commands), "commands": commands,

@@ -9,6 +9,7 @@ import json
 import os
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.podnet.dataplane.plugins.module_utils import files
 from ansible_collections.podnet.dataplane.plugins.module_utils.builders import (
     CALICO_HOST_SYSCTLS,
     proxy_arp_objects,
@@ -24,7 +25,6 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
 from ansible_collections.podnet.dataplane.plugins.module_utils.objects import Sysctl
 from ansible_collections.podnet.dataplane.plugins.module_utils.persist import (
     PERSIST_OPTION,
-    atomic_write,
     persist_result,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.resource import STATES, result_for
@@ -69,9 +69,9 @@ def save(path: str, saved: dict[str, str]) -> None:
     """Remember the values podnet changed (0600, atomically); nothing left to remember: no file, so a node
     that switched back to flannel holds what a node that never ran a routed backend holds."""
     if saved:
-        atomic_write(path, json.dumps(saved, indent=1, sort_keys=True), 0o600, folder_mode=0o700)
-    elif os.path.lexists(path):
-        os.unlink(path)
+        files.converge(path, json.dumps(saved, indent=1, sort_keys=True), 0o600, folder_mode=0o700)
+    else:
+        files.remove(path)
 
 
 def run(module: AnsibleModule) -> None:

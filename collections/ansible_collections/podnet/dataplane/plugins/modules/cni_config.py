@@ -149,7 +149,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.cni import (
     dumps,
     render_conflist,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.persist import atomic_write
+from ansible_collections.podnet.dataplane.plugins.module_utils.files import converge, remove
 
 FILE_MODE = 0o644
 
@@ -184,12 +184,12 @@ def main() -> None:
     )
     p = module.params
     dest = p["dest"]
-    before, mode = read_current(dest) if p["state"] != "rendered" else (None, None)
+    before = read_current(dest)[0] if p["state"] != "rendered" else None
 
     if p["state"] == "deleted":
         changed = before is not None
         if changed and not module.check_mode:
-            os.unlink(dest)
+            remove(dest)
         module.exit_json(changed=changed, dest=dest,
                          diff={"before": before or "", "after": "", "before_header": dest, "after_header": dest})
 
@@ -203,12 +203,10 @@ def main() -> None:
     if p["state"] == "rendered":
         module.exit_json(changed=False, dest=dest, conflist=conflist, rendered=content)
 
-    changed = before != content or mode != FILE_MODE
-    if changed and not module.check_mode:
-        try:
-            atomic_write(dest, content, FILE_MODE, folder_mode=0o755)
-        except OSError as exc:
-            module.fail_json(msg=f"podnet.cni_config: cannot write {dest}: {exc}")
+    try:
+        changed = converge(dest, content, FILE_MODE, folder_mode=0o755, check=module.check_mode)
+    except OSError as exc:
+        module.fail_json(msg=f"podnet.cni_config: cannot write {dest}: {exc}")
     module.exit_json(changed=changed, dest=dest, conflist=conflist, rendered=content,
                      diff={"before": before or "", "after": content, "before_header": dest, "after_header": dest})
 
