@@ -11,7 +11,8 @@ a network namespace of our own (``pbench<random>-...``, always deleted afterward
 - loop (N = 100 only): a per-item loop of ``ansible.builtin.command`` tasks, what roles usually do;
 - no-op: engine gather + plan on state that is already right vs ``ip -j route`` + ``ip -j neigh`` +
   ``bridge -j fdb``; it must plan nothing and write nothing (a netlink monitor listens);
-- per-call (N = 100): the engine's pyroute2 path, one synchronous call per object (the old engine).
+- per-call (N = 100): pyroute2, one synchronous call per object (the old engine; now the reference the
+  tests hold the engine to, tests/integration/pyroute2_reference.py).
 
 Times are the best of ``--repeat`` runs. Every run's end state is checked (counts of fdb entries,
 neighbours and routes); the script exits non-zero when a check fails. Targets (N = 1,000): engine
@@ -42,6 +43,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "collections"))
+sys.path.insert(0, str(REPO))
 
 from ansible_collections.podnet.dataplane.plugins.module_utils import netlink  # noqa: E402
 from ansible_collections.podnet.dataplane.plugins.module_utils.builders import vxlan_peer_objects  # noqa: E402
@@ -175,18 +177,21 @@ def best(repeat: int, measure: Callable[[], tuple[float, float]]) -> tuple[float
 
 
 # ------------------------------------------------------------------------------ measurements
-def engine_apply(peers: list[dict], batch: bool = True) -> tuple[float, float]:
+def engine_apply(peers: list[dict], per_call: bool = False) -> tuple[float, float]:
+    """The engine, or (per_call) pyroute2 one call per object, planned and applied in-process."""
+    from tests.integration.pyroute2_reference import Reference
+
     with namespace("eng") as ns:
         want = wanted(ns, peers)
         clock = Clock()
-        with netlink.Engine(ns, batch=batch) as engine:
+        with (Reference if per_call else netlink.Engine)(ns) as engine:
             have = engine.gather({Address, Neighbour, FdbEntry, Route})
             changes = netlink.plan(want, have)
-            engine.apply(changes, have)
+            engine.apply(changes) if per_call else engine.apply(changes, have)
         elapsed = clock.stop()
         if len(changes) != 3 * len(peers):
             raise CheckFailed(f"engine planned {len(changes)} changes for {len(peers)} peers")
-        check_state(ns, peers, f"engine{'' if batch else ' per-call'}")
+        check_state(ns, peers, f"engine{' per-call' if per_call else ''}")
     return elapsed
 
 
@@ -331,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_engine: needs root (network namespaces)", file=sys.stderr)
         return 2
     print(f"bench_engine: {os.uname().nodename}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, "
-          f"pyroute2 path available: {netlink.HAS_PYROUTE2}")
+          "engine: bare rtnetlink socket; per-call: pyroute2")
     rows = []
     failures = []
     loop_per_peer = None
@@ -347,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             row["ip"] = best(args.repeat, lambda peers=peers: ip_batch(peers))
             row["engine"] = best(args.repeat if n <= 1000 else 1, lambda peers=peers: engine_apply(peers))
             if n <= 100:
-                row["percall"] = engine_apply(peers, batch=False)
+                row["percall"] = engine_apply(peers, per_call=True)
             row["noop"], row["dumps"] = noop(peers, 2 * args.repeat)
             if not args.no_ansible:
                 row["module"], row["module_noop"] = module_run(peers)

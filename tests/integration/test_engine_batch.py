@@ -1,9 +1,11 @@
-"""The engine's batched netlink path against a real kernel, in a namespace of the test's own.
+"""The engine's netlink path against a real kernel, in namespaces of the test's own, with pyroute2 as the
+reference (pyroute2_reference.py).
 
 Batched writes must leave exactly the state one pyroute2 call per object would, map a failure in the
 middle of a batch back to the object that caused it (earlier entries applied), ignore deletes of what
 is already gone, and a re-run must plan (and write) nothing.  The bare-socket dumps must read what
-pyroute2 reads, and the encoded messages must be the ones pyroute2 sends.
+pyroute2 reads, the encoded messages must be the ones pyroute2 sends, and links made, changed and
+deleted by the engine must be the links pyroute2 makes; the engine never imports pyroute2.
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
     VxlanInfo,
 )
 
+from tests.integration.pyroute2_reference import Reference
+
 pytestmark = pytest.mark.integration
 
-pytest.importorskip("pyroute2")
 
 DEVICE = "flannel.1"
 LOCAL = "172.30.0.11"
@@ -93,12 +96,19 @@ def expected(items: list[dict], dev: str = DEVICE) -> tuple[set, set, set]:
             {(f"{p['vtep_ip']}/24", p["vtep_ip"], dev, True) for p in items})
 
 
-def converge(ns: str, want: list, **kw) -> list[Change]:
-    with Engine(ns, **kw) as engine:
-        assert engine.batched == kw.get("batch", True)
+def converge(ns: str, want: list) -> list[Change]:
+    with Engine(ns) as engine:
         have = engine.gather(KINDS)
         changes = plan(want, have)
         engine.apply(changes, have)
+    return changes
+
+
+def converge_reference(ns: str, want: list) -> list[Change]:
+    """The same plan, written by pyroute2, one call per object."""
+    with Reference(ns) as reference:
+        changes = plan(want, reference.gather(KINDS))
+        reference.apply(changes)
     return changes
 
 
@@ -150,8 +160,7 @@ def test_bare_dumps_read_what_pyroute2_reads(ns):
     sh("ip", "-n", ns, "route", "add", "default", "via", "172.30.0.1")
     sh("ip", "-n", ns, "route", "add", "10.99.0.0/16", "via", "172.30.0.1", "table", "100")
     converge(ns, wanted(ns, peers(20)))
-    with Engine(ns) as fast, Engine(ns, batch=False) as slow:
-        assert fast.batched and not slow.batched
+    with Engine(ns) as fast, Reference(ns) as slow:
         a, b = fast.gather(KINDS), slow.gather(KINDS)
 
     def stable(state):  # kernel-made multicast/incomplete neighbours come and go between two dumps
@@ -235,7 +244,7 @@ def test_fdb_update_moves_the_remote_and_matches_the_per_call_path(ns):
     assert [c.op for c in changes] == ["update"] * 5
     assert all(isinstance(c.obj, FdbEntry) for c in changes)
     assert kernel_state(ns) == expected(moved)  # exactly one remote per MAC
-    back = converge(ns, wanted(ns, items), batch=False)
+    back = converge_reference(ns, wanted(ns, items))
     assert len(back) == 5 and kernel_state(ns) == expected(items)
 
 
@@ -276,8 +285,8 @@ def _capture(calls) -> list[tuple[int, int, bytes]]:
 
 def test_encoded_messages_are_the_ones_pyroute2_sends(ns):
     """Same bytes as the per-call path, except route deletes (scope 'nowhere', as `ip route del`)."""
-    with Engine(ns, batch=False) as slow:
-        have = slow.gather(KINDS)
+    with Engine(ns) as engine, Reference(ns) as slow:
+        have = engine.gather(KINDS)
         index = have.link_index[DEVICE]
         neigh = Neighbour(dev=DEVICE, dst="10.190.0.1", mac="02:00:00:00:cc:01", netns=ns)
         fdb = FdbEntry(dev=DEVICE, mac="02:00:00:00:cc:01", dst="172.30.5.5", netns=ns)
@@ -288,8 +297,123 @@ def test_encoded_messages_are_the_ones_pyroute2_sends(ns):
                  Change("update", fdb_moved, fdb, ["dst"]), Change("add", route, None),
                  Change("delete", None, neigh), Change("delete", None, fdb_moved), Change("delete", None, address)]
         for change in cases:
-            theirs = _capture(lambda change=change: slow.apply([change], have))
+            theirs = _capture(lambda change=change: slow.apply([change]))
             theirs = [m for m in theirs if m[0] not in (netlink.RTM_GETLINK,)]
             ours = [(kind, flags | netlink.NLM_F_ACK, body)
                     for kind, flags, body in netlink._encode(change, change.obj, index)]
             assert ours == theirs, change.commands
+
+
+# ------------------------------------------------------------------------------------------------ links
+
+_LINK_NOISE = {"ifindex", "link_index", "link_netnsid", "stats", "stats64", "address", "broadcast", "link"}
+
+
+def link_state(ns: str, names: list[str]) -> dict:
+    """What `ip -d -j link` shows of these devices, without kernel numbering and random MACs; bridge and
+    bridge-port timers run down from creation and are dropped too."""
+    out = {}
+    for link in json.loads(sh("ip", "-n", ns, "-d", "-j", "link", "show")):
+        if link["ifname"] not in names:
+            continue
+        kept = {k: v for k, v in link.items() if k not in _LINK_NOISE}
+        info = dict(kept.get("linkinfo") or {})
+        info.pop("info_data", None) if info.get("info_kind") == "bridge" else None
+        info.pop("info_slave_data", None)
+        kept["linkinfo"] = info
+        kept["fixed_mac"] = link["address"] if link["ifname"] in FIXED_MACS else None
+        out[link["ifname"]] = kept
+    return out
+
+
+FIXED_MACS = {"vx9", "br9"}
+
+
+def links_for(ns: str, pod_ns: str) -> list:
+    return [
+        Link(name="br9", kind="bridge", mtu=1400, mac="02:00:00:00:99:01", up=True, alias="podnet:bridge", netns=ns),
+        Link(name="vx9", kind="vxlan", mtu=1450, mac="02:00:00:00:99:02", up=True, alias="podnet:vtep", netns=ns,
+             vxlan=VxlanInfo(vni=9, port=4789, local=LOCAL, underlay="eth0", learning=False)),
+        Link(name="veth9", kind="veth", peer="eth9", peer_netns=pod_ns, mtu=1400, up=True, master="br9",
+             alias="podnet:pod", netns=ns),
+    ]
+
+
+@pytest.fixture
+def twin() -> Iterator[tuple[str, str, str, str]]:
+    """Two namespaces set up alike (eth0 with LOCAL), each with a pod namespace: (ns, pod, ns, pod)."""
+    names = [f"ptest{secrets.token_hex(3)}-{s}" for s in ("la", "lp", "ra", "rp")]
+    try:
+        for name in names:
+            sh("ip", "netns", "add", name)
+        for name in names[0::2]:
+            sh("ip", "-n", name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
+            sh("ip", "-n", name, "addr", "add", f"{LOCAL}/16", "dev", "eth0")
+            sh("ip", "-n", name, "link", "set", "eth0", "up")
+        yield names[0], names[1], names[2], names[3]
+    finally:
+        for name in names:
+            subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+
+
+def test_links_made_changed_and_deleted_by_the_engine_are_pyroute2s(twin):
+    ours, our_pod, theirs, their_pod = twin
+    names = ["br9", "vx9", "veth9"]
+
+    def both(step) -> None:
+        """Plan against each side's own kernel, apply with the engine on one and pyroute2 on the other."""
+        with Engine(ours) as engine:
+            have = engine.gather(set())
+            engine.apply(step(ours, our_pod, have), have)
+        with Reference(theirs) as reference:
+            reference.apply(step(theirs, their_pod, reference.gather(set())))
+        assert link_state(ours, names) == link_state(theirs, names)
+        assert link_state(our_pod, ["eth9"]) == link_state(their_pod, ["eth9"])
+
+    both(lambda ns, pod, have: plan(links_for(ns, pod), have))
+    made = link_state(ours, names)
+    assert made["vx9"]["group"] == "152" and made["veth9"]["master"] == "br9" and made["vx9"]["ifalias"] == "podnet:vtep"
+    assert made["vx9"]["linkinfo"]["info_data"]["port"] == 4789 and made["vx9"]["fixed_mac"] == "02:00:00:00:99:02"
+    assert link_state(our_pod, ["eth9"])["eth9"]["mtu"] == 1400
+    with Engine(ours) as engine:
+        assert plan(links_for(ours, our_pod), engine.gather(set())) == []  # read back exactly as wanted
+
+    def changed(ns, pod, have):
+        want = [dataclasses.replace(o, mtu=1300, up=o.name != "vx9", alias="" if o.name == "br9" else o.alias)
+                for o in links_for(ns, pod)]
+        return plan(want, have)
+    both(changed)
+    after = link_state(ours, names)
+    assert after["vx9"]["mtu"] == 1300 and "UP" not in after["vx9"]["flags"] and "ifalias" not in after["br9"]
+
+    both(lambda ns, pod, have: [Change("delete", None, have.objects[("link", ns, name)]) for name in ("veth9", "vx9")])
+    assert set(link_state(ours, names)) == {"br9"} and link_state(our_pod, ["eth9"]) == {}
+
+
+def test_the_engine_runs_without_pyroute2(ns):
+    """A whole apply (links, entries, routes, a sysctl) in a Python that cannot import pyroute2."""
+    code = f"""
+import sys
+class NoPyroute2:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "pyroute2":
+            raise ImportError("pyroute2 is not installed here")
+sys.meta_path.insert(0, NoPyroute2())
+from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import Engine, plan
+from ansible_collections.podnet.dataplane.plugins.module_utils.objects import Link, Route, Address
+want = [Link(name="br8", kind="bridge", mtu=1400, up=True, alias="podnet:bridge", netns={ns!r}),
+        Address(dev="br8", cidr="10.88.0.1/24", netns={ns!r}),
+        Route(dst="10.89.0.0/24", via="10.88.0.2", dev="br8", proto=152, netns={ns!r})]
+with Engine({ns!r}) as engine:
+    have = engine.gather({{Address, Route}})
+    engine.apply(plan(want, have), have)
+print(sorted(m for m in sys.modules if m.startswith("pyroute2")))
+"""
+    import os
+    import sys
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    assert "10.89.0.0/24 via 10.88.0.2 dev br8 proto 152" in sh("ip", "-n", ns, "route", "show")
+    assert json.loads(sh("ip", "-n", ns, "-j", "link", "show", "br8"))[0]["ifalias"] == "podnet:bridge"

@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 from ansible_collections.podnet.dataplane.plugins.module_utils.builders import iptables_command
+from ansible_collections.podnet.dataplane.plugins.module_utils.files import converge
 from ansible_collections.podnet.dataplane.plugins.module_utils.iptables_chains import apply_record
 from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
     Change,
@@ -54,10 +55,8 @@ def apply_objects(objects: list[KObject], check: bool = False) -> list[str]:
         by_netns.setdefault(getattr(obj, "netns", None), []).append(obj)
     missing = [ns for ns in by_netns if ns and not os.path.exists(os.path.join(NETNS_DIR, ns))]
     if missing and not check:
-        from pyroute2 import netns as pyroute2_netns
-
         for name in missing:
-            pyroute2_netns.create(name)
+            subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True, text=True, timeout=60)
     done += [shell_line(["ip", "netns", "add", name]) for name in missing]
     for netns in sorted(by_netns, key=lambda n: (n is not None, n or "")):
         want = by_netns[netns]
@@ -120,7 +119,7 @@ def apply_files(files: list[dict], check: bool = False) -> list[str]:
     done = []
     for item in files:
         path, content, mode = item["path"], item["content"], int(item["mode"], 8)
-        if files.converge(path, content, mode, folder_mode=0o755, check=check):
+        if converge(path, content, mode, folder_mode=0o755, check=check):
             done.append(f"write {shell_line([path])} (mode {mode:04o})")
     return done
 

@@ -4,11 +4,9 @@
 podnet.dataplane.node_apply can run it in the same process as the node's other resources."""
 from __future__ import annotations
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.podnet.dataplane.plugins.module_utils.builders import IPIP_OVERHEAD, tunnel_objects
 from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
-    HAS_PYROUTE2,
-    PYROUTE2_IMPORT_ERROR,
     Change,
     Engine,
 )
@@ -51,8 +49,6 @@ def run(module: AnsibleModule) -> None:
     tunnel = {"name": name, "mtu": p["mtu"], "address": p["address"]}
     if state == "rendered":
         module.exit_json(changed=False, rendered=[c for o in tunnel_objects(tunnel) for c in o.add_commands()])
-    if not HAS_PYROUTE2:
-        module.fail_json(msg=missing_required_lib("pyroute2"), exception=str(PYROUTE2_IMPORT_ERROR))
 
     with Engine() as engine:
         have = engine.gather({Address})

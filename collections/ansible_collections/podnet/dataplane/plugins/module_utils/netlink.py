@@ -6,19 +6,22 @@ apply only the difference over netlink.
 Every module — and every backend — reaches the kernel through `Engine`.  Check mode, `--diff` and
 the `rendered` state use `plan()` and never call `apply()`.
 
-Speed (issue 8): addresses, neighbours, fdb entries and routes go over a bare NETLINK_ROUTE socket.
-Dumps are decoded with `struct`, reading only the fields podnet compares; writes are packed into
-batches (many messages per sendmsg, one acknowledgement per batch, failures mapped back to their
-change by sequence number).  One synchronous pyroute2 call per entry costs ~16x `ip -batch`, pyroute2's
-dump parsing ~20x `ip -j`.  Links and sysctls (a handful per run) still go through pyroute2
-(IPRoute, created only when needed); if the bare socket cannot be opened, everything does.
+Every object kind (links, addresses, neighbours, fdb entries, routes) is read and written over one bare
+NETLINK_ROUTE socket per namespace: dumps decoded with `struct`, reading only the fields podnet compares
+(`_parse_links` and `Engine.gather`), writes encoded by one function per kind (`_encode`, `_link_messages`)
+and packed into batches (many messages per sendmsg, one acknowledgement per batch, failures mapped back to
+their change by sequence number).  Sysctls are files under /proc/sys.
+
+pyroute2 is not used here: one synchronous pyroute2 call per entry costs ~16x `ip -batch`, its dump parsing
+~20x `ip -j`, and importing it ~0.3 s per run.  It serves as the reference instead:
+tests/integration/test_engine_batch.py checks the encoded messages against the bytes pyroute2 sends for
+the same call, the decoded dumps against what pyroute2 reads, and links made here against links made by
+pyroute2.
 """
 from __future__ import annotations
 
 import ctypes
 import errno
-import importlib.util
-import ipaddress
 import os
 import socket
 import struct
@@ -42,39 +45,13 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.ownership import TakeOver, foreign_conflicts
 
-# pyroute2 is imported on first use only: importing it costs ~0.3 s (seconds on a loaded machine) and
-# most runs never need it (see Engine._ipr).
-try:
-    HAS_PYROUTE2 = importlib.util.find_spec("pyroute2") is not None
-    PYROUTE2_IMPORT_ERROR = None if HAS_PYROUTE2 else ImportError("No module named 'pyroute2'")
-except (ImportError, ValueError) as exc:  # reported by the modules through missing_required_lib
-    HAS_PYROUTE2 = False
-    PYROUTE2_IMPORT_ERROR = exc
-_PYROUTE2: tuple | None = None
-
-
-def _pyroute2() -> tuple:
-    """(IPRoute, NetNS, pyroute2's NetlinkError), imported on first use."""
-    global _PYROUTE2
-    if _PYROUTE2 is None:
-        from pyroute2 import IPRoute, NetNS
-        from pyroute2.netlink.exceptions import NetlinkError as Pyroute2NetlinkError
-
-        _PYROUTE2 = (IPRoute, NetNS, Pyroute2NetlinkError)
-    return _PYROUTE2
-
 
 class NetlinkError(Exception):
-    """The kernel refused a request; shown as pyroute2 shows its own: "(17, 'File exists')"."""
+    """The kernel refused a request; shown as "(17, 'File exists')"."""
 
     def __init__(self, code: int, msg: str | None = None):
         super().__init__(code, msg or os.strerror(code))
         self.code = code
-
-
-def _netlink_errors() -> tuple:
-    """What a refused request raises: ours, and pyroute2's once it is loaded."""
-    return (NetlinkError, _PYROUTE2[2]) if _PYROUTE2 is not None else (NetlinkError,)
 
 
 AF_BRIDGE = 7
@@ -84,7 +61,7 @@ RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
 RT_SCOPE_NOWHERE = 255  # in a delete: match the route whatever its scope (as `ip route del` does)
 RTN_UNICAST = 1
-RTPROT_STATIC = 4  # pyroute2's default protocol for a route given without one
+RTPROT_STATIC = 4  # the protocol of a route given without one (as pyroute2 and `ip route` write it)
 NUD_NOARP = 0x40
 
 # Apply order: removals innermost-first, then creation outermost-first, so every object's
@@ -242,19 +219,22 @@ NLM_F_CAPPED = 0x100  # on an NLMSG_ERROR: only the header of the failed request
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLMSGERR_ATTR_MSG = 1
-RTM_NEWLINK, RTM_GETLINK = 16, 18
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_GROUP, IFLA_EXT_MASK = (
     1, 3, 4, 10, 18, 20, 27, 29)
+IFLA_NET_NS_FD = 28
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+VETH_INFO_PEER = 1
 IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING, IFLA_VXLAN_PORT = 1, 3, 4, 7, 15
 RTEXT_FILTER_SKIP_STATS = 1 << 3
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 NDA_DST, NDA_LLADDR = 1, 2
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_MULTIPATH, RTA_TABLE = 1, 4, 5, 9, 15
 NLA_TYPE_MASK = 0x3FFF
+NETNS_DIR = "/run/netns"
 
 _NLMSGHDR = struct.Struct("=IHHII")
 _NLA = struct.Struct("=HH")
@@ -276,6 +256,10 @@ _RECV_SIZE = 1 << 17
 def _nla(kind: int, payload: bytes) -> bytes:
     length = 4 + len(payload)
     return _NLA.pack(length, kind) + payload + b"\0" * (-length & 3)
+
+
+def _nla_text(kind: int, text: str) -> bytes:
+    return _nla(kind, text.encode() + b"\0")
 
 
 def _nla_u32(kind: int, value: int) -> bytes:
@@ -340,7 +324,7 @@ def _netlink_socket(netns: str | None) -> socket.socket:
     enough to create it and returns at once (setns only changes the calling thread)."""
     if netns is None:
         return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
-    path = netns if "/" in netns else os.path.join("/run/netns", netns)
+    path = netns if "/" in netns else os.path.join(NETNS_DIR, netns)
     target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -561,10 +545,10 @@ _NEW = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL  # `add`
 _REPLACE = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE  # `replace`
 
 
-def _encode(change: Change, obj: KObject, index: int) -> list[tuple[int, int, bytes]] | None:
-    """The netlink messages (type, flags, body) for one change: exactly what pyroute2 sends for the
-    same call (checked by tests/integration/test_engine_batch.py), except that route deletes match any
-    scope, as `ip route del` does.  None: leave this one to pyroute2."""
+def _encode(change: Change, obj: KObject, index: int) -> list[tuple[int, int, bytes]]:
+    """The netlink messages (type, flags, body) for one address, neighbour, fdb or route change: exactly
+    what pyroute2 sends for the same call (checked by tests/integration/test_engine_batch.py), except that
+    route deletes match any scope, as `ip route del` does.  ValueError: not IPv4/MAC text."""
     if isinstance(obj, Neighbour):
         body = _NDMSG.pack(socket.AF_INET, index, NUD_PERMANENT, 0, 0) + _nla_ip4(NDA_DST, obj.dst)
         if change.op == "delete":
@@ -584,10 +568,8 @@ def _encode(change: Change, obj: KObject, index: int) -> list[tuple[int, int, by
                         + (_nla_ip4(NDA_DST, obj.dst) if obj.dst else b"")))
         return out
     if isinstance(obj, Route):
-        dst, _unused, length = obj.dst.partition("/")
-        if not length:
-            return None
-        dst_len = int(length)
+        dst, _unused, length = ("0.0.0.0/0" if obj.dst == "default" else obj.dst).partition("/")
+        dst_len = int(length or 32)  # a bare address is a host route, as in `ip route`
         attrs = (_nla_ip4(RTA_DST, dst) if dst_len else b"") + _nla_u32(RTA_TABLE, MAIN_TABLE)
         if change.op == "delete":
             proto = obj.proto if obj.proto is not None else 0
@@ -612,53 +594,79 @@ def _encode(change: Change, obj: KObject, index: int) -> list[tuple[int, int, by
             return [(RTM_DELADDR, NLM_F_REQUEST, body)]
         if change.op == "add":
             return [(RTM_NEWADDR, _NEW, body)]
-    return None
+        raise ValueError("an address has no attributes to update")
+    raise ValueError(f"{type(obj).__name__} is not sent in batches")
 
 
-def _attr(msg, name, default=None):
-    value = msg.get_attr(name)
-    return default if value is None else value
+def _link_messages(change: Change, link: Link, index: int, index_of: Callable[[str], int],
+                   peer_netns_fd: int | None = None) -> list[tuple[int, int, bytes]]:
+    """The netlink messages for one link change (`ip link add/set/del`). `index`: the link's own (0 for an
+    add); `index_of`: the index of another device (master, VXLAN underlay); `peer_netns_fd`: an open
+    namespace file a veth's peer is created in. An add creates the device in podnet's group
+    (PODNET_LINK_GROUP) with its name, kind, MAC, MTU and kind data; its alias, master and up state follow
+    in an update (the kernel sets no alias at creation)."""
+    if change.op == "delete":
+        return [(RTM_DELLINK, NLM_F_REQUEST, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0))]
+    if change.op == "add":
+        attrs = _nla_text(IFLA_IFNAME, link.name)
+        if link.mac:
+            attrs += _nla_mac(IFLA_ADDRESS, link.mac)
+        if link.mtu:
+            attrs += _nla_u32(IFLA_MTU, link.mtu)
+        attrs += _nla_u32(IFLA_GROUP, PODNET_LINK_GROUP)
+        data = b""
+        if link.kind == "vxlan" and link.vxlan is not None:
+            v = link.vxlan
+            data = _nla_u32(IFLA_VXLAN_ID, v.vni)
+            if v.local:
+                data += _nla_ip4(IFLA_VXLAN_LOCAL, v.local)
+            if v.underlay:
+                data += _nla_u32(IFLA_VXLAN_LINK, index_of(v.underlay))
+            data += _nla(IFLA_VXLAN_LEARNING, bytes([int(v.learning)])) + _nla(IFLA_VXLAN_PORT, _BE16.pack(v.port))
+        elif link.kind == "veth" and link.peer:
+            peer = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _nla_text(IFLA_IFNAME, link.peer)
+            if link.mtu:
+                peer += _nla_u32(IFLA_MTU, link.mtu)
+            if peer_netns_fd is not None:
+                peer += _nla_u32(IFLA_NET_NS_FD, peer_netns_fd)
+            data = _nla(VETH_INFO_PEER, peer)
+        info = _nla_text(IFLA_INFO_KIND, link.kind) + (_nla(IFLA_INFO_DATA, data) if data else b"")
+        attrs += _nla(IFLA_LINKINFO, info)
+        return [(RTM_NEWLINK, _NEW, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attrs)]
+    fields = change.fields
+    attrs = b""
+    if "mac" in fields and link.mac:
+        attrs += _nla_mac(IFLA_ADDRESS, link.mac)
+    if "mtu" in fields and link.mtu:
+        attrs += _nla_u32(IFLA_MTU, link.mtu)
+    if "master" in fields and link.master:
+        attrs += _nla_u32(IFLA_MASTER, index_of(link.master))
+    if "alias" in fields and link.alias is not None:
+        attrs += _nla(IFLA_IFALIAS, link.alias.encode())  # as `ip link set alias`: no NUL; empty clears it
+    flags = change_mask = 0
+    if "up" in fields and link.up is not None:
+        flags, change_mask = (IFF_UP if link.up else 0), IFF_UP
+    if not attrs and not change_mask:
+        return []
+    return [(RTM_NEWLINK, NLM_F_REQUEST, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, flags, change_mask) + attrs)]
 
 
 class Engine:
-    """Reads and writes one network namespace (None = the one this process runs in).
+    """Reads and writes one network namespace (None = the one this process runs in) over one bare
+    rtnetlink socket."""
 
-    `batch=False` (or a bare netlink socket that cannot be opened) uses pyroute2 for everything, one
-    synchronous call per object: the reference path the batched one is tested against."""
-
-    def __init__(self, netns: str | None = None, batch: bool = True):
-        if not HAS_PYROUTE2:
-            raise EngineError(f"pyroute2 is required on the target: {PYROUTE2_IMPORT_ERROR}")
+    def __init__(self, netns: str | None = None):
         self.netns = netns
-        self._pyroute2 = None
-        self._nl: _Netlink | None = None
         self._pending: list[tuple[int, int, bytes, Change]] = []
         self._pending_phase: int | None = None
-        if batch:
-            try:
-                self._nl = _Netlink(netns)
-            except OSError:
-                self._nl = None
-        if self._nl is None:
-            self._ipr  # noqa: B018 - open it now: the fallback path needs it at once
-
-    @property
-    def _ipr(self):
-        """pyroute2, for links and as the fallback; opened on first use (it costs a fork per netns)."""
-        if self._pyroute2 is None:
-            ip_route, net_ns, _unused = _pyroute2()
-            self._pyroute2 = net_ns(self.netns) if self.netns else ip_route()
-        return self._pyroute2
-
-    @property
-    def batched(self) -> bool:
-        return self._nl is not None
+        try:
+            self._nl = _Netlink(netns)
+        except OSError as exc:
+            where = f"network namespace {netns}" if netns else "this network namespace"
+            raise EngineError(f"cannot open a netlink socket in {where}: {exc}") from exc
 
     def close(self) -> None:
-        if self._nl is not None:
-            self._nl.close()
-        if self._pyroute2 is not None:
-            self._pyroute2.close()
+        self._nl.close()
 
     def __enter__(self) -> Engine:
         return self
@@ -669,8 +677,6 @@ class Engine:
     # ---------------------------------------------------------------- reading
     def gather(self, kinds: set[type], sysctls: Iterable[str] = ()) -> KernelState:
         """One dump per requested object kind.  Links are always read (names <-> indexes)."""
-        if self._nl is None:
-            return self._gather_pyroute2(kinds, sysctls)
         nl, netns = self._nl, self.netns
         state = KernelState()
         objects, state.link_index = _parse_links(nl, netns)
@@ -752,95 +758,6 @@ class Engine:
         objects.update(read_sysctls(sysctls, netns))
         return state
 
-    def _gather_pyroute2(self, kinds: set[type], sysctls: Iterable[str] = ()) -> KernelState:
-        """One dump per requested object kind.  Links are always read (names <-> indexes)."""
-        state = KernelState()
-        names: dict[int, str] = {}
-        links = list(self._ipr.get_links())
-        for msg in links:
-            names[msg["index"]] = msg.get_attr("IFLA_IFNAME")
-        for msg in links:
-            link = self._parse_link(msg, names)
-            state.objects[link.key()] = link
-            state.link_index[link.name] = msg["index"]
-        if Address in kinds:
-            for msg in self._ipr.get_addr(family=socket.AF_INET):
-                dev = names.get(msg["index"])
-                addr = _attr(msg, "IFA_LOCAL") or _attr(msg, "IFA_ADDRESS")
-                if dev and addr:
-                    obj = Address(dev=dev, cidr=f"{addr}/{msg['prefixlen']}", netns=self.netns)
-                    state.objects[obj.key()] = obj
-        if Neighbour in kinds:
-            for msg in self._ipr.get_neighbours(family=socket.AF_INET):
-                dev = names.get(msg["ifindex"])
-                dst = _attr(msg, "NDA_DST")
-                if dev and dst:
-                    obj = Neighbour(dev=dev, dst=dst, mac=_attr(msg, "NDA_LLADDR"),
-                                    permanent=bool(msg["state"] & NUD_PERMANENT), netns=self.netns)
-                    state.objects[obj.key()] = obj
-        if FdbEntry in kinds:
-            vxlan_indexes = {state.link_index[o.name] for o in state.of_type(Link) if o.kind == "vxlan"}
-            for msg in self._ipr.fdb("dump"):
-                if msg["ifindex"] not in vxlan_indexes or not msg["flags"] & NTF_SELF:
-                    continue
-                mac = _attr(msg, "NDA_LLADDR")
-                if not mac:
-                    continue
-                obj = FdbEntry(dev=names[msg["ifindex"]], mac=mac, dst=_attr(msg, "NDA_DST"),
-                               netns=self.netns)
-                state.objects[obj.key()] = obj
-        if Route in kinds:
-            for msg in self._ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE):
-                route = self._parse_route(msg, names)
-                if route is not None:
-                    state.objects[route.key()] = route
-        state.objects.update(read_sysctls(sysctls, self.netns))
-        return state
-
-    def _parse_link(self, msg, names: dict[int, str]) -> Link:
-        info = msg.get_attr("IFLA_LINKINFO")
-        kind = info.get_attr("IFLA_INFO_KIND") if info else None
-        vxlan = None
-        if kind == "vxlan":
-            data = info.get_attr("IFLA_INFO_DATA")
-            vxlan = VxlanInfo(
-                vni=data.get_attr("IFLA_VXLAN_ID"),
-                port=data.get_attr("IFLA_VXLAN_PORT"),
-                local=data.get_attr("IFLA_VXLAN_LOCAL"),
-                underlay=names.get(data.get_attr("IFLA_VXLAN_LINK") or 0),
-                learning=bool(data.get_attr("IFLA_VXLAN_LEARNING")),
-            )
-        master = msg.get_attr("IFLA_MASTER")
-        return Link(
-            name=msg.get_attr("IFLA_IFNAME"),
-            kind=kind or "device",
-            mtu=msg.get_attr("IFLA_MTU"),
-            mac=msg.get_attr("IFLA_ADDRESS"),
-            up=bool(msg["flags"] & IFF_UP),
-            master=names.get(master) if master else None,
-            alias=read_alias(msg.get_attr("IFLA_IFALIAS"), msg.get_attr("IFLA_GROUP")),
-            vxlan=vxlan,
-            netns=self.netns,
-        )
-
-    def _parse_route(self, msg, names: dict[int, str]) -> Route | None:
-        if msg["type"] != RTN_UNICAST or msg.get_attr("RTA_MULTIPATH"):
-            return None
-        table = msg.get_attr("RTA_TABLE") or msg["table"]
-        if table != MAIN_TABLE:
-            return None
-        dst = msg.get_attr("RTA_DST") or "0.0.0.0"
-        oif = msg.get_attr("RTA_OIF")
-        return Route(
-            dst=f"{dst}/{msg['dst_len']}",
-            via=msg.get_attr("RTA_GATEWAY"),
-            dev=names.get(oif) if oif else None,
-            onlink=bool(msg["flags"] & RTNH_F_ONLINK),
-            proto=msg["proto"],
-            netns=self.netns,
-        )
-
-    # ---------------------------------------------------------------- writing
     def apply(self, changes: list[Change], state: KernelState) -> None:
         """Write the changes in order; a failure names the object and the equivalent command.
 
@@ -850,17 +767,16 @@ class Engine:
         dependency.  Entries before a failing one have been applied when the error is raised."""
         try:
             for change in changes:
-                if self._nl is not None and self._queue(change, state):
+                if self._queue(change, state):
                     continue
                 self._flush()
                 try:
                     self._apply_one(change, state)
-                except Exception as exc:  # pyroute2's NetlinkError is only known once pyroute2 is loaded
-                    if isinstance(exc, _netlink_errors()):
-                        if not _fatal(change, exc.code):
-                            continue  # already gone (e.g. routes removed together with their device)
-                    elif not isinstance(exc, OSError):
-                        raise
+                except NetlinkError as exc:
+                    if not _fatal(change, exc.code):
+                        continue  # already gone (e.g. routes removed together with their device)
+                    raise EngineError(f"{'; '.join(change.commands)}: {exc}") from exc
+                except OSError as exc:
                     raise EngineError(f"{'; '.join(change.commands)}: {exc}") from exc
             self._flush()
         finally:
@@ -886,22 +802,19 @@ class Engine:
     def _index(self, state: KernelState, name: str) -> int:
         if name not in state.link_index:
             self._flush()  # whatever is queued goes first: the lookup must see the kernel as it is
-            if self._nl is not None:
-                try:
-                    query = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _nla(IFLA_IFNAME, name.encode() + b"\0")
-                    buf, off, _unused = self._nl.request(RTM_GETLINK, query)
-                    found = [_IFINFOMSG.unpack_from(buf, off)[2]]
-                except NetlinkError:
-                    found = []
-            else:
-                found = self._ipr.link_lookup(ifname=name)
+            try:
+                query = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _nla_text(IFLA_IFNAME, name)
+                buf, off, _unused = self._nl.request(RTM_GETLINK, query)
+                found = [_IFINFOMSG.unpack_from(buf, off)[2]]
+            except NetlinkError:
+                found = []
             if not found:
                 raise EngineError(f"device {name} does not exist")
             state.link_index[name] = found[0]
         return state.link_index[name]
 
     def _queue(self, change: Change, state: KernelState) -> bool:
-        """Encode an address/neighbour/fdb/route change into the pending batch; False: not batchable."""
+        """Encode an address/neighbour/fdb/route change into the pending batch; False: a link or sysctl."""
         obj = change.obj
         kind = type(obj)
         if kind not in (Address, Neighbour, FdbEntry, Route):
@@ -913,106 +826,45 @@ class Engine:
         index = self._index(state, dev) if dev else 0
         try:
             messages = _encode(change, obj, index)
-        except (ValueError, OSError):
-            return False  # not plain IPv4/MAC text: let pyroute2 handle (or reject) it
-        if messages is None:
-            return False
+        except (ValueError, OSError) as exc:  # validated input never gets here: say what could not be sent
+            raise EngineError(f"{'; '.join(change.commands)}: cannot be sent over netlink: {exc}") from exc
         self._pending_phase = phase
         self._pending += [(msgtype, flags, body, change) for msgtype, flags, body in messages]
         return True
 
     def _apply_one(self, change: Change, state: KernelState) -> None:
         obj = change.obj
-        ipr = self._ipr
         if isinstance(obj, Link):
             self._apply_link(change, obj, state)
-        elif isinstance(obj, Address):
-            iface = ipaddress.ip_interface(obj.cidr)
-            ipr.addr("add" if change.op == "add" else "del", index=self._index(state, obj.dev),
-                     address=str(iface.ip), prefixlen=iface.network.prefixlen)
-        elif isinstance(obj, Neighbour):
-            if change.op == "delete":
-                ipr.neigh("del", dst=obj.dst, ifindex=self._index(state, obj.dev))
-            else:
-                ipr.neigh("replace", dst=obj.dst, lladdr=obj.mac, ifindex=self._index(state, obj.dev),
-                          state=NUD_PERMANENT)
-        elif isinstance(obj, FdbEntry):
-            index = self._index(state, obj.dev)
-            # A VXLAN fdb entry can hold several remotes ("append"); podnet wants exactly one, so a
-            # changed destination is a delete of the old remote followed by an add.
-            stale = change.have if change.op != "add" else None
-            if stale is not None:
-                ipr.fdb("del", ifindex=index, lladdr=stale.mac, **({"dst": stale.dst} if stale.dst else {}))
-            if change.op != "delete":
-                ipr.fdb("add", ifindex=index, lladdr=obj.mac, dst=obj.dst, state=NUD_PERMANENT)
-        elif isinstance(obj, Route):
-            self._apply_route(change, obj, state)
         elif isinstance(obj, Sysctl):
             write_sysctl(obj)
+        else:
+            raise EngineError(f"{'; '.join(change.commands)}: cannot be encoded (not IPv4)")
 
-    def _apply_route(self, change: Change, route: Route, state: KernelState) -> None:
-        spec: dict = {"dst": route.dst, "table": MAIN_TABLE}
-        if change.op == "delete":
-            if route.proto is not None:
-                spec["proto"] = route.proto
-            if route.dev:
-                spec["oif"] = self._index(state, route.dev)
-            spec["scope"] = RT_SCOPE_NOWHERE  # match whatever scope the route has, as `ip route del` does
-            self._ipr.route("del", **spec)
-            return
-        if route.via:
-            spec["gateway"] = route.via
-        if route.dev:
-            spec["oif"] = self._index(state, route.dev)
-        spec["scope"] = RT_SCOPE_UNIVERSE if route.via else RT_SCOPE_LINK
-        if route.onlink:
-            spec["flags"] = RTNH_F_ONLINK
-        if route.proto is not None:
-            spec["proto"] = route.proto
-        self._ipr.route("replace", **spec)
+    def _send(self, messages: list[tuple[int, int, bytes]], change: Change) -> None:
+        """Messages that must be acknowledged before the next step (a link's index is looked up next)."""
+        failures = self._nl.write([(kind, flags, body, change) for kind, flags, body in messages], _fatal)
+        for _unused, exc in failures:
+            raise exc
 
     def _apply_link(self, change: Change, link: Link, state: KernelState) -> None:
-        ipr = self._ipr
         if change.op == "delete":
-            ipr.link("del", index=self._index(state, link.name))
+            self._send(_link_messages(change, link, self._index(state, link.name), lambda _name: 0), change)
             state.link_index.pop(link.name, None)
             return
         if change.op == "add":
-            # podnet's group from the device's first moment: its alias can only follow in a second message
-            spec: dict = {"ifname": link.name, "kind": link.kind, "group": PODNET_LINK_GROUP}
-            if link.kind == "vxlan" and link.vxlan is not None:
-                v = link.vxlan
-                spec.update(vxlan_id=v.vni, vxlan_port=v.port, vxlan_learning=int(v.learning))
-                if v.local:
-                    spec["vxlan_local"] = v.local
-                if v.underlay:
-                    spec["vxlan_link"] = self._index(state, v.underlay)
-            elif link.kind == "veth":
-                peer: dict = {"ifname": link.peer}
-                if link.mtu:
-                    peer["mtu"] = link.mtu
-                if link.peer_netns:
-                    peer["net_ns_fd"] = link.peer_netns
-                spec["peer"] = peer
-            if link.mac:
-                spec["address"] = link.mac
-            if link.mtu:
-                spec["mtu"] = link.mtu
-            ipr.link("add", **spec)
+            peer_fd = None
+            if link.kind == "veth" and link.peer_netns:
+                path = link.peer_netns if "/" in link.peer_netns else os.path.join(NETNS_DIR, link.peer_netns)
+                peer_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                self._send(_link_messages(change, link, 0, lambda name: self._index(state, name), peer_fd), change)
+            finally:
+                if peer_fd is not None:
+                    os.close(peer_fd)
             state.link_index.pop(link.name, None)
-            fields = ["alias", "master", "up"]
-        else:
-            fields = change.fields
-        settings: dict = {}
-        if "mac" in fields and link.mac:
-            settings["address"] = link.mac
-        if "mtu" in fields and link.mtu:
-            settings["mtu"] = link.mtu
-        if "master" in fields and link.master:
-            settings["master"] = self._index(state, link.master)
-        if "alias" in fields and link.alias is not None:
-            settings["ifalias"] = link.alias  # "" clears it
-        if "up" in fields and link.up is not None:
-            settings["state"] = "up" if link.up else "down"
-        if settings:
-            ipr.link("set", index=self._index(state, link.name), **settings)
+            # the alias (and the master, and up) in a second message: the kernel sets no alias at creation
+            change = Change("update", link, None, ["alias", "master", "up"])
+        messages = _link_messages(change, link, self._index(state, link.name), lambda name: self._index(state, name))
+        if messages:
+            self._send(messages, change)

@@ -1,6 +1,6 @@
 # Copyright: podnet contributors
 # Apache License 2.0
-"""Device offload features: read with the ethtool ioctl, changed through pyroute2.ethtool; and the rule
+"""Device offload features: read and changed with the ethtool ioctl; and the rule
 that decides TX checksum offload on a VXLAN device from the node's kernel.
 
 flannel turns TX checksum offload off on its VXLAN device: on kernels before 5.7, VXLAN packets whose
@@ -15,6 +15,7 @@ tunnel checksum bugs of their own whatever the kernel).
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import re
 import socket
@@ -40,6 +41,7 @@ SIOCETHTOOL = 0x8946
 ETHTOOL_GSTRINGS = 0x1B
 ETHTOOL_GSSET_INFO = 0x37
 ETHTOOL_GFEATURES = 0x3A
+ETHTOOL_SFEATURES = 0x3B
 ETH_SS_FEATURES = 4
 ETH_GSTRING_LEN = 32
 IFREQ_SIZE = 40
@@ -141,12 +143,17 @@ def _ethtool(sock: socket.socket, device: str, request: bytes) -> bytes:
 
 
 def set_feature(device: str, feature: str, enabled: bool) -> None:
-    from pyroute2.ethtool import Ethtool
-
-    ethtool = Ethtool()
-    try:
-        features = ethtool.get_features(device)
-        features.features[feature].enable = enabled
-        ethtool.set_features(device, features)
-    finally:
-        ethtool.close()
+    """Turn one feature on or off with the ethtool ioctl (ETHTOOL_SFEATURES: only that feature's bit is
+    valid in the request); OSError when the device lacks it or the kernel did not change it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        names = _feature_names(sock, device)
+        if feature not in names:
+            raise OSError(errno.EOPNOTSUPP, f"{device} has no feature {feature}")
+        index = names.index(feature)
+        blocks = [(0, 0)] * ((len(names) + 31) // 32)
+        bit = 1 << (index % 32)
+        blocks[index // 32] = (bit, bit if enabled else 0)  # (valid, requested)
+        _ethtool(sock, device, struct.pack("II", ETHTOOL_SFEATURES, len(blocks))
+                 + b"".join(struct.pack("II", valid, requested) for valid, requested in blocks))
+    if get_feature(device, feature) is not enabled:  # a fixed feature is refused silently
+        raise OSError(errno.EOPNOTSUPP, f"{device}: {feature} could not be turned {'on' if enabled else 'off'}")

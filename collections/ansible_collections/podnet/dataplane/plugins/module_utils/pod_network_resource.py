@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.podnet.dataplane.plugins.module_utils.builders import (
     CALICO_GATEWAY,
     POD_ALIAS_ROLE,
@@ -18,8 +18,6 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.builders import (
     sysctl_objects,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
-    HAS_PYROUTE2,
-    PYROUTE2_IMPORT_ERROR,
     Change,
     Engine,
 )
@@ -134,10 +132,11 @@ def ensure_netns(module: AnsibleModule) -> list[str]:
     missing = [pod["netns"] for pod in module.params["pods"]
                if not os.path.exists(os.path.join(NETNS_DIR, pod["netns"]))]
     if missing and not module.check_mode:
-        from pyroute2 import netns as pyroute2_netns
-
+        ip = module.get_bin_path("ip", required=True)
         for name in missing:
-            pyroute2_netns.create(name)
+            rc, _out, err = module.run_command([ip, "netns", "add", name])
+            if rc != 0:
+                module.fail_json(msg=f"podnet.pod_network: ip netns add {name}: {err.strip()}")
     return missing
 
 
@@ -170,8 +169,6 @@ def run(module: AnsibleModule) -> None:
     if state == "rendered":
         lines = sysctl_objects({"net.ipv4.ip_forward": 1})[0].add_commands() if p["forwarding"] else []
         module.exit_json(changed=False, rendered=lines + pod_network_commands(p["bridge"], p["pods"], p["mtu"], p["mode"]))
-    if not HAS_PYROUTE2:
-        module.fail_json(msg=missing_required_lib("pyroute2"), exception=str(PYROUTE2_IMPORT_ERROR))
 
     missing_netns = ensure_netns(module) if state != "deleted" else []
     with Engine() as engine:

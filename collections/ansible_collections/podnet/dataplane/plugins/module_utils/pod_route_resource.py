@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import ipaddress
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.podnet.dataplane.plugins.module_utils.builders import POD_ALIAS_ROLE, route_objects
 from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
-    HAS_PYROUTE2,
-    PYROUTE2_IMPORT_ERROR,
     Engine,
     KernelState,
 )
@@ -101,8 +99,6 @@ def run(module: AnsibleModule) -> None:
     want = route_objects(module.params["routes"])
     if state == "rendered":
         module.exit_json(changed=False, rendered=[c for o in want for c in o.add_commands()])
-    if not HAS_PYROUTE2:
-        module.fail_json(msg=missing_required_lib("pyroute2"), exception=str(PYROUTE2_IMPORT_ERROR))
 
     with Engine() as engine:
         have = engine.gather({Route})

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import os
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.podnet.dataplane.plugins.module_utils.builders import (
     VXLAN_OVERHEAD,
     vtep_objects,
     vxlan_peer_objects,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
-    HAS_PYROUTE2,
-    PYROUTE2_IMPORT_ERROR,
     Change,
     Engine,
     KernelState,
@@ -166,8 +164,6 @@ def run(module: AnsibleModule) -> None:
         objs = vtep_objects(vtep) + vxlan_peer_objects(name, p["peers"])
         rendered = [c for o in objs for c in o.add_commands()] + tx_checksum_lines(name, offload_decision(module))
         module.exit_json(changed=False, rendered=rendered)
-    if not HAS_PYROUTE2:
-        module.fail_json(msg=missing_required_lib("pyroute2"), exception=str(PYROUTE2_IMPORT_ERROR))
 
     with Engine() as engine:
         have = engine.gather({Address, Neighbour, FdbEntry})

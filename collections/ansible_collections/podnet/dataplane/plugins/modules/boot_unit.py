@@ -55,8 +55,8 @@ options:
     default: /usr/local/lib/podnet
   python:
     description:
-      - The node's Python that runs the engine at boot (absolute path). It needs pyroute2 to restore
-        kernel state - Debian's C(python3-pyroute2) will do; not used with C(state=absent).
+      - The node's Python 3 that runs the engine at boot (absolute path); the engine needs only its
+        standard library. Not used with C(state=absent).
     type: path
     default: /usr/bin/python3
   persist_dir:

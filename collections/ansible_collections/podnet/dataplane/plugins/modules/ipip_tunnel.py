@@ -18,7 +18,8 @@ description:
 author:
   - podnet maintainers (@podnet)
 requirements:
-  - pyroute2 and the ipip kernel module on the managed node (not needed for I(state=rendered))
+  - the ipip kernel module on the managed node (not needed for I(state=rendered))
+  - Linux with rtnetlink; the module uses only the Python standard library on the node (no pyroute2)
 options:
   name:
     description: Tunnel device.

@@ -42,7 +42,8 @@ description:
 author:
   - podnet maintainers (@podnet)
 requirements:
-  - pyroute2 on the managed node
+  - Linux with rtnetlink; the module uses only the Python standard library on the node (no pyroute2)
+  - iproute2's C(ip) on the node, to create pod network namespaces that do not exist
 options:
   state:
     description:
@@ -279,11 +280,7 @@ lock:
   type: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
-    HAS_PYROUTE2,
-    PYROUTE2_IMPORT_ERROR,
-)
+from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.podnet.dataplane.plugins.module_utils.node_apply import (
     ARGUMENT_SPEC,
     NodeRun,
@@ -320,8 +317,6 @@ def main() -> None:
     if p["pod_mode"] and not deleting and p["pod_mode"] != node["pod_mode"]:
         module.fail_json(msg=f"podnet.node_apply: this task applies the {FAMILIES[p['pod_mode']]}, but "
                              f"{node['backend']} wires pods the {node['pod_mode']} way; nothing was changed")
-    if not HAS_PYROUTE2:
-        module.fail_json(msg=missing_required_lib("pyroute2"), exception=str(PYROUTE2_IMPORT_ERROR))
     with_defaults(p)
     lock = NodeLock(p["lock"]["path"], p["lock"]["owner"]) if p["lock"] and not module.check_mode else None
     outcome: dict = {}

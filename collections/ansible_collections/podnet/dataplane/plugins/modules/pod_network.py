@@ -20,7 +20,8 @@ description:
 author:
   - podnet maintainers (@podnet)
 requirements:
-  - pyroute2 on the managed node (not needed for I(state=rendered))
+  - Linux with rtnetlink; the module uses only the Python standard library on the node (no pyroute2)
+  - iproute2's C(ip) on the node, to create pod network namespaces that do not exist
 options:
   mode:
     description:

@@ -18,7 +18,7 @@ description:
 author:
   - podnet maintainers (@podnet)
 requirements:
-  - pyroute2 on the managed node (not needed for I(state=rendered))
+  - Linux with rtnetlink; the module uses only the Python standard library on the node (no pyroute2)
 options:
   routes:
     description: The routes.

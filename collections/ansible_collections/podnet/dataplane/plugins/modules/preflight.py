@@ -14,8 +14,8 @@ description:
     the underlay device and its MTU, so a play can check that all nodes agree before any of them is
     touched.
   - Given only I(node_ip) and I(underlay_interface), its action plugin answers from one
-    C(ip -j -d address show) on the node (no Python run there, so neither pyroute2 nor a module process
-    is needed); with any other option, or where C(ip) gives no JSON, the module runs (and needs pyroute2).
+    C(ip -j -d address show) on the node (no Python run there, so no module process is needed); with any
+    other option, or where C(ip) gives no JSON, the module runs.
     The answers are the same either way.
   - Also reports what the cleanup tasks of the roles need to know (which devices exist, which of
     them podnet owns, which files and recorded states exist, whether podnet's iptables chains are
@@ -25,7 +25,7 @@ description:
 author:
   - podnet maintainers (@podnet)
 requirements:
-  - iproute2's C(ip) (with JSON output), or pyroute2, on the managed node
+  - iproute2's C(ip) (with JSON output) on the managed node, or Python 3 (standard library only)
 options:
   node_ip:
     description: The node's underlay IPv4 address (C(podnet_node_ip), a /prefix is ignored).
@@ -110,10 +110,8 @@ import hashlib
 import os
 import stat
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
-    HAS_PYROUTE2,
-    PYROUTE2_IMPORT_ERROR,
     Engine,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.objects import Address, Link
@@ -168,8 +166,6 @@ def iptables_prefix_present(module: AnsibleModule, prefix: str | None, table: st
 
 def main() -> None:
     module = AnsibleModule(argument_spec=PREFLIGHT_SPEC, supports_check_mode=True)
-    if not HAS_PYROUTE2:
-        module.fail_json(msg=missing_required_lib("pyroute2"), exception=str(PYROUTE2_IMPORT_ERROR))
     p = module.params
     with Engine() as engine:
         have = engine.gather({Address})

@@ -21,7 +21,7 @@ description:
 author:
   - podnet maintainers (@podnet)
 requirements:
-  - pyroute2 on the managed node (not needed for I(state=rendered))
+  - Linux with rtnetlink; the module uses only the Python standard library on the node (no pyroute2)
 options:
   name:
     description: VXLAN device name, at most 15 characters.
