@@ -84,3 +84,26 @@ def test_the_restore_goes_on_past_bad_records_and_fails_at_the_end(tmp_path: Pat
     out = capsys.readouterr()
     assert "0 change(s) needed (check: nothing changed) from 1 record(s)" in out.out
     assert "a-torn.json" in out.err and "b-alien.json: KeyError" in out.err
+
+
+def test_records_carry_their_format_and_older_ones_are_read_as_they_are(tmp_path):
+    persist.save(str(tmp_path), "pod_route", [])
+    assert json.loads((tmp_path / "pod_route.json").read_text())["format"] == persist.RECORD_FORMAT
+    # a record of a release before formats were numbered: format 1, read as it is
+    old = {"objects": [{"object": "sysctl", "name": "net.ipv4.ip_forward", "value": "1"}], "iptables": []}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    problems: list[str] = []
+    loaded = {r["_file"]: r for r in persist.load_all(str(tmp_path), problems)}
+    assert problems == []
+    assert loaded["old.json"] == dict(old, format=persist.RECORD_FORMAT, _file="old.json")
+
+
+def test_a_record_of_a_newer_or_unknown_format_is_named_not_guessed(tmp_path):
+    newer = persist.RECORD_FORMAT + 1
+    (tmp_path / "a-newer.json").write_text(json.dumps({"format": newer, "objects": []}))
+    (tmp_path / "b-odd.json").write_text(json.dumps({"format": "2", "objects": []}))
+    (tmp_path / "c-good.json").write_text(json.dumps({"format": persist.RECORD_FORMAT, "objects": []}))
+    problems: list[str] = []
+    assert [r["_file"] for r in persist.load_all(str(tmp_path), problems)] == ["c-good.json"]
+    assert problems[0].startswith(f"a-newer.json: format {newer} is newer than this podnet reads")
+    assert problems[1] == "b-odd.json: format '2' is not a record format"
