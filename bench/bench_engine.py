@@ -45,9 +45,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "collections"))
 sys.path.insert(0, str(REPO))
 
-from ansible_collections.podnet.dataplane.plugins.module_utils import netlink  # noqa: E402
-from ansible_collections.podnet.dataplane.plugins.module_utils.builders import vxlan_peer_objects  # noqa: E402
-from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (  # noqa: E402
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel import netlink  # noqa: E402
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders import vxlan_peer_objects  # noqa: E402
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import (  # noqa: E402
     Address,
     FdbEntry,
     Neighbour,

@@ -1,4 +1,4 @@
-"""pyroute2 as the reference for podnet's engine (module_utils/netlink.py), which speaks rtnetlink over a
+"""pyroute2 as the reference for podnet's engine (module_utils/kernel/netlink.py), which speaks rtnetlink over a
 bare socket: the same reads through pyroute2's dumps and parsers, the same writes as one pyroute2 call per
 object. Tests compare the engine's decoded dumps, encoded messages and resulting kernel state with these."""
 
@@ -8,7 +8,7 @@ import errno
 import ipaddress
 import socket
 
-from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink import (
     IFF_UP,
     NTF_SELF,
     RT_SCOPE_LINK,
@@ -18,7 +18,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
     Change,
     KernelState,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import (
     MAIN_TABLE,
     NUD_PERMANENT,
     PODNET_LINK_GROUP,

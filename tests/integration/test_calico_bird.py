@@ -144,7 +144,7 @@ def test_the_boot_restore_starts_bird_again(mesh_lab):
     assert bird_routes(lab, "node2") == {}
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT / "collections"))
     command = ["ip", "netns", "exec", lab.node_ns("node2"), sys.executable, "-m",
-               "ansible_collections.podnet.dataplane.plugins.module_utils.boot_apply", state_dir]
+               "ansible_collections.podnet.dataplane.plugins.module_utils.node.boot_apply", state_dir]
     boot = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert boot.returncode == 0, boot.stdout + boot.stderr
     assert " ".join(argv) in boot.stdout.splitlines()

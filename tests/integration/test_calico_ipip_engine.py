@@ -18,15 +18,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from ansible_collections.podnet.dataplane.plugins.module_utils.builders import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders import (
     pod_objects,
     proxy_arp_objects,
     route_objects,
     sysctl_objects,
     tunnel_objects,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.persist import save
-from ansible_collections.podnet.dataplane.plugins.module_utils.plan import plan_cluster
+from ansible_collections.podnet.dataplane.plugins.module_utils.node.persist import save
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.plan import plan_cluster
 
 from .labkit import REPO_ROOT, Lab, list_netns
 from .test_calico_ipip import (
@@ -75,7 +75,7 @@ def record_plan(lab: Lab) -> None:
 
 def converge(lab: Lab, host: str, check: bool = False) -> list[str]:
     """boot_apply in the node's namespace; the commands it ran (or, with check, would run)."""
-    argv = [sys.executable, "-m", "ansible_collections.podnet.dataplane.plugins.module_utils.boot_apply",
+    argv = [sys.executable, "-m", "ansible_collections.podnet.dataplane.plugins.module_utils.node.boot_apply",
             state_dir(lab, host)] + (["--check"] if check else [])
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT / "collections"))
     run = subprocess.run(["ip", "netns", "exec", lab.node_ns(host), *argv], env=env, capture_output=True,

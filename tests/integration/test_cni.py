@@ -6,7 +6,7 @@ across nodes, survive a verify.yml run (podnet leaves foreign veths alone), and 
 (veth, address and IPAM lease gone).
 
 flannel-vxlan uses bridge on cni0; calico-bgp (static routes) uses ptp, whose gateway is the subnet's
-first address on each host veth rather than calico's proxy-ARP'd 169.254.1.1 (see module_utils/cni.py).
+first address on each host veth rather than calico's proxy-ARP'd 169.254.1.1 (see module_utils/plan/cni.py).
 """
 
 from __future__ import annotations

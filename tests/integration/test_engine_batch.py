@@ -20,15 +20,15 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from ansible_collections.podnet.dataplane.plugins.module_utils import netlink
-from ansible_collections.podnet.dataplane.plugins.module_utils.builders import vxlan_peer_objects
-from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel import netlink
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders import vxlan_peer_objects
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink import (
     Change,
     Engine,
     EngineError,
     plan,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import (
     Address,
     FdbEntry,
     Link,
@@ -399,8 +399,8 @@ class NoPyroute2:
         if name.split(".")[0] == "pyroute2":
             raise ImportError("pyroute2 is not installed here")
 sys.meta_path.insert(0, NoPyroute2())
-from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import Engine, plan
-from ansible_collections.podnet.dataplane.plugins.module_utils.objects import Link, Route, Address
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink import Engine, plan
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import Link, Route, Address
 want = [Link(name="br8", kind="bridge", mtu=1400, up=True, alias="podnet:bridge", netns={ns!r}),
         Address(dev="br8", cidr="10.88.0.1/24", netns={ns!r}),
         Route(dst="10.89.0.0/24", via="10.88.0.2", dev="br8", proto=152, netns={ns!r})]

@@ -224,7 +224,7 @@ def boot_apply(lab: Lab, host: str, *args: str) -> subprocess.CompletedProcess[s
     state_dir = f"/run/podnet-lab/{lab.prefix}/{host}/state"
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT / "collections"))
     return subprocess.run(["ip", "netns", "exec", lab.node_ns(host), sys.executable, "-m",
-                           "ansible_collections.podnet.dataplane.plugins.module_utils.boot_apply", state_dir, *args],
+                           "ansible_collections.podnet.dataplane.plugins.module_utils.node.boot_apply", state_dir, *args],
                           env=env, capture_output=True, text=True, timeout=120, check=False)
 
 

@@ -329,12 +329,15 @@ def test_flannel_refuses_policies_before_touching_any_host(lab_factory, tmp_path
 
 def test_compiled_rules_are_exactly_what_iptables_save_prints():
     """Every shape of rule the compiler emits, restored into a scratch namespace and read back."""
-    from ansible_collections.podnet.dataplane.plugins.module_utils.iptables_chains import (
+    from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.iptables_chains import (
         Table,
         normalize_chains,
         plan_chains,
     )
-    from ansible_collections.podnet.dataplane.plugins.module_utils.policy import comment, compile_policies
+    from ansible_collections.podnet.dataplane.plugins.module_utils.plan.policy import (
+        comment,
+        compile_policies,
+    )
 
     nodes = {"n1": {"name": "n1", "pods": [
         {"name": "a", "netns": "x-a", "address": "10.244.0.2/24", "host_interface": "cali0123456789a",
@@ -381,7 +384,7 @@ def test_boot_apply_record_restores_the_chains():
     record = {"table": "filter", "prefix": "PODNET-", "chains": chains,
               "jump": {"table": "filter", "chain": "FORWARD", "target": "PODNET-FORWARD", "position": 1}}
     code = ("import json, sys\n"
-            "from ansible_collections.podnet.dataplane.plugins.module_utils.iptables_chains import apply_record\n"
+            "from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.iptables_chains import apply_record\n"
             "print(json.dumps(apply_record(json.loads(sys.argv[1]))))\n")
     env = {"PYTHONPATH": str(Path(__file__).resolve().parents[2] / "collections"), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
     prefix = unique_prefix()

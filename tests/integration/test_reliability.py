@@ -223,7 +223,7 @@ def test_boot_apply_restores_a_wiped_node_without_ansible(lab):
     assert lab.json("node2", "link", "show", "type", "vxlan") == []
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT / "collections"))
     boot = subprocess.run(["ip", "netns", "exec", lab.node_ns("node2"), sys.executable, "-m",
-                           "ansible_collections.podnet.dataplane.plugins.module_utils.boot_apply", state_dir],
+                           "ansible_collections.podnet.dataplane.plugins.module_utils.node.boot_apply", state_dir],
                           env=env, capture_output=True, text=True, timeout=120)
     assert boot.returncode == 1, boot.stdout + boot.stderr
     assert "a-torn.json" in boot.stderr and "b-alien.json" in boot.stderr, boot.stderr

@@ -19,7 +19,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from ansible_collections.podnet.dataplane.plugins.module_utils.persist import RECORD_FORMAT
+from ansible_collections.podnet.dataplane.plugins.module_utils.node.persist import RECORD_FORMAT
 
 from tests.integration.labkit import ANSIBLE_PLAYBOOK, REPO_ROOT, Lab, netns_exec, netns_json, playbook_env
 from tests.integration.test_render_exact import HOSTS, differences, snapshot

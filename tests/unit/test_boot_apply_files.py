@@ -2,7 +2,7 @@
 with their recorded mode; equal ones untouched; check mode only reports."""
 from __future__ import annotations
 
-from ansible_collections.podnet.dataplane.plugins.module_utils.boot_apply import apply_files
+from ansible_collections.podnet.dataplane.plugins.module_utils.node.boot_apply import apply_files
 
 
 def test_files_are_written_again_only_where_they_differ(tmp_path):

@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from ansible_collections.podnet.dataplane.plugins.module_utils import boot_install
-from ansible_collections.podnet.dataplane.plugins.module_utils.boot_install import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.node import boot_install
+from ansible_collections.podnet.dataplane.plugins.module_utils.node.boot_install import (
+    EARLIER_FILES,
     ENGINE_FILES,
     ENGINE_MAIN,
-    LEGACY_FILES,
     PACKAGE,
     UNIT_NAME,
     WANTS_DIR,
@@ -57,7 +57,7 @@ def test_install_writes_the_engine_the_unit_and_its_link(node, tmp_path):
     target = Path(engine_dir(node["lib_dir"]))
     unit = Path(node["unit_dir"]) / UNIT_NAME
     link = Path(node["unit_dir"]) / WANTS_DIR / UNIT_NAME
-    assert sorted(p.name for p in target.iterdir()) == sorted(ENGINE_FILES)
+    assert sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file()) == sorted(ENGINE_FILES)
     for name in ENGINE_FILES:
         assert (target / name).read_bytes() == (MODULE_UTILS / name).read_bytes(), name
         assert stat.S_IMODE((target / name).stat().st_mode) == 0o644
@@ -81,17 +81,18 @@ def test_a_second_run_changes_nothing_and_touches_nothing(node, tmp_path):
 def test_a_changed_or_widened_file_is_rewritten_and_only_it(node, tmp_path):
     put(node)
     target = Path(engine_dir(node["lib_dir"]))
-    (target / "shell.py").write_text("# edited\n")
-    (target / "objects.py").chmod(0o666)
+    shell, objects = target / "kernel" / "shell.py", target / "kernel" / "objects.py"
+    shell.write_text("# edited\n")
+    objects.chmod(0o666)
     before = snapshot(tmp_path)
     result = put(node)
-    assert result["changed"] and result["files"] == [str(target / "objects.py"), str(target / "shell.py")]
-    assert result["commands"] == [f"write {target / 'objects.py'} (mode 0644)", f"write {target / 'shell.py'} (mode 0644)"]
-    assert (target / "shell.py").read_bytes() == (MODULE_UTILS / "shell.py").read_bytes()
-    assert stat.S_IMODE((target / "objects.py").stat().st_mode) == 0o644
+    assert result["changed"] and result["files"] == [str(objects), str(shell)]
+    assert result["commands"] == [f"write {objects} (mode 0644)", f"write {shell} (mode 0644)"]
+    assert shell.read_bytes() == (MODULE_UTILS / "kernel" / "shell.py").read_bytes()
+    assert stat.S_IMODE(objects.stat().st_mode) == 0o644
     after = snapshot(tmp_path)
-    changed = {p for p in after if after[p] != before.get(p)} - {str(target)}  # (a rename is a new mtime there)
-    assert changed == {str(target / "objects.py"), str(target / "shell.py")}
+    changed = {p for p in after if after[p] != before.get(p)} - {str(target / "kernel")}  # (a rename: new mtime)
+    assert changed == {str(objects), str(shell)}
     assert "systemctl daemon-reload" not in result["commands"]  # the unit did not change
 
 
@@ -115,13 +116,36 @@ def test_check_mode_writes_nothing_and_reports_exactly_what_a_run_does(node, tmp
     assert check["notes"] == []  # check mode runs nothing: the reload is only in commands
     # and after a change: check mode names exactly the file a run rewrites
     target = Path(engine_dir(node["lib_dir"]))
-    (target / "netlink.py").write_text("x = 1\n")
+    (target / "kernel" / "netlink.py").write_text("x = 1\n")
     before = snapshot(tmp_path)
     check = put(node, check_mode=True)
     assert snapshot(tmp_path) == before
-    assert check["changed"] and check["files"] == [str(target / "netlink.py")]
-    assert check["diff"][0]["before"].startswith("netlink.py: sha256:")
+    assert check["changed"] and check["files"] == [str(target / "kernel" / "netlink.py")]
+    assert check["diff"][0]["before"].startswith("kernel/netlink.py: sha256:")
     assert put(node)["files"] == check["files"]
+
+
+def test_install_over_an_earlier_flat_copy_removes_podnets_files_of_it(node, tmp_path):
+    """Earlier releases copied the engine flat into module_utils: what of that copy is podnet's goes (with its
+    compiled files), what is not stays; check mode reports exactly that."""
+    target = Path(engine_dir(node["lib_dir"]))
+    (target / "__pycache__").mkdir(parents=True)
+    earlier = [target / name for name in ("netlink.py", "boot_apply.py", "persist.py")]
+    for path in earlier:
+        path.write_text("# Copyright: podnet contributors\n# Apache License 2.0\n")
+    compiled = target / "__pycache__" / "netlink.cpython-311.pyc"
+    compiled.write_bytes(b"pyc")
+    theirs = [target / "offload.py", target / "mine.py", target / "__pycache__" / "mine.cpython-311.pyc"]
+    for path in theirs:
+        path.write_text("someone else's\n")
+    before = snapshot(tmp_path)
+    check = put(node, check_mode=True)
+    assert snapshot(tmp_path) == before
+    result = put(node)
+    assert sorted(result["removed"]) == sorted(map(str, [*earlier, compiled])) == sorted(check["removed"])
+    assert all(not p.exists() for p in [*earlier, compiled]) and all(p.read_text() == "someone else's\n" for p in theirs)
+    assert "netlink.py: sha256:" in result["diff"][0]["before"] and "netlink.py: absent" in result["diff"][0]["after"]
+    assert not put(node)["changed"]
 
 
 def test_systemctl_runs_daemon_reload_only_when_the_unit_or_link_changes(node, tmp_path):
@@ -163,9 +187,10 @@ def test_removal_removes_only_what_install_made(node, tmp_path):
     target = Path(engine_dir(node["lib_dir"]))
     wants = Path(node["unit_dir"]) / WANTS_DIR
     foreign = [target / "mine.py", target / "__pycache__" / "mine.cpython-311.pyc", wants / "other.service",
-               Path(node["unit_dir"]) / "other.service", target / LEGACY_FILES[0]]
+               Path(node["unit_dir"]) / "other.service", target / EARLIER_FILES[0]]
     (target / "__pycache__").mkdir()
-    (target / "__pycache__" / "shell.cpython-311.pyc").write_bytes(b"pyc")
+    (target / "kernel" / "__pycache__").mkdir()
+    (target / "kernel" / "__pycache__" / "shell.cpython-311.pyc").write_bytes(b"pyc")
     for path in foreign:
         path.write_text("someone else's\n")
     legacy = target / "node_apply.py"  # an older boot role's copy of a file the engine no longer needs
@@ -178,8 +203,9 @@ def test_removal_removes_only_what_install_made(node, tmp_path):
     assert snapshot(tmp_path) == before
     result = removal(node["lib_dir"], node["unit_dir"], systemctl="")
     assert check == dict(result, notes=[])
-    gone = {str(target / n) for n in ENGINE_FILES} | {str(legacy), str(target / "__pycache__/shell.cpython-311.pyc"),
+    gone = {str(target / n) for n in ENGINE_FILES} | {str(legacy), str(target / "kernel/__pycache__/shell.cpython-311.pyc"),
                                                       str(wants / UNIT_NAME), str(Path(node["unit_dir"]) / UNIT_NAME)}
+    gone |= {str(target / "kernel" / "__pycache__")} | {str(target / package) for package in ("kernel", "node", "plan")}
     assert set(result["removed"]) == gone and set(before) - set(snapshot(tmp_path)) == gone
     assert all(path.read_text() == "someone else's\n" for path in foreign)
     assert (state / "pod_route.json").exists()
@@ -216,7 +242,7 @@ RemainAfterExit=yes
 # Daemons the restore starts (BIRD) stay when the unit is stopped or restarted: only its own process goes.
 KillMode=process
 Environment=PYTHONPATH=/usr/local/lib/podnet
-ExecStart=/usr/bin/python3 -m ansible_collections.podnet.dataplane.plugins.module_utils.boot_apply /var/lib/podnet/state
+ExecStart=/usr/bin/python3 -m ansible_collections.podnet.dataplane.plugins.module_utils.node.boot_apply /var/lib/podnet/state
 
 [Install]
 WantedBy=multi-user.target
@@ -251,14 +277,25 @@ def test_paths_that_systemd_would_misread_are_quoted_or_refused():
 # ----------------------------------------------------------------------------------- the engine's file list
 
 def podnet_imports(path: Path) -> set[str]:
-    """The module_utils modules a file imports (anywhere in it, functions included)."""
-    out = set()
+    """The module_utils files a file imports (anywhere in it, functions included), as paths under module_utils
+    ("kernel/netlink.py"), with the __init__.py of each package on the way."""
+    modules = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        names = ([node.module] if isinstance(node, ast.ImportFrom) and node.module
-                 else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
-        out |= {name.rsplit(".", 1)[1] for name in names if name.startswith(PACKAGE + ".")}
-        if isinstance(node, ast.ImportFrom) and node.module == PACKAGE:  # from <module_utils> import files
-            out |= {alias.name for alias in node.names}
+        if isinstance(node, ast.ImportFrom) and node.module and (node.module + ".").startswith(PACKAGE + "."):
+            base = node.module[len(PACKAGE):].lstrip(".")
+            modules.add(base)
+            modules |= {f"{base}.{alias.name}".lstrip(".") for alias in node.names}  # names may be modules
+        elif isinstance(node, ast.Import):
+            modules |= {a.name[len(PACKAGE) + 1:] for a in node.names if a.name.startswith(PACKAGE + ".")}
+    out = set()
+    for module in modules:
+        parts = module.split(".") if module else []
+        for depth in range(len(parts) + 1):
+            init = "/".join([*parts[:depth], "__init__.py"])
+            if (MODULE_UTILS / init).exists():
+                out.add(init)
+        if parts and (MODULE_UTILS / ("/".join(parts) + ".py")).exists():
+            out.add("/".join(parts) + ".py")
     return out
 
 
@@ -275,18 +312,19 @@ def copy_engine(lib: Path, files) -> None:
     target = Path(engine_dir(str(lib)))
     target.mkdir(parents=True)
     for name in files:
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(MODULE_UTILS / name, target / name)
 
 
 def test_the_list_is_the_closure_of_boot_apply_imports():
-    closure, todo = set(), ["boot_apply"]
+    closure, todo = set(), ["node/boot_apply.py"]
     while todo:
         name = todo.pop()
         if name not in closure:
             closure.add(name)
-            todo += podnet_imports(MODULE_UTILS / f"{name}.py")
-    assert sorted(ENGINE_FILES) == sorted({f"{n}.py" for n in closure} | {"__init__.py"})
-    assert not set(ENGINE_FILES) & set(LEGACY_FILES)
+            todo += podnet_imports(MODULE_UTILS / name)
+    assert sorted(ENGINE_FILES) == sorted(closure)
+    assert {os.path.basename(f) for f in ENGINE_FILES if "/" in f} - set(EARLIER_FILES) == {"__init__.py"}  # all were flat once
 
 
 def test_boot_apply_runs_from_a_copy_of_only_the_listed_files(tmp_path):
@@ -303,12 +341,14 @@ def test_boot_apply_runs_from_a_copy_of_only_the_listed_files(tmp_path):
     assert sorted(loaded) == sorted(os.path.join(target, n) for n in ENGINE_FILES)  # every file, all from here
 
 
-@pytest.mark.parametrize("missing", [n for n in ENGINE_FILES if n not in ("__init__.py", "boot_apply.py")])
+# (Without a package's __init__.py it would still import, as a namespace package: the __init__.py files are
+# there to keep it a regular one.)
+@pytest.mark.parametrize("missing", [n for n in ENGINE_FILES if not n.endswith(("__init__.py", "boot_apply.py"))])
 def test_no_listed_file_is_unneeded(tmp_path, missing):
     copy_engine(tmp_path / "lib", [n for n in ENGINE_FILES if n != missing])
     done = run_engine(tmp_path / "lib", "--check", str(tmp_path / "state"))
     # ModuleNotFoundError for `import package.name`, ImportError for `from package import name`
-    assert done.returncode != 0 and f"{missing[:-3]}" in done.stderr.splitlines()[-1], done.stderr
+    assert done.returncode != 0 and missing[:-3].replace("/", ".") in done.stderr.splitlines()[-1], done.stderr
     assert done.stderr.splitlines()[-1].startswith(("ModuleNotFoundError", "ImportError")), done.stderr
 
 

@@ -1,17 +1,17 @@
-"""Rendering of the node's CNI conflist (module_utils/cni.py) from podnet's plan."""
+"""Rendering of the node's CNI conflist (module_utils/plan/cni.py) from podnet's plan."""
 from __future__ import annotations
 
 import json
 
 import pytest
-from ansible_collections.podnet.dataplane.plugins.module_utils.cni import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.cni import (
     CNIError,
     dumps,
     free_ranges,
     network_config,
     render_conflist,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.plan import plan_cluster
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.plan import plan_cluster
 
 HOSTS = {
     "node1": {"podnet_node_ip": "172.30.0.11", "podnet_pods": [{"name": "pod1"}, {"name": "pod2"}]},

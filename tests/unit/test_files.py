@@ -7,13 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ansible_collections.podnet.dataplane.plugins.module_utils import files
+from ansible_collections.podnet.dataplane.plugins.module_utils.node import files
 
 # A writer that stops for good inside atomic_write, after its temporary file holds the content and before
 # the rename: fsync tells the parent and waits to be killed.
 STALLED_WRITER = """
 import os, sys, time
-from ansible_collections.podnet.dataplane.plugins.module_utils import files
+from ansible_collections.podnet.dataplane.plugins.module_utils.node import files
 def stall(fd):
     print("stalled", flush=True)
     time.sleep(600)

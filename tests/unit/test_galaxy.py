@@ -36,7 +36,7 @@ def build_and_install(tmp_path: Path, collections: tuple[str, ...] = ("dataplane
 def test_galaxy_artifact_builds_installs_and_resolves(tmp_path):
     artifact, env = build_and_install(tmp_path)
     names = tarfile.open(artifact).getnames()
-    assert "plugins/modules/vxlan_fdb.py" in names and "plugins/module_utils/netlink.py" in names
+    assert "plugins/modules/vxlan_fdb.py" in names and "plugins/module_utils/kernel/netlink.py" in names
     assert "meta/runtime.yml" in names and "MANIFEST.json" in names
     for role in ("plan", "node", "flannel", "calico", "policy", "boot"):
         assert f"roles/{role}/tasks/main.yml" in names and f"roles/{role}/meta/argument_specs.yml" in names

@@ -6,9 +6,9 @@ The planner is pure Python: these need no root and no host."""
 from __future__ import annotations
 
 import pytest
-from ansible_collections.podnet.dataplane.plugins.module_utils.iptables_chains import normalize_chains
-from ansible_collections.podnet.dataplane.plugins.module_utils.plan import PlanError, plan_cluster
-from ansible_collections.podnet.dataplane.plugins.module_utils.validate import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.iptables_chains import normalize_chains
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.plan import PlanError, plan_cluster
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.validate import (
     check_interface_name,
     check_mac,
     check_netns_name,

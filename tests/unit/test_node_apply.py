@@ -8,8 +8,8 @@ import stat
 from pathlib import Path
 
 import pytest
-from ansible_collections.podnet.dataplane.plugins.module_utils import node_apply
-from ansible_collections.podnet.dataplane.plugins.module_utils.node_apply import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.node import node_apply
+from ansible_collections.podnet.dataplane.plugins.module_utils.node.node_apply import (
     NodeRun,
     StepFailed,
     StepModule,

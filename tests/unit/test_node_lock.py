@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from ansible_collections.podnet.dataplane.plugins.module_utils import node_lock
-from ansible_collections.podnet.dataplane.plugins.module_utils.node_lock import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.node import node_lock
+from ansible_collections.podnet.dataplane.plugins.module_utils.node.node_lock import (
     LockError,
     LockTimeout,
     NodeLock,
@@ -25,7 +25,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.node_lock import 
 COLLECTIONS = Path(__file__).resolve().parents[2] / "collections"
 HOLDER = """
 import sys, time
-from ansible_collections.podnet.dataplane.plugins.module_utils.node_lock import NodeLock
+from ansible_collections.podnet.dataplane.plugins.module_utils.node.node_lock import NodeLock
 lock = NodeLock(sys.argv[1], {"run": sys.argv[2], "host": "controller-elsewhere"})
 lock.acquire(60)
 print("held", flush=True)

@@ -3,14 +3,14 @@ kernel runs here), the inventory variable, and how render.yml writes the decisio
 from __future__ import annotations
 
 import pytest
-from ansible_collections.podnet.dataplane.plugins.module_utils.offload import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.offload import (
     TX_CHECKSUM,
     decide_tx_checksum,
     kernel_version,
     tx_checksum_lines,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.plan import PlanError, plan_cluster
-from ansible_collections.podnet.dataplane.plugins.module_utils.render import RenderError, node_commands
+from ansible_collections.podnet.dataplane.plugins.module_utils.node.render import RenderError, node_commands
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.plan import PlanError, plan_cluster
 
 # Releases as distributions ship them; False: the SNAT + VXLAN checksum bug is there (before 5.7).
 RELEASES = {
@@ -132,7 +132,9 @@ def test_render_refuses_a_kernel_that_is_not_a_release(kernel):
 @pytest.mark.parametrize(("value", "mode"), [(False, "off"), (True, "on"), ("off", "off"), ("auto", "auto")])
 def test_the_module_option_takes_yaml_booleans_and_the_old_bool_values(value, mode):
     from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
-    from ansible_collections.podnet.dataplane.plugins.module_utils.vxlan_fdb_resource import ARGUMENT_SPEC
+    from ansible_collections.podnet.dataplane.plugins.module_utils.resources.vxlan_fdb_resource import (
+        ARGUMENT_SPEC,
+    )
 
     checked = ArgumentSpecValidator(ARGUMENT_SPEC).validate({"name": "flannel.1", "tx_checksum_offload": value})
     assert checked.error_messages == [] and checked.validated_parameters["tx_checksum_offload"] == mode

@@ -3,7 +3,7 @@ exact name grammar, the route protocol's name by its file - and the refusals for
 from __future__ import annotations
 
 import pytest
-from ansible_collections.podnet.dataplane.plugins.module_utils.iptables_chains import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.iptables_chains import (
     Ownership,
     gathered,
     owns_chain,
@@ -12,22 +12,27 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.iptables_chains i
     podnet_view,
     simulate,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.iptables_rules_resource import RULE_TAG
-from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink import (
     ForeignObjectError,
     KernelState,
     plan,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.node_apply import wanted_devices, wanted_routes
-from ansible_collections.podnet.dataplane.plugins.module_utils.objects import Address, Link, Route
-from ansible_collections.podnet.dataplane.plugins.module_utils.ownership import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import Address, Link, Route
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.ownership import (
     foreign_conflicts,
     is_podnets_rt_protos,
     rt_proto_claims,
     rt_protos_text,
     take_over_problems,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.plan import PlanError, plan_cluster
+from ansible_collections.podnet.dataplane.plugins.module_utils.node.node_apply import (
+    wanted_devices,
+    wanted_routes,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.plan import PlanError, plan_cluster
+from ansible_collections.podnet.dataplane.plugins.module_utils.resources.iptables_rules_resource import (
+    RULE_TAG,
+)
 
 
 def state(*objects) -> KernelState:

@@ -9,8 +9,8 @@ import stat
 from pathlib import Path
 
 import pytest
-from ansible_collections.podnet.dataplane.plugins.module_utils import boot_apply, persist
-from ansible_collections.podnet.dataplane.plugins.module_utils.objects import Sysctl
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import Sysctl
+from ansible_collections.podnet.dataplane.plugins.module_utils.node import boot_apply, persist
 
 
 def test_save_writes_a_private_record_and_leaves_no_temporary_file(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ import copy
 import ipaddress
 
 import pytest
-from ansible_collections.podnet.dataplane.plugins.module_utils.plan import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.plan import (
     PlanError,
     plan_cluster,
     vtep_mac_for,

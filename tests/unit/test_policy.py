@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from ansible_collections.podnet.dataplane.plugins.module_utils.iptables_chains import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.iptables_chains import (
     Table,
     normalize_chains,
     parse_save,
@@ -19,8 +19,8 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.iptables_chains i
     podnet_view,
     simulate,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.plan import PlanError
-from ansible_collections.podnet.dataplane.plugins.module_utils.policy import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.plan import PlanError
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.policy import (
     ESTABLISHED_RULE,
     FORWARD_CHAIN,
     JUMP,
@@ -33,7 +33,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.policy import (
     save_string,
     validate_policies,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.policy import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.policy import (
     compile_policies as compile_,
 )
 from hypothesis import HealthCheck, given, settings

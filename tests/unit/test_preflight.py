@@ -1,6 +1,6 @@
 """What preflight reports: the read-only facts for cleanup gates (they must err towards 'present'), and
 the node IP check, which its action plugin makes from `ip -j -d address show` and the module
-from a netlink dump (both through module_utils/underlay.py)."""
+from a netlink dump (both through module_utils/plan/underlay.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 import re
 
 import pytest
-from ansible_collections.podnet.dataplane.plugins.module_utils import underlay
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan import underlay
 from ansible_collections.podnet.dataplane.plugins.modules import preflight
 
 

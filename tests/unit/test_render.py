@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from ansible_collections.podnet.dataplane.plugins.module_utils.shell import shell_line
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.shell import shell_line
 
 REPO = Path(__file__).resolve().parents[2]
 SEED_LINES_04 = [

@@ -14,31 +14,31 @@ import tempfile
 from typing import Any
 
 import pytest
-from ansible_collections.podnet.dataplane.plugins.module_utils import objects as o
-from ansible_collections.podnet.dataplane.plugins.module_utils.builders import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel import objects as o
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders import (
     iptables_argv,
     iptables_command,
     normalize_mac,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.iptables_chains import ChainPlan, Op
-from ansible_collections.podnet.dataplane.plugins.module_utils.offload import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.iptables_chains import ChainPlan, Op
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.offload import (
     TX_CHECKSUM,
     decide_tx_checksum,
     feature_argv,
     tx_checksum_lines,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.plan import HOSTNAME_RE, POD_NAME_RE
-from ansible_collections.podnet.dataplane.plugins.module_utils.render import (
-    RenderError,
-    node_argvs,
-    node_commands,
-)
-from ansible_collections.podnet.dataplane.plugins.module_utils.shell import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.shell import (
     comment_line,
     display_word,
     shell_line,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.validate import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.node.render import (
+    RenderError,
+    node_argvs,
+    node_commands,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.plan import HOSTNAME_RE, POD_NAME_RE
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.validate import (
     _IFNAME_RE,
     _MAC_RE,
     _NETNS_RE,

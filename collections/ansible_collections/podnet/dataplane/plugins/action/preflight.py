@@ -7,7 +7,7 @@ converge of a large cluster. Anything else asked, or a node whose `ip` gives no 
 from __future__ import annotations
 
 from ansible.plugins.action import ActionBase
-from ansible_collections.podnet.dataplane.plugins.module_utils.underlay import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.underlay import (
     ADDRESS_DUMP_COMMAND,
     ADDRESS_ONLY,
     PREFLIGHT_SPEC,

@@ -4,16 +4,16 @@
 from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.podnet.dataplane.plugins.module_utils.builders import subnet_env_text
-from ansible_collections.podnet.dataplane.plugins.module_utils.plan import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders import subnet_env_text
+from ansible_collections.podnet.dataplane.plugins.module_utils.node.render import RenderError, node_commands
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.plan import (
     CLUSTER_KEYS,
     NODE_KEYS,
     PATH_KEYS,
     PlanError,
     plan_cluster,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.policy import ping_surprises
-from ansible_collections.podnet.dataplane.plugins.module_utils.render import RenderError, node_commands
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.policy import ping_surprises
 
 
 def _node_vars(hostvars, host: str) -> dict:

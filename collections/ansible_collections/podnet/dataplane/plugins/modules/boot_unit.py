@@ -14,7 +14,7 @@ description:
     and exactly the module_utils it imports) under C(<lib>/ansible_collections/podnet/dataplane/plugins/module_utils/),
     the unit C(podnet-apply.service) in I(unit_dir), and its link in
     C(<unit_dir>/multi-user.target.wants/) (what C(systemctl enable) makes).
-  - The unit runs C(I(python) -m ansible_collections.podnet.dataplane.plugins.module_utils.boot_apply
+  - The unit runs C(I(python) -m ansible_collections.podnet.dataplane.plugins.module_utils.node.boot_apply
     I(persist_dir)) with C(PYTHONPATH=)I(lib) once at boot (C(Type=oneshot), after C(network-online.target)) -
     it re-applies what podnet's modules recorded in I(persist_dir), with the node's own Python and no
     Ansible run.
@@ -129,7 +129,7 @@ notes:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.podnet.dataplane.plugins.module_utils.boot_install import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.node.boot_install import (
     UNIT_DIR,
     BootInstallError,
     install,

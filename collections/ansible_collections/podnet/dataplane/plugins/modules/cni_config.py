@@ -141,7 +141,8 @@ import os
 import stat
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.podnet.dataplane.plugins.module_utils.cni import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.node.files import converge, remove
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.cni import (
     DEFAULT_CNI_VERSION,
     DEFAULT_DEST,
     DEFAULT_NAME,
@@ -149,7 +150,6 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.cni import (
     dumps,
     render_conflist,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.files import converge, remove
 
 FILE_MODE = 0o644
 

@@ -81,7 +81,10 @@ gathered:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.podnet.dataplane.plugins.module_utils.ipip_tunnel_resource import ARGUMENT_SPEC, run
+from ansible_collections.podnet.dataplane.plugins.module_utils.resources.ipip_tunnel_resource import (
+    ARGUMENT_SPEC,
+    run,
+)
 
 
 def main() -> None:

@@ -99,7 +99,7 @@ gathered:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.podnet.dataplane.plugins.module_utils.iptables_rules_resource import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.resources.iptables_rules_resource import (
     ARGUMENT_SPEC,
     run,
 )

@@ -159,7 +159,7 @@ gathered:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.podnet.dataplane.plugins.module_utils.network_policy_resource import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.resources.network_policy_resource import (
     ARGUMENT_SPEC,
     run,
 )

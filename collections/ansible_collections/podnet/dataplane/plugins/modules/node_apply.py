@@ -281,7 +281,7 @@ lock:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.podnet.dataplane.plugins.module_utils.node_apply import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.node.node_apply import (
     ARGUMENT_SPEC,
     NodeRun,
     StepFailed,
@@ -292,7 +292,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.node_apply import
     summary,
     with_defaults,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.node_lock import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.node.node_lock import (
     LockError,
     LockTimeout,
     NodeLock,

@@ -139,7 +139,10 @@ gathered:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.podnet.dataplane.plugins.module_utils.pod_network_resource import ARGUMENT_SPEC, run
+from ansible_collections.podnet.dataplane.plugins.module_utils.resources.pod_network_resource import (
+    ARGUMENT_SPEC,
+    run,
+)
 
 
 def main() -> None:

@@ -106,7 +106,10 @@ gathered:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.podnet.dataplane.plugins.module_utils.pod_route_resource import ARGUMENT_SPEC, run
+from ansible_collections.podnet.dataplane.plugins.module_utils.resources.pod_route_resource import (
+    ARGUMENT_SPEC,
+    run,
+)
 
 
 def main() -> None:

@@ -111,11 +111,11 @@ import os
 import stat
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink import (
     Engine,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.objects import Address, Link
-from ansible_collections.podnet.dataplane.plugins.module_utils.underlay import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import Address, Link
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.underlay import (
     PREFLIGHT_SPEC,
     Interface,
     UnderlayProblem,

@@ -83,7 +83,10 @@ gathered:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.podnet.dataplane.plugins.module_utils.proxy_arp_resource import ARGUMENT_SPEC, run
+from ansible_collections.podnet.dataplane.plugins.module_utils.resources.proxy_arp_resource import (
+    ARGUMENT_SPEC,
+    run,
+)
 
 
 def main() -> None:

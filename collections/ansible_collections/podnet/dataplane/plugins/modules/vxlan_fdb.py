@@ -201,7 +201,10 @@ gathered:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.podnet.dataplane.plugins.module_utils.vxlan_fdb_resource import ARGUMENT_SPEC, run
+from ansible_collections.podnet.dataplane.plugins.module_utils.resources.vxlan_fdb_resource import (
+    ARGUMENT_SPEC,
+    run,
+)
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ import struct
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
-from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import (
     MAIN_TABLE,
     NUD_PERMANENT,
     PODNET_LINK_GROUP,
@@ -43,7 +43,10 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
     VxlanInfo,
     read_alias,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.ownership import TakeOver, foreign_conflicts
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.ownership import (
+    TakeOver,
+    foreign_conflicts,
+)
 
 
 class NetlinkError(Exception):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from ansible_collections.podnet.dataplane.plugins.module_utils.objects import is_owned_alias
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import is_owned_alias
 
 PREFLIGHT_SPEC = {
     "node_ip": {"type": "str", "required": True},

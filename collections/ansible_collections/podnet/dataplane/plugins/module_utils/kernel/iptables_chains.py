@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ansible_collections.podnet.dataplane.plugins.module_utils.shell import shell_line
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.shell import shell_line
 
 DEFAULT_PREFIX = "PODNET-"
 MAX_CHAIN_NAME = 28  # XT_EXTENSION_MAXNAMELEN - 1

@@ -5,7 +5,7 @@ podnet.dataplane.node_apply can run it in the same process as the node's other r
 from __future__ import annotations
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.podnet.dataplane.plugins.module_utils.iptables_chains import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.iptables_chains import (
     Ownership,
     Table,
     gathered,
@@ -15,8 +15,11 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.iptables_chains i
     podnet_view,
     simulate,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.persist import PERSIST_OPTION, persist_result
-from ansible_collections.podnet.dataplane.plugins.module_utils.resource import STATES
+from ansible_collections.podnet.dataplane.plugins.module_utils.node.persist import (
+    PERSIST_OPTION,
+    persist_result,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.resources.resource import STATES
 
 JUMP_SPEC = {
     "table": {"type": "str", "choices": ["filter", "nat", "mangle", "raw"], "default": "filter"},

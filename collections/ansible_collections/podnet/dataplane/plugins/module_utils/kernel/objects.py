@@ -13,7 +13,7 @@ import ipaddress
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
-from ansible_collections.podnet.dataplane.plugins.module_utils.shell import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.shell import (
     display_word,
     netns_argv,
     shell_line,

@@ -11,10 +11,10 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from ansible_collections.podnet.dataplane.plugins.module_utils.node_apply import render_node
-from ansible_collections.podnet.dataplane.plugins.module_utils.objects import PODNET_RTPROTO
-from ansible_collections.podnet.dataplane.plugins.module_utils.offload import kernel_version
-from ansible_collections.podnet.dataplane.plugins.module_utils.shell import comment_line, display_word
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import PODNET_RTPROTO
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.offload import kernel_version
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.shell import comment_line, display_word
+from ansible_collections.podnet.dataplane.plugins.module_utils.node.node_apply import render_node
 
 # Without host access the underlay device cannot be looked up (DESIGN §4): the VXLAN device is rendered
 # over eth0 unless the inventory names the node's underlay device.

@@ -1,7 +1,7 @@
 # Copyright: podnet contributors
 # Apache License 2.0
 """Install (or remove) the boot restore on a node: the podnet-apply unit and the copy of podnet's engine
-it runs (``python3 -m ansible_collections.podnet.dataplane.plugins.module_utils.boot_apply <persist_dir>``
+it runs (``python3 -m ansible_collections.podnet.dataplane.plugins.module_utils.node.boot_apply <persist_dir>``
 with ``PYTHONPATH=<lib>``, see boot_apply.py), from the code that is running - the collection's
 module_utils on the controller or the AnsiballZ payload of a module on the node.
 
@@ -25,7 +25,6 @@ A failure raises BootInstallError; its ``result`` is what was done before it.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib
 import os
@@ -34,46 +33,62 @@ import subprocess
 import sys
 from typing import Any
 
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.shell import shell_line
+
 # The engine the unit runs: importing it here makes AnsiballZ ship it, and every module it imports, with any
 # module that uses this file, so that their sources can be read from the payload (see engine_sources).
-from ansible_collections.podnet.dataplane.plugins.module_utils import boot_apply
-from ansible_collections.podnet.dataplane.plugins.module_utils.files import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.node import boot_apply
+from ansible_collections.podnet.dataplane.plugins.module_utils.node.files import (
     atomic_symlink,
     atomic_write,
     holds,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.shell import shell_line
 
 PACKAGE = "ansible_collections.podnet.dataplane.plugins.module_utils"
 ENGINE_MAIN = boot_apply.__name__
 # Exactly the files `python3 -m <ENGINE_MAIN>` imports from podnet: boot_apply and the transitive closure of
-# its podnet imports, and the package's own __init__.py (module_utils is a regular package, not a namespace
-# one a stray ansible_collections folder elsewhere on the path could extend). tests/unit/test_boot_install.py
-# proves the list complete (boot_apply runs from a copy of only these) and minimal (without any one it fails).
+# its podnet imports, and the __init__.py of every package on the way (regular packages, not namespace ones a
+# stray ansible_collections folder elsewhere on the path could extend), as paths under module_utils.
+# tests/unit/test_boot_install.py proves the list complete (boot_apply runs from a copy of only these) and
+# minimal (without any one it fails).
 ENGINE_FILES = (
     "__init__.py",
+    "kernel/__init__.py",
+    "kernel/builders.py",
+    "kernel/iptables_chains.py",
+    "kernel/netlink.py",
+    "kernel/objects.py",
+    "kernel/offload.py",
+    "kernel/ownership.py",
+    "kernel/shell.py",
+    "node/__init__.py",
+    "node/boot_apply.py",
+    "node/files.py",
+    "node/persist.py",
+    "plan/__init__.py",
+    "plan/validate.py",
+)
+# Earlier releases kept module_utils flat: their boot restore copied these files to the top of the engine's
+# folder (the boot role before that copied every module_utils file). Install and removal take away the ones
+# that are still podnet's (their first line is LEGACY_HEADER), with their compiled __pycache__ files; any
+# other file stays.
+EARLIER_FILES = (
     "boot_apply.py",
+    "boot_install.py",
     "builders.py",
+    "cni.py",
     "files.py",
+    "ipip_tunnel_resource.py",
     "iptables_chains.py",
+    "iptables_rules_resource.py",
     "netlink.py",
+    "network_policy_resource.py",
+    "node_apply.py",
+    "node_lock.py",
     "objects.py",
     "offload.py",
     "ownership.py",
     "persist.py",
-    "shell.py",
-    "validate.py",
-)
-# The boot role copied every module_utils file before this module installed the engine: the others, when
-# still podnet's (their first line is LEGACY_HEADER), are removed with the rest; any other file stays.
-LEGACY_FILES = (
-    "boot_install.py",
-    "cni.py",
-    "ipip_tunnel_resource.py",
-    "iptables_rules_resource.py",
-    "network_policy_resource.py",
-    "node_apply.py",
-    "node_lock.py",
     "plan.py",
     "pod_network_resource.py",
     "pod_route_resource.py",
@@ -81,7 +96,9 @@ LEGACY_FILES = (
     "proxy_arp_resource.py",
     "render.py",
     "resource.py",
+    "shell.py",
     "underlay.py",
+    "validate.py",
     "vxlan_fdb_resource.py",
 )
 LEGACY_HEADER = "# Copyright: podnet contributors\n"
@@ -174,7 +191,7 @@ def engine_sources() -> dict[str, str]:
     collection runs from a folder, a zipimporter inside an AnsiballZ payload."""
     sources = {}
     for filename in ENGINE_FILES:
-        name = PACKAGE if filename == "__init__.py" else f"{PACKAGE}.{filename[:-3]}"
+        name = _module_name(filename)
         try:
             module = sys.modules.get(name) or importlib.import_module(name)
             source = module.__loader__.get_source(name)
@@ -185,6 +202,14 @@ def engine_sources() -> dict[str, str]:
                                    f"({module.__loader__!r})")
         sources[filename] = source
     return sources
+
+
+def _module_name(filename: str) -> str:
+    """"kernel/netlink.py" -> PACKAGE + ".kernel.netlink"; "kernel/__init__.py" -> PACKAGE + ".kernel"."""
+    parts = filename[:-3].split("/")
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join([PACKAGE, *parts])
 
 
 def _digest(path: str) -> str:
@@ -302,9 +327,14 @@ def install(lib_dir: str, python: str, persist_dir: str, unit_dir: str = UNIT_DI
         result["commands"].append(f"write {shell_line([path])} (mode {FILE_MODE:04o})")
         if not check_mode:
             _write(path, sources[filename], result)
+    earlier = _earlier(target)
+    before += [f"{os.path.relpath(path, target)}: {_digest(path)}\n" for path in earlier]
+    after += [f"{os.path.relpath(path, target)}: absent\n" for path in earlier]
     if before:
         result["diff"].append({"before_header": target, "after_header": target,
                                "before": "".join(before), "after": "".join(after)})
+    for path in earlier:  # an earlier release's flat copy of the engine, replaced by the packages above
+        _remove(path, None, result, check_mode)
 
     unit_path = os.path.join(unit_dir, UNIT_NAME)
     reload = False
@@ -334,10 +364,28 @@ def install(lib_dir: str, python: str, persist_dir: str, unit_dir: str = UNIT_DI
             except OSError as exc:
                 raise BootInstallError(f"podnet.boot_unit: cannot link {link}: {exc}", result) from exc
 
-    result["changed"] = bool(result["files"] or result["links"])
+    result["changed"] = bool(result["files"] or result["links"] or result["removed"])
     if reload:
         _daemon_reload(result, check_mode, systemctl)
     return result
+
+
+def _earlier(target: str) -> list[str]:
+    """What an earlier release's flat copy left at the top of `target` that is still podnet's: the files
+    (EARLIER_FILES, by their first line) and their compiled __pycache__ files."""
+    found = [os.path.join(target, f) for f in EARLIER_FILES if _legacy(os.path.join(target, f))]
+    stems = {f[:-3] for f in EARLIER_FILES}
+    return found + _compiled(target, stems)
+
+
+def _compiled(folder: str, stems: set[str]) -> list[str]:
+    """<folder>/__pycache__/<stem>.*.pyc of these stems."""
+    cache = os.path.join(folder, "__pycache__")
+    try:
+        entries = sorted(os.listdir(cache))
+    except OSError:
+        return []
+    return [os.path.join(cache, e) for e in entries if e.endswith(".pyc") and e.split(".", 1)[0] in stems]
 
 
 def _write(path: str, content: str, result: dict[str, Any]) -> None:
@@ -379,23 +427,25 @@ def removal(lib_dir: str, unit_dir: str = UNIT_DIR, check_mode: bool = False,
         _remove(unit_path, _text(unit_path), result, check_mode)
 
     target = engine_dir(lib_dir)
-    names = [f for f in ENGINE_FILES if os.path.lexists(os.path.join(target, f))]
-    names += [f for f in LEGACY_FILES if _legacy(os.path.join(target, f))]
-    if names:
-        lines = [f"{f}: {_digest(os.path.join(target, f))}\n" for f in names]
-        result["diff"].append({"before_header": target, "after_header": target, "before": "".join(lines),
-                               "after": "".join(f"{f}: absent\n" for f in names)})
-    for filename in names:
-        _remove(os.path.join(target, filename), None, result, check_mode)
-    cache = os.path.join(target, "__pycache__")
-    stems = {f[:-3] for f in ENGINE_FILES + LEGACY_FILES}
-    with contextlib.suppress(OSError):
-        for entry in sorted(os.listdir(cache)):
-            if entry.endswith(".pyc") and entry.split(".", 1)[0] in stems:
-                _remove(os.path.join(cache, entry), None, result, check_mode)
+    paths = [os.path.join(target, f) for f in ENGINE_FILES if os.path.lexists(os.path.join(target, f))]
+    packages = sorted({os.path.dirname(f) for f in ENGINE_FILES if "/" in f})
+    for package in packages:
+        stems = {os.path.basename(f)[:-3] for f in ENGINE_FILES if os.path.dirname(f) == package}
+        paths += _compiled(os.path.join(target, package), stems)
+    paths += [os.path.join(target, f) for f in ENGINE_FILES if "/" not in f and os.path.lexists(os.path.join(target, f))
+              and os.path.join(target, f) not in paths]
+    paths += _compiled(target, {f[:-3] for f in ENGINE_FILES if "/" not in f}) + _earlier(target)
+    if paths:
+        result["diff"].append({"before_header": target, "after_header": target,
+                               "before": "".join(f"{os.path.relpath(p, target)}: {_digest(p)}\n" for p in paths),
+                               "after": "".join(f"{os.path.relpath(p, target)}: absent\n" for p in paths)})
+    for path in paths:
+        _remove(path, None, result, check_mode)
     # The folders install made, innermost first, each only when nothing but what was removed was in it.
-    folders = [cache, target]
+    folders = [os.path.join(target, package, "__pycache__") for package in packages]
+    folders += [os.path.join(target, package) for package in packages]
     parts = PACKAGE.split(".")
+    folders += [os.path.join(target, "__pycache__"), target]
     folders += [os.path.join(lib_dir, *parts[:depth]) for depth in range(len(parts) - 1, 0, -1)] + [lib_dir]
     for folder in folders:
         try:
@@ -403,7 +453,9 @@ def removal(lib_dir: str, unit_dir: str = UNIT_DIR, check_mode: bool = False,
         except OSError:
             continue
         if left:
-            break
+            if folder in (target, lib_dir) or not folder.startswith(target):
+                break
+            continue  # a package folder that holds something else stays; the others may still go
         if not check_mode:
             try:
                 os.rmdir(folder)

@@ -5,23 +5,33 @@ podnet.dataplane.node_apply can run it in the same process as the node's other r
 from __future__ import annotations
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.podnet.dataplane.plugins.module_utils.builders import IPIP_OVERHEAD, tunnel_objects
-from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders import (
+    IPIP_OVERHEAD,
+    tunnel_objects,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink import (
     Change,
     Engine,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.objects import Address, Link, is_owned_alias
-from ansible_collections.podnet.dataplane.plugins.module_utils.persist import PERSIST_OPTION, persist_result
-from ansible_collections.podnet.dataplane.plugins.module_utils.resource import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import (
+    Address,
+    Link,
+    is_owned_alias,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.node.persist import (
+    PERSIST_OPTION,
+    persist_result,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.validate import (
+    check_interface_name,
+    check_ipv4,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.resources.resource import (
     STATES,
     TAKE_OVER_OPTION,
     fail_on_engine_error,
     plan_owned,
     result_for,
-)
-from ansible_collections.podnet.dataplane.plugins.module_utils.validate import (
-    check_interface_name,
-    check_ipv4,
 )
 
 ARGUMENT_SPEC = {

@@ -14,25 +14,25 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ansible_collections.podnet.dataplane.plugins.module_utils import policy
-from ansible_collections.podnet.dataplane.plugins.module_utils.backends import (
-    KNOWN_BACKENDS,
-    PROFILES,
-    Profile,
-    profile_for,
-)
-from ansible_collections.podnet.dataplane.plugins.module_utils.builders import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders import (
     CALICO_GATEWAY,
     VXLAN_OVERHEAD,
     calico_veth_name,
     host_veth_name,
     normalize_mac,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.ownership import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.ownership import (
     TAKE_OVER_VAR,
     take_over_problems,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.validate import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan import policy
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.backends import (
+    KNOWN_BACKENDS,
+    PROFILES,
+    Profile,
+    profile_for,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.validate import (
     POD_NAME_MAX,
     PlanError,
     check_interface_name,

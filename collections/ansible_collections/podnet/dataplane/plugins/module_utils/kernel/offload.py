@@ -22,7 +22,7 @@ import socket
 import struct
 from typing import NamedTuple
 
-from ansible_collections.podnet.dataplane.plugins.module_utils.shell import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.shell import (
     comment_line,
     display_word,
     shell_line,

@@ -4,7 +4,7 @@
 (changed, commands, changes, diff)."""
 from __future__ import annotations
 
-from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink import (
     Change,
     EngineError,
     ForeignObjectError,

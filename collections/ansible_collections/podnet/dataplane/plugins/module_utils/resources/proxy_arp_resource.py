@@ -9,12 +9,11 @@ import json
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.podnet.dataplane.plugins.module_utils import files
-from ansible_collections.podnet.dataplane.plugins.module_utils.builders import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders import (
     CALICO_HOST_SYSCTLS,
     proxy_arp_objects,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink import (
     Change,
     EngineError,
     KernelState,
@@ -22,13 +21,14 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
     read_sysctls,
     write_sysctl,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.objects import Sysctl
-from ansible_collections.podnet.dataplane.plugins.module_utils.persist import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import Sysctl
+from ansible_collections.podnet.dataplane.plugins.module_utils.node import files
+from ansible_collections.podnet.dataplane.plugins.module_utils.node.persist import (
     PERSIST_OPTION,
     persist_result,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.resource import STATES, result_for
-from ansible_collections.podnet.dataplane.plugins.module_utils.validate import check_interface_name
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.validate import check_interface_name
+from ansible_collections.podnet.dataplane.plugins.module_utils.resources.resource import STATES, result_for
 
 ARGUMENT_SPEC = {
     "interfaces": {"type": "list", "elements": "str", "required": True},

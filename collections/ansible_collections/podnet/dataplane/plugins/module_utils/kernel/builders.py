@@ -11,7 +11,7 @@ import hashlib
 import ipaddress
 from typing import Any
 
-from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import (
     PODNET_RTPROTO,
     Address,
     FdbEntry,
@@ -23,7 +23,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
     VxlanInfo,
     owner_alias,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.shell import shell_line
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.shell import shell_line
 
 VXLAN_OVERHEAD = 50
 IPIP_OVERHEAD = 20

@@ -8,14 +8,17 @@ import re
 import shlex
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.podnet.dataplane.plugins.module_utils.builders import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders import (
     RULE_COMMENT,
     iptables_command,
     iptables_rule_args,
     iptables_rule_tag,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.persist import PERSIST_OPTION, persist_result
-from ansible_collections.podnet.dataplane.plugins.module_utils.resource import STATES
+from ansible_collections.podnet.dataplane.plugins.module_utils.node.persist import (
+    PERSIST_OPTION,
+    persist_result,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.resources.resource import STATES
 
 # podnet's rules carry exactly this comment (builders.iptables_rule_tag); "podnet:legacy-vpn" is not one.
 RULE_TAG = re.compile(re.escape(RULE_COMMENT) + r":[0-9a-f]{12}")

@@ -14,8 +14,8 @@ import json
 import os
 from typing import Any
 
-from ansible_collections.podnet.dataplane.plugins.module_utils import files
-from ansible_collections.podnet.dataplane.plugins.module_utils.objects import KObject
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import KObject
+from ansible_collections.podnet.dataplane.plugins.module_utils.node import files
 
 
 def record_path(directory: str, name: str) -> str:

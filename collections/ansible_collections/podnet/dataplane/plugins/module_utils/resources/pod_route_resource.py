@@ -7,29 +7,35 @@ from __future__ import annotations
 import ipaddress
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.podnet.dataplane.plugins.module_utils.builders import POD_ALIAS_ROLE, route_objects
-from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders import (
+    POD_ALIAS_ROLE,
+    route_objects,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink import (
     Engine,
     KernelState,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import (
     PODNET_RTPROTO,
     Link,
     Route,
     owner_alias,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.persist import PERSIST_OPTION, persist_result
-from ansible_collections.podnet.dataplane.plugins.module_utils.resource import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.node.persist import (
+    PERSIST_OPTION,
+    persist_result,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.validate import (
+    check_interface_name,
+    check_ipv4,
+    check_ipv4_network,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.resources.resource import (
     STATES,
     TAKE_OVER_OPTION,
     fail_on_engine_error,
     plan_owned,
     result_for,
-)
-from ansible_collections.podnet.dataplane.plugins.module_utils.validate import (
-    check_interface_name,
-    check_ipv4,
-    check_ipv4_network,
 )
 
 ROUTE_SPEC = {

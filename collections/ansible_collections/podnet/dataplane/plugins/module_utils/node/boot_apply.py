@@ -2,7 +2,7 @@
 # Apache License 2.0
 """Re-apply the state podnet recorded on this node (see persist.py) — at boot, with no Ansible run.
 
-    python3 -m ansible_collections.podnet.dataplane.plugins.module_utils.boot_apply /etc/podnet/state
+    python3 -m ansible_collections.podnet.dataplane.plugins.module_utils.node.boot_apply /etc/podnet/state
 
 Additive ("merged"): creates what is missing and corrects what differs; removes nothing.
 """
@@ -13,16 +13,15 @@ import os
 import subprocess
 import sys
 
-from ansible_collections.podnet.dataplane.plugins.module_utils.builders import iptables_command
-from ansible_collections.podnet.dataplane.plugins.module_utils.files import converge
-from ansible_collections.podnet.dataplane.plugins.module_utils.iptables_chains import apply_record
-from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders import iptables_command
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.iptables_chains import apply_record
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink import (
     Change,
     Engine,
     EngineError,
     plan,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import (
     Address,
     FdbEntry,
     KObject,
@@ -32,7 +31,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
     Sysctl,
     from_dict,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.offload import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.offload import (
     TX_CHECKSUM,
     TX_CHECKSUM_MODES,
     decide_tx_checksum,
@@ -40,8 +39,9 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.offload import (
     get_feature,
     set_feature,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.persist import load_all
-from ansible_collections.podnet.dataplane.plugins.module_utils.shell import shell_line
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.shell import shell_line
+from ansible_collections.podnet.dataplane.plugins.module_utils.node.files import converge
+from ansible_collections.podnet.dataplane.plugins.module_utils.node.persist import load_all
 
 NETNS_DIR = "/run/netns"
 

@@ -15,14 +15,14 @@ import os
 import re
 from collections.abc import Collection, Iterable, Mapping
 
-from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import (
     PODNET_RTPROTO,
     KObject,
     Link,
     Route,
     is_owned_alias,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.validate import check_interface_name
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.validate import check_interface_name
 
 # Devices the kernel makes by itself that nobody configures but the tunnel's user: loading the ipip
 # module creates tunl0, which calico (and so podnet's calico-ipip) configures in place.

@@ -7,24 +7,24 @@ from __future__ import annotations
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.podnet.dataplane.plugins.module_utils.builders import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders import (
     VXLAN_OVERHEAD,
     vtep_objects,
     vxlan_peer_objects,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink import (
     Change,
     Engine,
     KernelState,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import (
     Address,
     FdbEntry,
     Link,
     Neighbour,
     is_owned_alias,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.offload import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.offload import (
     TX_CHECKSUM,
     TX_CHECKSUM_MODES,
     OffloadDecision,
@@ -34,18 +34,21 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.offload import (
     set_feature,
     tx_checksum_lines,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.persist import PERSIST_OPTION, persist_result
-from ansible_collections.podnet.dataplane.plugins.module_utils.resource import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.node.persist import (
+    PERSIST_OPTION,
+    persist_result,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.validate import (
+    check_interface_name,
+    check_ipv4,
+    check_mac,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.resources.resource import (
     STATES,
     TAKE_OVER_OPTION,
     fail_on_engine_error,
     plan_owned,
     result_for,
-)
-from ansible_collections.podnet.dataplane.plugins.module_utils.validate import (
-    check_interface_name,
-    check_ipv4,
-    check_mac,
 )
 
 PEER_SPEC = {

@@ -10,7 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ansible_collections.podnet.dataplane.plugins.module_utils.builders import IPIP_OVERHEAD, VXLAN_OVERHEAD
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders import (
+    IPIP_OVERHEAD,
+    VXLAN_OVERHEAD,
+)
 
 FLANNEL_BACKENDS = ("flannel-vxlan", "flannel-host-gw")
 CALICO_BACKENDS = ("calico-bgp", "calico-ipip", "calico-vxlan")

@@ -73,12 +73,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ansible_collections.podnet.dataplane.plugins.module_utils.backends import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.backends import (
     CALICO_BACKENDS,
     FLANNEL_BACKENDS,
     POLICY_STYLE_BACKENDS,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.validate import PlanError
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.validate import PlanError
 
 VAR = "podnet_network_policies"
 PREFIX = "PODNET-"

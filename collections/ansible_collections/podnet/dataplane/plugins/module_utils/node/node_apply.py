@@ -20,32 +20,18 @@ from collections.abc import Callable
 from typing import Any
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
-from ansible_collections.podnet.dataplane.plugins.module_utils import (
-    files,
-    ipip_tunnel_resource,
-    iptables_rules_resource,
-    network_policy_resource,
-    persist,
-    pod_network_resource,
-    pod_route_resource,
-    proxy_arp_resource,
-    vxlan_fdb_resource,
-)
-from ansible_collections.podnet.dataplane.plugins.module_utils.boot_apply import service_running
-from ansible_collections.podnet.dataplane.plugins.module_utils.builders import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders import (
     CALICO_HOST_SYSCTLS,
     subnet_env_text,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import Engine
-from ansible_collections.podnet.dataplane.plugins.module_utils.network_policy_resource import JUMP_SPEC
-from ansible_collections.podnet.dataplane.plugins.module_utils.node_lock import LOCK_SPEC
-from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink import Engine
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import (
     PODNET_RTPROTO,
     Link,
     Route,
     is_owned_alias,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.ownership import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.ownership import (
     RT_PROTOS_FILE,
     RTPROT_BIRD,
     foreign_conflicts,
@@ -54,8 +40,23 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.ownership import 
     rt_proto_claims,
     rt_protos_text,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.persist import PERSIST_OPTION
-from ansible_collections.podnet.dataplane.plugins.module_utils.shell import comment_line, shell_line
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.shell import comment_line, shell_line
+from ansible_collections.podnet.dataplane.plugins.module_utils.node import files, persist
+from ansible_collections.podnet.dataplane.plugins.module_utils.node.boot_apply import service_running
+from ansible_collections.podnet.dataplane.plugins.module_utils.node.node_lock import LOCK_SPEC
+from ansible_collections.podnet.dataplane.plugins.module_utils.node.persist import PERSIST_OPTION
+from ansible_collections.podnet.dataplane.plugins.module_utils.resources import (
+    ipip_tunnel_resource,
+    iptables_rules_resource,
+    network_policy_resource,
+    pod_network_resource,
+    pod_route_resource,
+    proxy_arp_resource,
+    vxlan_fdb_resource,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.resources.network_policy_resource import (
+    JUMP_SPEC,
+)
 
 RESOURCES = {
     "vxlan_fdb": vxlan_fdb_resource,

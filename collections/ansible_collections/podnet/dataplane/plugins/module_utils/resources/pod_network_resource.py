@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.podnet.dataplane.plugins.module_utils.builders import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders import (
     CALICO_GATEWAY,
     POD_ALIAS_ROLE,
     bridge_objects,
@@ -17,11 +17,11 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.builders import (
     pod_objects,
     sysctl_objects,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.netlink import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink import (
     Change,
     Engine,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import (
     PODNET_RTPROTO,
     Address,
     Link,
@@ -29,18 +29,21 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.objects import (
     is_owned_alias,
     owner_alias,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.persist import PERSIST_OPTION, persist_result
-from ansible_collections.podnet.dataplane.plugins.module_utils.resource import (
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.shell import shell_line
+from ansible_collections.podnet.dataplane.plugins.module_utils.node.persist import (
+    PERSIST_OPTION,
+    persist_result,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.validate import (
+    check_interface_name,
+    check_ipv4,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.resources.resource import (
     STATES,
     TAKE_OVER_OPTION,
     fail_on_engine_error,
     plan_owned,
     result_for,
-)
-from ansible_collections.podnet.dataplane.plugins.module_utils.shell import shell_line
-from ansible_collections.podnet.dataplane.plugins.module_utils.validate import (
-    check_interface_name,
-    check_ipv4,
 )
 
 POD_SPEC = {
