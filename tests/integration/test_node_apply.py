@@ -110,3 +110,22 @@ def test_a_device_a_killed_run_created_but_did_not_mark_is_finished_by_the_next(
     finished = link(lab, "node1", unfinished)
     assert finished["ifalias"] == "podnet:pod:pod1" and finished["master"] == "cni0", finished
     assert "UP" in finished["flags"]
+
+
+def test_a_run_reads_each_namespace_once_and_again_only_after_writing_there(lab: Lab, tmp_path: Path) -> None:
+    """node_apply's steps share one netlink read per namespace (the node's, each pod's); a step that wrote
+    makes the next one read that namespace again, so a converge reads more, a no-op run once each."""
+    playbook = tmp_path / "reads.yml"
+    playbook.write_text(LOCK_PLAYBOOK.format(out=tmp_path))
+    lab.run("playbooks/reset.yml")
+    reads = {}
+    for run in ("converge", "no-op"):
+        done = lab.run(playbook, extra_vars={"podnet_backend": "flannel-vxlan"})
+        assert done.rc == 0, done.output
+        results = {host: json.loads((tmp_path / f"{host}.json").read_text()) for host in ("node1", "node2", "node3")}
+        reads[run] = {host: result["kernel_reads"] for host, result in results.items()}
+    print(f"\nkernel reads per namespace: {reads}")
+    assert not any(result["changed"] for result in results.values())  # the no-op run
+    for host, counts in reads["no-op"].items():
+        assert counts == {"": 1, **{lab.pod_ns(host, pod): 1 for pod in ("pod1", "pod2")}}, (host, counts)
+        assert sum(reads["converge"][host].values()) > sum(counts.values()), reads  # the converge wrote, read again

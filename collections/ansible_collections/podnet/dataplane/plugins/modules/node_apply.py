@@ -272,6 +272,14 @@ results:
   returned: always
   type: list
   elements: dict
+kernel_reads:
+  description:
+    - How often the run read each network namespace's whole netlink state (C("") is the node's own, the
+      others are pod namespaces). Steps share one read per namespace; a namespace is read again only after
+      a step wrote there, so a run that changes nothing reads each namespace once.
+  returned: always
+  type: dict
+  sample: {"": 1, "pod-a": 1, "pod-b": 1}
 lock:
   description:
     - With I(lock) (not in check mode) - C(waited) (seconds spent waiting for another run) and, when the
@@ -281,6 +289,7 @@ lock:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink import shared_reads
 from ansible_collections.podnet.dataplane.plugins.module_utils.node.node_apply import (
     ARGUMENT_SPEC,
     NodeRun,
@@ -327,12 +336,16 @@ def main() -> None:
             module.fail_json(msg=str(exc))
     run = NodeRun(module, node.get("take_over"))
     try:
-        if deleting:
-            reset_steps(run)
-        else:
-            owned_or_refuse(run, node, p["rt_protos_file"])
-            node_steps(run, node)
-            record_for_boot(run)
+        with shared_reads() as reads:  # one kernel read per namespace, again only after a write there
+            try:
+                if deleting:
+                    reset_steps(run)
+                else:
+                    owned_or_refuse(run, node, p["rt_protos_file"])
+                    node_steps(run, node)
+                    record_for_boot(run)
+            finally:
+                outcome["kernel_reads"] = dict(sorted(reads.reads.items()))
     except StepFailed as exc:
         details = {k: v for k, v in exc.extra.items() if k not in ("msg", "step")}
         # a dict display, not update(**...): the failing step's details repeat keys of the summary

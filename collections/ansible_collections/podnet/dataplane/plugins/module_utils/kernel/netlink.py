@@ -20,6 +20,7 @@ pyroute2.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -654,22 +655,78 @@ def _link_messages(change: Change, link: Link, index: int, index_of: Callable[[s
     return [(RTM_NEWLINK, NLM_F_REQUEST, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, flags, change_mask) + attrs)]
 
 
+ALL_KINDS = frozenset({Address, Neighbour, FdbEntry, Route})
+
+
+class SharedReads:
+    """One kernel read per namespace for a run of many steps (node_apply's): while active, every Engine of
+    a namespace shares one socket and one dump of every object kind, until an Engine writes there (a write
+    has effects beyond its own objects: a device deleted takes its routes along, a veth appears in another
+    namespace). Then the namespaces the write touched are read again at their next gather. Sysctls are
+    read fresh each time (files, not dumps)."""
+
+    def __init__(self) -> None:
+        self.states: dict[str | None, KernelState] = {}
+        self.sockets: dict[str | None, _Netlink] = {}
+        self.reads: dict[str, int] = {}  # dumps of every kind, per namespace ("" = the node's own)
+
+    def socket(self, netns: str | None) -> _Netlink:
+        if netns not in self.sockets:
+            self.sockets[netns] = _Netlink(netns)
+        return self.sockets[netns]
+
+    def forget(self, *namespaces: str | None) -> None:
+        for netns in namespaces:
+            self.states.pop(netns, None)
+
+    def close(self) -> None:
+        for nl in self.sockets.values():
+            nl.close()
+        self.sockets.clear()
+        self.states.clear()
+
+
+_SHARED: SharedReads | None = None
+
+
+@contextlib.contextmanager
+def shared_reads():
+    """Engines created inside share their reads (SharedReads); yields it, for its `reads` count."""
+    global _SHARED
+    if _SHARED is not None:  # already inside one: the outer one serves
+        yield _SHARED
+        return
+    _SHARED = SharedReads()
+    try:
+        yield _SHARED
+    finally:
+        shared, _SHARED = _SHARED, None
+        shared.close()
+
+
+def _copy(state: KernelState) -> KernelState:
+    """A caller's own view of a shared read (callers and apply() change link_index; objects are frozen)."""
+    return KernelState(objects=dict(state.objects), link_index=dict(state.link_index))
+
+
 class Engine:
     """Reads and writes one network namespace (None = the one this process runs in) over one bare
-    rtnetlink socket."""
+    rtnetlink socket (shared with the other Engines of the namespace inside shared_reads())."""
 
     def __init__(self, netns: str | None = None):
         self.netns = netns
         self._pending: list[tuple[int, int, bytes, Change]] = []
         self._pending_phase: int | None = None
+        self._shared = _SHARED
         try:
-            self._nl = _Netlink(netns)
+            self._nl = self._shared.socket(netns) if self._shared is not None else _Netlink(netns)
         except OSError as exc:
             where = f"network namespace {netns}" if netns else "this network namespace"
             raise EngineError(f"cannot open a netlink socket in {where}: {exc}") from exc
 
     def close(self) -> None:
-        self._nl.close()
+        if self._shared is None:
+            self._nl.close()
 
     def __enter__(self) -> Engine:
         return self
@@ -679,7 +736,20 @@ class Engine:
 
     # ---------------------------------------------------------------- reading
     def gather(self, kinds: set[type], sysctls: Iterable[str] = ()) -> KernelState:
-        """One dump per requested object kind.  Links are always read (names <-> indexes)."""
+        """One dump per requested object kind.  Links are always read (names <-> indexes).  Inside
+        shared_reads(): every kind, once per namespace until a write there."""
+        if self._shared is None:
+            return self._gather(kinds, sysctls)
+        state = self._shared.states.get(self.netns)
+        if state is None:
+            state = self._shared.states[self.netns] = self._gather(ALL_KINDS)
+            key = self.netns or ""
+            self._shared.reads[key] = self._shared.reads.get(key, 0) + 1
+        mine = _copy(state)
+        mine.objects.update(read_sysctls(sysctls, self.netns))
+        return mine
+
+    def _gather(self, kinds: Collection[type], sysctls: Iterable[str] = ()) -> KernelState:
         nl, netns = self._nl, self.netns
         state = KernelState()
         objects, state.link_index = _parse_links(nl, netns)
@@ -768,6 +838,11 @@ class Engine:
         (and its acknowledgements collected) before any link or sysctl change, before a device index
         has to be looked up, and whenever the planner's phase changes, so no batch crosses a
         dependency.  Entries before a failing one have been applied when the error is raised."""
+        if changes and self._shared is not None:  # what the next gather sees must be the kernel's
+            if any(isinstance(c.obj, Link) and (c.op == "delete" or c.obj.peer_netns) for c in changes):
+                self._shared.states.clear()  # a veth's other end is in another namespace, unknown to a dump
+            else:
+                self._shared.forget(self.netns)
         try:
             for change in changes:
                 if self._queue(change, state):
