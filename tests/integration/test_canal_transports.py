@@ -1,6 +1,7 @@
 """canal over other transports (seed 000: canal keeps flannel's modes and adds calico's BGP): canal over
 host-gw and over BGP with BIRD converge, verify (no drift, every pod pair answers) and switch to and from
-flannel-vxlan and canal's VXLAN preset leaving nothing of the transport they left.
+flannel-vxlan and canal's VXLAN preset leaving nothing of the transport they left. The pod wiring is a
+variable too: flannel-vxlan wired the routed way, calico-vxlan wired to a bridge.
 """
 from __future__ import annotations
 
@@ -101,3 +102,26 @@ def test_canal_over_bgp_to_flannel_vxlan_and_back_to_canal_leaves_nothing(lab):
     converge_and_verify(lab, CANAL_HOST_GW)  # and off VXLAN again: the VTEP goes
     for host in NODES:
         assert "flannel.1" not in links(lab, host)
+
+
+def test_the_pod_wiring_is_swapped_with_a_variable(lab):
+    converge_and_verify(lab, {"podnet_backend": "flannel-vxlan", "podnet_transport": "", "podnet_pod_wiring": "routed"})
+    for host in NODES:
+        names = links(lab, host)
+        assert "flannel.1" in names and "cni0" not in names
+        assert all(r.get("dev") == "flannel.1" for r in peer_routes(lab, host, "152").values())
+        assert_canal_wiring(lab, host)  # flannel's VXLAN and facts, calico's wiring
+    converge_and_verify(lab, {"podnet_backend": "calico-vxlan", "podnet_transport": "", "podnet_pod_wiring": "bridge"})
+    for host in NODES:
+        names = links(lab, host)
+        assert "vxlan.calico" in names and "cni0" in names and "flannel.1" not in names
+        assert not [n for n in names if n.startswith("cali")]
+        assert all(r.get("dev") == "vxlan.calico" for r in peer_routes(lab, host, "152").values())
+        assert not subnet_env(lab, host).exists()  # flannel does not run
+        assert "podnet:" not in lab.exec(host, ["iptables-save", "-t", "nat"], check=True).stdout
+        assert not Path(f"/run/podnet-lab/{lab.prefix}/{host}/proxy_arp.json").exists()
+    converge_and_verify(lab, CANAL_HOST_GW)  # back to a preset: nothing of either left
+    for host in NODES:
+        names = links(lab, host)
+        assert not [n for n in names if n.startswith(("flannel", "vxlan", "cni"))]
+        assert_canal_wiring(lab, host)

@@ -229,3 +229,40 @@ def test_bgp_options_follow_the_transport_not_the_preset_name():
     assert any("podnet_bgp_route_reflector: needs BGP with BIRD" in p for p in found), found
     plan(with_vars(podnet_backend="canal", podnet_transport="bgp", podnet_calico_bgp="bird",
                    podnet_bgp_route_reflector=True))
+
+
+def test_the_pod_wiring_is_a_variable_too():
+    # flannel's VXLAN between the nodes, calico's routed wiring on them (what canal is, under flannel's name)
+    node = plan(with_vars(podnet_backend="flannel-vxlan", podnet_pod_wiring="routed"))["nodes"]["a"]
+    assert node["pod_mode"] == "routed" and node["bridge"] is None and node["vtep"]["name"] == "flannel.1"
+    assert node["subnet_env"] is not None and all(p["host_interface"].startswith("cali") for p in node["pods"])
+    # calico's VXLAN device and numbers with flannel's bridge: no subnet.env (flannel does not run)
+    node = plan(with_vars(podnet_backend="calico-vxlan", podnet_pod_wiring="bridge"))["nodes"]["a"]
+    assert node["pod_mode"] == "bridge" and node["bridge"]["name"] == "cni0" and node["subnet_env"] is None
+    assert (node["vtep"]["name"], node["vtep"]["vni"], node["vtep"]["port"]) == ("vxlan.calico", 4096, 4789)
+    # the preset's own wiring, named: the preset unchanged
+    assert plan(with_vars(podnet_backend="canal", podnet_pod_wiring="routed"))["nodes"] == \
+        plan(with_vars(podnet_backend="canal"))["nodes"]
+
+
+@pytest.mark.parametrize(("settings", "words"), [
+    ({"podnet_backend": "calico-bgp", "podnet_pod_wiring": "bridge"},
+     "podnet_pod_wiring: calico-bgp with podnet_pod_wiring: bridge wires pods to a bridge"),
+    ({"podnet_backend": "calico-ipip", "podnet_pod_wiring": "bridge"}, "vxlan or host-gw only"),
+    ({"podnet_backend": "flannel-vxlan", "podnet_pod_wiring": "bridge", "podnet_transport": "bgp"},
+     "podnet_pod_wiring: flannel-vxlan with podnet_pod_wiring: bridge"),
+    ({"podnet_backend": "canal", "podnet_pod_wiring": "ptp"}, "podnet_pod_wiring: 'ptp' is not a pod wiring"),
+    ({"podnet_backend": "calico-vxlan", "podnet_pod_wiring": "bridge",
+      "podnet_network_policies": [{"name": "p", "selector": {"app": "web"}, "ingress": []}]},
+     "its pods are wired to a bridge (podnet_pod_wiring: bridge)"),
+])
+def test_wirings_podnet_does_not_build_are_refused_in_the_planner(settings, words):
+    found = problems_of(with_vars(**settings))
+    assert any(words in p for p in found), found
+
+
+def test_network_policy_follows_the_wiring_not_the_preset_name():
+    policies = [{"name": "p", "selector": {"app": "web"}, "ingress": []}]
+    plan(with_vars(podnet_backend="flannel-vxlan", podnet_pod_wiring="routed", podnet_network_policies=policies))
+    found = problems_of(with_vars(podnet_backend="flannel-vxlan", podnet_network_policies=policies))
+    assert any("flannel implements none" in p for p in found), found

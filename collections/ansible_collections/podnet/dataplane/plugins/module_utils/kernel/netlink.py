@@ -704,6 +704,13 @@ def shared_reads():
         shared.close()
 
 
+def written_elsewhere() -> None:
+    """Something other than an Engine changed the kernel (BIRD started or stopped, and with it its routes):
+    inside shared_reads(), every namespace is read again at its next gather."""
+    if _SHARED is not None:
+        _SHARED.states.clear()
+
+
 def _copy(state: KernelState) -> KernelState:
     """A caller's own view of a shared read (callers and apply() change link_index; objects are frozen)."""
     return KernelState(objects=dict(state.objects), link_index=dict(state.link_index))

@@ -24,7 +24,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders i
     CALICO_HOST_SYSCTLS,
     subnet_env_text,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink import Engine
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink import Engine, written_elsewhere
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import (
     PODNET_RTPROTO,
     Link,
@@ -338,8 +338,9 @@ def _route_networks(node: dict[str, Any]) -> list[str]:
 
 
 def apply_flannel(run: NodeRun, node: dict[str, Any]) -> None:
-    """flannel-vxlan / flannel-host-gw: VTEP and peers (vxlan), routes, bridge and pods, masquerade,
-    subnet.env; and nothing left of another backend (its VTEP, tunl0, BIRD, proxy-ARP settings)."""
+    """The bridge wiring (flannel-vxlan, flannel-host-gw, any preset with podnet_pod_wiring: bridge): VTEP and
+    peers (vxlan), routes, bridge and pods, masquerade, subnet.env; and nothing left of another backend (its
+    VTEP, tunl0, BIRD, proxy-ARP settings)."""
     p = run.module.params
     vtep = None
     if node.get("vtep"):
@@ -356,7 +357,9 @@ def apply_flannel(run: NodeRun, node: dict[str, Any]) -> None:
     run.resource("pod bridge, pods and forwarding", "pod_network", bridge=node["bridge"], mtu=mtu,
                  pods=node["pods"], state="overridden")
     run.resource("masquerade and forward rules", "iptables_rules", rules=node["iptables"], state="overridden")
-    run.file("subnet.env of flannel", p["subnet_env"], subnet_env_text(node["subnet_env"], mtu))
+    # (a calico preset given the bridge wiring runs no flannel: no subnet.env)
+    content = subnet_env_text(node["subnet_env"], mtu) if node.get("subnet_env") else None
+    run.file("subnet.env of flannel", p["subnet_env"], content)
 
 
 def apply_calico(run: NodeRun, node: dict[str, Any]) -> None:
@@ -444,6 +447,7 @@ def no_bird(run: NodeRun, bird_dir: str, birdc: str) -> None:
         if binary:
             # a BIRD that no longer answers is gone already: its files are removed all the same
             rc, _out, err = run.module.run_command([binary, *stop[1:]])
+            written_elsewhere()  # BIRD withdrew its routes as it went down
             done = {"birdc_rc": rc, "birdc_stderr": err.strip()}
         else:
             done = {"birdc_rc": None, "birdc_stderr": f"{birdc} not found: BIRD not asked to shut down"}
@@ -505,6 +509,7 @@ def with_bird(run: NodeRun, bird: dict[str, Any]) -> None:
             if not binary:
                 raise StepFailed(step, f"podnet.node_apply: {step}: {command[0]} not found on the node", result)
             rc, out, err = run.module.run_command([binary, *command[1:]])
+            written_elsewhere()  # BIRD installs (or, reconfigured, withdraws) routes of its own
             if rc != 0:
                 raise StepFailed(step, f"podnet.node_apply: {step}: {shell_line(command)} failed (rc {rc}): "
                                        f"{(err or out).strip()}", result)

@@ -2,7 +2,8 @@
 # Apache License 2.0
 """The backends podnet builds, as compositions: pod wiring x transport x flannel's node facts.
 
-The seed table's rows are presets; a transport may be swapped (canal over host-gw, BGP or IPIP), and
+The seed table's rows are presets; a transport may be swapped (canal over host-gw, BGP or IPIP) and the pod
+wiring too (flannel's VXLAN with calico's routed wiring, calico's VXLAN with flannel's bridge), and
 combinations podnet does not build are refused here, in the planner, before any node is touched.
 """
 from __future__ import annotations
@@ -27,7 +28,8 @@ KNOWN_BACKENDS = FLANNEL_BACKENDS + CALICO_BACKENDS + POLICY_STYLE_BACKENDS
 class Profile:
     """A backend as a composition: how pods are wired on the node, how packets reach the other nodes' pods,
     and whether flannel's node facts (masquerade rules, subnet.env) are kept. Presets are the seed table's
-    rows; podnet_transport changes the transport of one (canal over host-gw, BGP or IPIP, as seed 000 says)."""
+    rows; podnet_transport changes the transport of one (canal over host-gw, BGP or IPIP, as seed 000 says),
+    podnet_pod_wiring its pod wiring."""
 
     pod_mode: str  # "bridge": cni0 + veths (flannel); "routed": /32 routes + proxy ARP (calico)
     transport: str  # "vxlan", "ipip", "host-gw" (plain routes via the peers) or "bgp" (static or BIRD)
@@ -62,23 +64,29 @@ PROFILES = {
     "weave-style": Profile("routed", "vxlan", vtep="vxlan-6784", vni=6784, port=6784),
 }
 TRANSPORTS = ("vxlan", "host-gw", "ipip", "bgp")
+WIRINGS = ("bridge", "routed")
 # Bridge wiring is flannel's, whose backends are VXLAN and host-gw; IPIP and BGP come with calico's wiring.
 WIRING_TRANSPORTS = {"bridge": ("vxlan", "host-gw"), "routed": TRANSPORTS}
 
 
-def profile_for(backend: str, transport: Any = None) -> Profile:
-    """The preset, with its transport replaced when podnet_transport names another (ValueError: a
-    combination podnet does not build, with the reason)."""
+def profile_for(backend: str, transport: Any = None, wiring: Any = None) -> Profile:
+    """The preset, with its transport replaced when podnet_transport names another and its pod wiring when
+    podnet_pod_wiring does (ValueError: a combination podnet does not build, with the reason)."""
     preset = PROFILES[backend]
-    if transport in (None, "") or transport == preset.transport:
-        return preset
-    if transport not in TRANSPORTS:
-        raise ValueError(f"{transport!r} is not a transport; choose one of {', '.join(TRANSPORTS)}")
-    if transport not in WIRING_TRANSPORTS[preset.pod_mode]:
-        raise ValueError(f"{backend} wires pods to a bridge (flannel's way), which podnet combines with "
+    if transport not in (None, "") and transport not in TRANSPORTS:
+        raise ValueError(f"podnet_transport: {transport!r} is not a transport; choose one of {', '.join(TRANSPORTS)}")
+    if wiring not in (None, "") and wiring not in WIRINGS:
+        raise ValueError(f"podnet_pod_wiring: {wiring!r} is not a pod wiring; choose one of {', '.join(WIRINGS)}")
+    asked = " with podnet_pod_wiring: bridge" if wiring else ""
+    transport = transport or preset.transport
+    wiring = wiring or preset.pod_mode
+    if transport not in WIRING_TRANSPORTS[wiring]:
+        raise ValueError(f"{backend}{asked} wires pods to a bridge (flannel's way), which podnet combines with "
                          f"{' or '.join(WIRING_TRANSPORTS['bridge'])} only; {transport} comes with the routed "
-                         "wiring of calico, canal and the other routed backends")
+                         "wiring of calico, canal and the other routed backends (podnet_pod_wiring: routed)")
+    if transport == preset.transport:
+        return Profile(wiring, transport, preset.vtep, preset.vni, preset.port, preset.direct_var, preset.flannel_env)
     vxlan = (FLANNEL_VXLAN if preset.flannel_env else CALICO_VXLAN) if transport == "vxlan" else {}
     direct = {"vxlan": "podnet_flannel_directrouting" if preset.flannel_env else "podnet_calico_crosssubnet",
               "ipip": "podnet_calico_crosssubnet"}.get(transport, "")
-    return Profile(preset.pod_mode, transport, **vxlan, direct_var=direct, flannel_env=preset.flannel_env)
+    return Profile(wiring, transport, **vxlan, direct_var=direct, flannel_env=preset.flannel_env)

@@ -54,6 +54,7 @@ IPIP_DEVICE = "tunl0"
 DEFAULTS: dict[str, Any] = {
     "podnet_backend": "flannel-vxlan",
     "podnet_transport": None,  # the preset's
+    "podnet_pod_wiring": None,  # the preset's
     "podnet_cluster_cidr": "10.244.0.0/16",
     "podnet_subnet_prefix": 24,
     "podnet_vxlan_vni": None,  # per backend: flannel 1, calico 4096
@@ -69,7 +70,7 @@ DEFAULTS: dict[str, Any] = {
     "podnet_calico_crosssubnet": False,
     "podnet_network_policies": [],
 }
-CLUSTER_KEYS = ("podnet_backend", "podnet_transport", "podnet_cluster_cidr", "podnet_subnet_prefix", "podnet_vxlan_vni",
+CLUSTER_KEYS = ("podnet_backend", "podnet_transport", "podnet_pod_wiring", "podnet_cluster_cidr", "podnet_subnet_prefix", "podnet_vxlan_vni",
                 "podnet_vxlan_port", "podnet_mtu", "podnet_underlay_mtu", "podnet_ipmasq", "podnet_bridge",
                 "podnet_calico_bgp", "podnet_bgp_as", "podnet_flannel_directrouting", "podnet_calico_crosssubnet",
                 "podnet_network_policies")
@@ -180,7 +181,7 @@ def _check_hostnames(hosts: list[str], settings: dict[str, Any], problems: _Prob
 def _profile(settings: dict[str, Any]) -> Profile:
     """The cluster's profile, once _cluster_settings has checked the backend and transport."""
     try:
-        return profile_for(settings["podnet_backend"], settings["podnet_transport"])
+        return profile_for(settings["podnet_backend"], settings["podnet_transport"], settings["podnet_pod_wiring"])
     except (KeyError, ValueError):
         return PROFILES["flannel-vxlan"]  # reported already; only checks that cannot fail anyway follow
 
@@ -274,10 +275,16 @@ def _cluster_settings(hosts: list[str], hostvars: dict[str, dict], problems: _Pr
     profile = PROFILES.get(backend, PROFILES["flannel-vxlan"])
     if backend in PROFILES:
         try:
-            profile = profile_for(backend, settings["podnet_transport"])
+            profile = profile_for(backend, settings["podnet_transport"], settings["podnet_pod_wiring"])
         except ValueError as exc:
-            problems.add(first, "podnet_transport", str(exc))
+            named, _, message = str(exc).partition(": ")
+            if named in ("podnet_transport", "podnet_pod_wiring"):
+                problems.add(first, named, message)
+            else:
+                problems.add(first, "podnet_pod_wiring" if settings["podnet_pod_wiring"] else "podnet_transport",
+                             str(exc))
     settings["podnet_transport"] = profile.transport
+    settings["podnet_pod_wiring"] = profile.pod_mode
     settings["podnet_vxlan_vni"] = settings["podnet_vxlan_vni"] if settings["podnet_vxlan_vni"] not in (None, "") \
         else profile.vni
     settings["podnet_vxlan_port"] = settings["podnet_vxlan_port"] \
@@ -467,11 +474,12 @@ def _compile_policies(settings: dict[str, Any], nodes: dict[str, dict], problems
     try:
         if nodes and not problems.items:
             for host, compiled in policy.compile_policies(settings["podnet_backend"],
-                                                          settings["podnet_network_policies"], nodes).items():
+                                                          settings["podnet_network_policies"], nodes,
+                                                          settings["podnet_pod_wiring"]).items():
                 nodes[host]["policy"] = compiled
         else:
             policy.validate_policies(settings["podnet_backend"], settings["podnet_network_policies"],
-                                     next(iter(nodes), "(all)"))
+                                     next(iter(nodes), "(all)"), settings["podnet_pod_wiring"])
     except PlanError as exc:
         problems.items.extend(exc.problems)
 

@@ -76,7 +76,9 @@ from typing import Any
 from ansible_collections.podnet.dataplane.plugins.module_utils.plan.backends import (
     CALICO_BACKENDS,
     FLANNEL_BACKENDS,
+    KNOWN_BACKENDS,
     POLICY_STYLE_BACKENDS,
+    PROFILES,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.plan.validate import PlanError
 
@@ -372,19 +374,23 @@ class _Checker:
         return all(entry is not None for entry in parsed), parsed
 
 
-def validate_policies(backend: str, policies: Any, host: str) -> list[Policy]:
-    """Normalized policies, or PlanError with every problem (each naming host, policy and field)."""
+def validate_policies(backend: str, policies: Any, host: str, wiring: str | None = None) -> list[Policy]:
+    """Normalized policies, or PlanError with every problem (each naming host, policy and field). `wiring`:
+    the cluster's pod wiring (the backend preset's when None); policy needs the routed one."""
     check = _Checker(host)
     if policies in (None, ""):
         policies = []
     if not isinstance(policies, list):
         check.add(VAR, "must be a list of policies ({name, selector, ingress, egress})")
         raise PlanError(check.problems)
-    if policies and backend in FLANNEL_BACKENDS:
-        check.add(VAR, f"backend {backend} has no network policy (flannel implements none); use one of "
-                       f"{', '.join(POLICY_BACKENDS)}, or remove the policies")
-        raise PlanError(check.problems)
-    if policies and backend not in POLICY_BACKENDS:
+    if backend in PROFILES and (wiring or PROFILES[backend].pod_mode) == "bridge":
+        if policies:
+            why = ("flannel implements none" if backend in FLANNEL_BACKENDS and wiring in (None, "bridge")
+                   else "its pods are wired to a bridge (podnet_pod_wiring: bridge)")
+            check.add(VAR, f"backend {backend} has no network policy ({why}); use one of "
+                           f"{', '.join(POLICY_BACKENDS)}, or podnet_pod_wiring: routed, or remove the policies")
+            raise PlanError(check.problems)
+    elif policies and backend not in KNOWN_BACKENDS:
         check.add(VAR, f"backend {backend!r} does not support network policy")
         raise PlanError(check.problems)
     out: list[Policy] = []
@@ -512,7 +518,7 @@ def _chain_rules(chain: str, kind: str, policies: list[Policy], everyone: list[t
     return lines
 
 
-def compile_policies(backend: str, policies: Any, nodes: dict[str, dict]) -> dict[str, dict]:
+def compile_policies(backend: str, policies: Any, nodes: dict[str, dict], wiring: str | None = None) -> dict[str, dict]:
     """Per node: {"chains": {name: [iptables-save lines]}, "jump": {table, chain, target, position}}.
 
     `nodes` is the planner's per-node state (pods with address, netns, host_interface, labels).
@@ -520,7 +526,7 @@ def compile_policies(backend: str, policies: Any, nodes: dict[str, dict]) -> dic
     first = next(iter(nodes), "(all)")
     problems = validate_pod_labels(nodes)
     try:
-        normalized = validate_policies(backend, policies, first)
+        normalized = validate_policies(backend, policies, first, wiring)
     except PlanError as exc:
         problems += exc.problems
         normalized = []
@@ -590,7 +596,8 @@ def ping_surprises(cluster: dict, results: list[dict]) -> list[str]:
     """pod_ping results ({source: "host/pod", target: "host/pod", ok}) that disagree with the policies in
     the plan: no answer although the policy lets ICMP through, or an answer although it does not."""
     policies = validate_policies(cluster["settings"]["podnet_backend"],
-                                 cluster["settings"].get(VAR) or [], "(cluster)")
+                                 cluster["settings"].get(VAR) or [], "(cluster)",
+                                 cluster["settings"].get("podnet_pod_wiring"))
     out = []
     for result in results or []:
         src, dst = tuple(result["source"].split("/", 1)), tuple(result["target"].split("/", 1))
