@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tempfile
+from collections.abc import Callable
 
 TEMP_MARK = "podnet-tmp"
 
@@ -89,38 +89,41 @@ def atomic_write(path: str, content: str, mode: int, folder_mode: int = 0o700) -
     temporary file beside it (O_EXCL: never one that exists, nor a link planted in its place), fsync,
     chmod, rename over the file, fsync of the folder (the rename itself survives a power cut). A missing
     folder is made with folder_mode; a dead writer's temporary files are removed first."""
-    folder = os.path.dirname(path) or "."
-    make_folder(folder, folder_mode)
-    sweep(path)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(path), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+
+    def make(temporary: str) -> None:
+        with open(temporary, "x", encoding="utf-8") as handle:
             handle.write(content)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _sync_folder(folder)
+        os.chmod(temporary, mode)
+
+    _put(path, folder_mode, make)
 
 
 def atomic_symlink(target: str, link: str, folder_mode: int = 0o755) -> None:
     """Make `link` point to `target` atomically: a new link beside it, renamed over the old one."""
-    folder = os.path.dirname(link) or "."
+    _put(link, folder_mode, lambda temporary: os.symlink(target, temporary))
+
+
+def _put(path: str, folder_mode: int, make: Callable[[str], None]) -> None:
+    """`make` a new temporary file (or link) of podnet's name beside `path` - one that did not exist - and
+    rename it over `path`; a failure at any step leaves no temporary file behind."""
+    folder = os.path.dirname(path) or "."
     make_folder(folder, folder_mode)
-    sweep(link)
+    sweep(path)
     while True:
-        temporary = os.path.join(folder, _temp_prefix(link) + os.urandom(6).hex() + ".tmp")
+        temporary = os.path.join(folder, _temp_prefix(path) + os.urandom(6).hex() + ".tmp")
         try:
-            os.symlink(target, temporary)
+            make(temporary)
             break
         except FileExistsError:
-            continue
+            continue  # taken: another name
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
     try:
-        os.replace(temporary, link)
+        os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
