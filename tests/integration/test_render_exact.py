@@ -11,12 +11,14 @@ import os
 import re
 import stat
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .labkit import REPO_ROOT, Lab, netns_exec, netns_json
+from .test_calico_bird import CONVERGE_TIMEOUT, bird_routes, bird_running
 
 pytestmark = pytest.mark.integration
 
@@ -30,6 +32,8 @@ BACKENDS = {name: {"podnet_backend": name} for name in ("flannel-vxlan", "flanne
                                                         "calico-vxlan", "canal", "romana-style", "weave-style")}
 BACKENDS["canal-host-gw"] = {"podnet_backend": "canal", "podnet_transport": "host-gw"}
 BACKENDS["canal-bgp"] = {"podnet_backend": "canal", "podnet_transport": "bgp"}
+# BGP on BIRD: the script writes podnet's bird.conf and starts BIRD, as a run does
+BACKENDS["calico-bgp-bird"] = {"podnet_backend": "calico-bgp", "podnet_calico_bgp": "bird"}
 # The sysctls a backend sets: forwarding, and felix's per-interface settings on the pods' host ends.
 SYSCTLS = re.compile(r"net\.ipv4\.(ip_forward|conf\.[^.]+\.(proxy_arp|forwarding|rp_filter|route_localnet)"
                      r"|neigh\.[^.]+\.proxy_delay)")
@@ -72,10 +76,20 @@ def _files(lab: Lab, host: str) -> dict[str, Any]:
     """The files a node's run writes (the lab keeps each node's under its state folder)."""
     base = Path(f"/run/podnet-lab/{lab.prefix}/{host}")
     out = {}
-    for path in (base / "flannel" / "subnet.env", base / "iproute2" / "rt_protos.d" / "podnet.conf"):
+    for path in (base / "flannel" / "subnet.env", base / "iproute2" / "rt_protos.d" / "podnet.conf",
+                 base / "bird" / "bird.conf"):
         if path.exists():
             out[str(path)] = (path.read_text(), stat.S_IMODE(path.stat().st_mode))
     return out
+
+
+def wait_for_bird(lab: Lab) -> None:
+    """Until every node's BIRD has learned a route to each other node's block (render.yml keeps no lease
+    file to say which blocks: the count tells)."""
+    deadline = time.monotonic() + CONVERGE_TIMEOUT
+    while any(len(bird_routes(lab, host)) != len(HOSTS) - 1 for host in HOSTS):
+        assert time.monotonic() < deadline, {host: bird_routes(lab, host) for host in HOSTS}
+        time.sleep(0.2)
 
 
 def snapshot(lab: Lab) -> dict[str, Any]:
@@ -111,6 +125,9 @@ def test_a_cluster_built_from_the_rendered_scripts_is_what_site_yml_converges_to
             built = subprocess.run(["nsenter", f"--net=/run/netns/{lab.node_ns(host)}", "sh", str(script)],
                                    capture_output=True, text=True, timeout=120)
             assert built.returncode == 0, (host, built.stderr, script.read_text())
+        if BACKENDS[backend].get("podnet_calico_bgp") == "bird":  # the routes come once BIRD has learned them
+            assert all(bird_running(lab, host) for host in HOSTS)
+            wait_for_bird(lab)
         before = snapshot(lab)
 
         # the script-built cluster is the planned one, and it carries traffic

@@ -228,3 +228,17 @@ def test_diagram_draws_nodes_pods_and_tunnels(tmp_path):
     assert "10.244.0.3/24" in dot and "flannel.1 56:ad:b6:5f:16:d7" in dot
     svg = (tmp_path / "podnet.svg").read_text()
     assert svg.lstrip().startswith("<?xml") and "<svg" in svg and "192.168.0.16" in svg
+
+
+def test_bgp_on_bird_renders_its_configuration_and_its_start(tmp_path):
+    result = run_render(tmp_path, "-e", "podnet_backend=calico-bgp", "-e", "podnet_calico_bgp=bird")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = script_commands((tmp_path / "192.168.0.4.sh").read_text())
+    conf = "/etc/podnet/bird/bird.conf"
+    assert "mkdir -p -m 0750 /etc/podnet/bird" in lines
+    (write,) = [shlex.split(line) for line in lines if line.startswith("sh -c") and conf in line]
+    assert write[:3] == ["sh", "-c", 'printf %s "$2" > "$1" && chmod 0640 "$1"'] and write[4] == conf
+    assert "# podnet:bird" in write[5] and "protocol bgp" in write[5]  # the role's template, rendered
+    assert lines[-1] == "bird -c /etc/podnet/bird/bird.conf -s /etc/podnet/bird/bird.ctl -P /etc/podnet/bird/bird.pid"
+    assert not any("ip route add 10.244.2.0/24" in line for line in lines)  # BIRD learns those
+

@@ -252,12 +252,15 @@ class RenderRun(NodeRun):
     def file(self, step: str, path: str, content: str | None) -> dict[str, Any]:
         if content is None:
             return self.keep(step, "file", {"changed": False, "commands": []})
-        # as converge_file: a missing folder made 0755 (an existing one keeps its mode), the file's content
-        # and mode exactly; one argv each, so the script stays plain commands
-        self.lines += [shell_line(["mkdir", "-p", "-m", f"{SUBNET_ENV_DIR_MODE:04o}", os.path.dirname(path) or "."]),
-                       shell_line(["sh", "-c", f'printf %s "$2" > "$1" && chmod {FILE_MODE:04o} "$1"', "sh",
-                                   path, content])]
+        self.write(path, content, FILE_MODE, SUBNET_ENV_DIR_MODE)
         return self.keep(step, "file", {"changed": True, "commands": []})
+
+    def write(self, path: str, content: str, mode: int, folder_mode: int) -> None:
+        """As files.converge does: a missing folder made with folder_mode (an existing one keeps its mode), the
+        file's content and mode exactly; one argv each, so the script stays plain commands."""
+        self.lines += [shell_line(["mkdir", "-p", "-m", f"{folder_mode:04o}", os.path.dirname(path) or "."]),
+                       shell_line(["sh", "-c", f'printf %s "$2" > "$1" && chmod {mode:04o} "$1"', "sh",
+                                   path, content])]
 
 
 def _vtep_params(vtep: dict[str, Any]) -> dict[str, Any]:
@@ -489,8 +492,13 @@ def with_bird(run: NodeRun, bird: dict[str, Any]) -> None:
     p = run.module.params
     bird_dir, config = p["bird_dir"], bird["config"]
     conf, ctl, pidfile = (os.path.join(bird_dir, name) for name in ("bird.conf", "bird.ctl", "bird.pid"))
-    before = files.read_text(conf)  # podnet's, or none: owned_or_refuse checked that before the first change
     argv = [bird["binary"], "-c", conf, "-s", ctl, "-P", pidfile]
+    if run.rendering:  # a fresh host: the configuration written as a run writes it, then BIRD started
+        run.write(conf, config, BIRD_CONF_MODE, BIRD_DIR_MODE)
+        run.lines.append(shell_line(argv))
+        run.keep(step, "bird", {"changed": True, "commands": [shell_line(argv)]})
+        return
+    before = files.read_text(conf)  # podnet's, or none: owned_or_refuse checked that before the first change
     changed_conf = not files.holds(conf, config, BIRD_CONF_MODE)
     # a BIRD that runs is asked to reload a changed configuration; none that runs: one is started
     command = (None if not changed_conf else [p["birdc"], "-s", ctl, "configure"]) \
