@@ -277,7 +277,7 @@ def _cluster_settings(hosts: list[str], hostvars: dict[str, dict], problems: _Pr
         try:
             profile = profile_for(backend, settings["podnet_transport"], settings["podnet_pod_wiring"])
         except ValueError as exc:
-            named, _, message = str(exc).partition(": ")
+            named, _sep, message = str(exc).partition(": ")
             if named in ("podnet_transport", "podnet_pod_wiring"):
                 problems.add(first, named, message)
             else:
