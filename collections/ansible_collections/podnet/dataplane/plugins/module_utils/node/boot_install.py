@@ -408,8 +408,8 @@ def _legacy(path: str) -> bool:
 
 def removal(lib_dir: str, unit_dir: str = UNIT_DIR, check_mode: bool = False,
             systemctl: str | None = None) -> dict[str, Any]:
-    """Undo install: the link, the unit (then ``systemctl daemon-reload``), ENGINE_FILES (and what older
-    releases copied, LEGACY_FILES, when podnet's) with their compiled __pycache__/<name>.*.pyc, then the
+    """Undo install: the link, the unit (then ``systemctl daemon-reload``), ENGINE_FILES (and what earlier
+    releases copied flat, EARLIER_FILES, when podnet's) with their compiled __pycache__/<name>.*.pyc, then the
     package folders under `lib_dir` and `lib_dir` itself when that left them empty. Nothing else is touched:
     any other file keeps its folder."""
     check_path("lib", lib_dir)
@@ -432,8 +432,6 @@ def removal(lib_dir: str, unit_dir: str = UNIT_DIR, check_mode: bool = False,
     for package in packages:
         stems = {os.path.basename(f)[:-3] for f in ENGINE_FILES if os.path.dirname(f) == package}
         paths += _compiled(os.path.join(target, package), stems)
-    paths += [os.path.join(target, f) for f in ENGINE_FILES if "/" not in f and os.path.lexists(os.path.join(target, f))
-              and os.path.join(target, f) not in paths]
     paths += _compiled(target, {f[:-3] for f in ENGINE_FILES if "/" not in f}) + _earlier(target)
     if paths:
         result["diff"].append({"before_header": target, "after_header": target,
