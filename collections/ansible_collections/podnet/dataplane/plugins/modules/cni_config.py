@@ -28,6 +28,13 @@ description:
   - The file is written atomically (temporary file in the same directory, then renamed) with mode 0644.
 author:
   - podnet maintainers (@podnet)
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: posix
 options:
   node:
     description:
@@ -77,12 +84,12 @@ options:
     type: str
     choices: [merged, deleted, rendered]
     default: merged
-notes:
-  - Supports check mode and diff mode.
 seealso:
   - name: CNI reference plugins
     description: The bridge, ptp and host-local plugins.
     link: https://www.cni.dev/plugins/current/
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 """
 
 EXAMPLES = r"""

@@ -20,6 +20,13 @@ author:
 requirements:
   - the ipip kernel module on the managed node (not needed for I(state=rendered))
   - Linux with rtnetlink; the module uses only the Python standard library on the node (no pyroute2)
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: posix
 options:
   name:
     description: Tunnel device.
@@ -45,10 +52,9 @@ options:
     choices: [merged, replaced, overridden, deleted, gathered, rendered]
     default: merged
 extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
   - podnet.dataplane.persist
   - podnet.dataplane.ownership
-notes:
-  - Supports check mode and diff mode.
 """
 
 EXAMPLES = r"""

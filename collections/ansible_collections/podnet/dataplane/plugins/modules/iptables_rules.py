@@ -18,6 +18,13 @@ author:
   - podnet maintainers (@podnet)
 requirements:
   - iptables on the managed node
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: posix
 options:
   rules:
     description: Rules to manage.
@@ -66,9 +73,8 @@ options:
     choices: [merged, replaced, overridden, deleted, gathered, rendered]
     default: merged
 extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
   - podnet.dataplane.persist
-notes:
-  - Supports check mode and diff mode.
 """
 
 EXAMPLES = r"""

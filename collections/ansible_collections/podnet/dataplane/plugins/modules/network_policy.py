@@ -34,6 +34,13 @@ author:
   - podnet maintainers (@podnet)
 requirements:
   - iptables (iptables-save and iptables-restore; nf_tables or legacy) on the managed node
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: posix
 options:
   chains:
     description:
@@ -89,6 +96,7 @@ options:
     choices: [merged, replaced, overridden, deleted, gathered, rendered]
     default: merged
 extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
   - podnet.dataplane.persist
 notes:
   - Supports check mode (the exact commands and C(iptables-restore) payload are returned, nothing is applied)

@@ -44,6 +44,13 @@ author:
 requirements:
   - Linux with rtnetlink; the module uses only the Python standard library on the node (no pyroute2)
   - iproute2's C(ip) on the node, to create pod network namespaces that do not exist
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: posix
 options:
   state:
     description:
@@ -211,6 +218,7 @@ options:
         type: int
         default: 600
 extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
   - podnet.dataplane.persist
 notes:
   - Supports check mode and diff mode (one diff per step that would change).

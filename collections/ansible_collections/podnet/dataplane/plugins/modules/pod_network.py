@@ -22,6 +22,13 @@ author:
 requirements:
   - Linux with rtnetlink; the module uses only the Python standard library on the node (no pyroute2)
   - iproute2's C(ip) on the node, to create pod network namespaces that do not exist
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: posix
 options:
   mode:
     description:
@@ -97,10 +104,9 @@ options:
     choices: [merged, replaced, overridden, deleted, gathered, rendered]
     default: merged
 extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
   - podnet.dataplane.persist
   - podnet.dataplane.ownership
-notes:
-  - Supports check mode and diff mode.
 """
 
 EXAMPLES = r"""

@@ -14,6 +14,14 @@ description:
   - Read-only; never changes anything, so it reports C(changed=false) and runs in check mode.
 author:
   - podnet maintainers (@podnet)
+attributes:
+  check_mode:
+    support: full
+    details: Read-only; it runs the same in check mode.
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
 options:
   sources:
     description: Pods on this node.
@@ -51,6 +59,8 @@ options:
     description: Seconds to wait for each reply.
     type: int
     default: 2
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 """
 
 EXAMPLES = r"""

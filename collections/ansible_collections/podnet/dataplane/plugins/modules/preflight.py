@@ -26,6 +26,14 @@ author:
   - podnet maintainers (@podnet)
 requirements:
   - iproute2's C(ip) (with JSON output) on the managed node, or Python 3 (standard library only)
+attributes:
+  check_mode:
+    support: full
+    details: Read-only; it runs the same in check mode.
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
 options:
   node_ip:
     description: The node's underlay IPv4 address (C(podnet_node_ip), a /prefix is ignored).
@@ -51,6 +59,8 @@ options:
     description: The table searched for I(iptables_prefix).
     type: str
     default: filter
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 """
 
 EXAMPLES = r"""

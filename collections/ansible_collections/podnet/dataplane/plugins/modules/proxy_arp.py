@@ -19,6 +19,13 @@ description:
   - Reads and writes C(/proc/sys) of the network namespace the task runs in; check mode and diff are exact.
 author:
   - podnet maintainers (@podnet)
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: posix
 options:
   interfaces:
     description: Interface names or shell-style globs (for example C(cali*)), matched against the node's interfaces.
@@ -47,9 +54,9 @@ options:
     choices: [merged, replaced, overridden, deleted, gathered, rendered]
     default: merged
 extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
   - podnet.dataplane.persist
 notes:
-  - Supports check mode and diff mode.
   - Interfaces that do not exist are skipped (a glob that matches nothing is not an error).
 """
 

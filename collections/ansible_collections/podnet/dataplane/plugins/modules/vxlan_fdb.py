@@ -22,6 +22,13 @@ author:
   - podnet maintainers (@podnet)
 requirements:
   - Linux with rtnetlink; the module uses only the Python standard library on the node (no pyroute2)
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: posix
 options:
   name:
     description: VXLAN device name, at most 15 characters.
@@ -106,10 +113,9 @@ options:
     choices: [merged, replaced, overridden, deleted, gathered, rendered]
     default: merged
 extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
   - podnet.dataplane.persist
   - podnet.dataplane.ownership
-notes:
-  - Supports check mode and diff mode.
 """
 
 EXAMPLES = r"""
