@@ -321,6 +321,11 @@ def _setns(fd: int) -> None:
         raise OSError(code, f"setns: {os.strerror(code)}")
 
 
+def netns_path(netns: str) -> str:
+    """The file of a network namespace given by name (under NETNS_DIR, as `ip netns` keeps them) or path."""
+    return netns if "/" in netns else os.path.join(NETNS_DIR, netns)
+
+
 def _netlink_socket(netns: str | None) -> socket.socket:
     """A NETLINK_ROUTE socket bound to `netns` (a name under /run/netns or a path; None = ours).
 
@@ -328,8 +333,7 @@ def _netlink_socket(netns: str | None) -> socket.socket:
     enough to create it and returns at once (setns only changes the calling thread)."""
     if netns is None:
         return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
-    path = netns if "/" in netns else os.path.join(NETNS_DIR, netns)
-    target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    target = os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
     try:
         home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -940,8 +944,7 @@ class Engine:
         if change.op == "add":
             peer_fd = None
             if link.kind == "veth" and link.peer_netns:
-                path = link.peer_netns if "/" in link.peer_netns else os.path.join(NETNS_DIR, link.peer_netns)
-                peer_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                peer_fd = os.open(netns_path(link.peer_netns), os.O_RDONLY | os.O_CLOEXEC)
             try:
                 self._send(_link_messages(change, link, 0, lambda name: self._index(state, name), peer_fd), change)
             finally:

@@ -16,18 +16,16 @@ import sys
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders import iptables_command
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.iptables_chains import apply_record
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink import (
+    ALL_KINDS,
     Change,
     Engine,
     EngineError,
+    netns_path,
     plan,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import (
-    Address,
-    FdbEntry,
     KObject,
     Link,
-    Neighbour,
-    Route,
     Sysctl,
     from_dict,
 )
@@ -43,8 +41,6 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.shell impo
 from ansible_collections.podnet.dataplane.plugins.module_utils.node.files import converge
 from ansible_collections.podnet.dataplane.plugins.module_utils.node.persist import load_all
 
-NETNS_DIR = "/run/netns"
-
 
 def apply_objects(objects: list[KObject], check: bool = False) -> list[str]:
     """Node namespace first (it creates the veths whose ends live in pod namespaces), then pods.
@@ -53,7 +49,7 @@ def apply_objects(objects: list[KObject], check: bool = False) -> list[str]:
     by_netns: dict[str | None, list[KObject]] = {}
     for obj in objects:
         by_netns.setdefault(getattr(obj, "netns", None), []).append(obj)
-    missing = [ns for ns in by_netns if ns and not os.path.exists(os.path.join(NETNS_DIR, ns))]
+    missing = [ns for ns in by_netns if ns and not os.path.exists(netns_path(ns))]
     if missing and not check:
         for name in missing:
             subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True, text=True, timeout=60)
@@ -65,7 +61,7 @@ def apply_objects(objects: list[KObject], check: bool = False) -> list[str]:
             continue
         sysctls = [o.name for o in want if isinstance(o, Sysctl)]
         with Engine(netns) as engine:
-            have = engine.gather({Address, Neighbour, FdbEntry, Route}, sysctls)
+            have = engine.gather(ALL_KINDS, sysctls)
             # A setting for an interface that neither exists nor is restored here (a pod removed since it
             # was recorded) has nowhere to go; everything else is still restored.
             devices = {o.name for o in want if isinstance(o, Link)} | set(have.link_index)

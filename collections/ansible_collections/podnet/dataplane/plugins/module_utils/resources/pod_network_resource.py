@@ -20,6 +20,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders i
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink import (
     Change,
     Engine,
+    netns_path,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import (
     PODNET_RTPROTO,
@@ -66,7 +67,6 @@ ARGUMENT_SPEC = {
     "pods": {"type": "list", "elements": "dict", "options": POD_SPEC, "default": []},
     "state": {"type": "str", "choices": STATES, "default": "merged"},
 }
-NETNS_DIR = "/run/netns"
 POD_ALIAS_PREFIX = owner_alias(POD_ALIAS_ROLE) + ":"
 
 
@@ -133,7 +133,7 @@ def node_purge(module: AnsibleModule, have):
 def ensure_netns(module: AnsibleModule) -> list[str]:
     """Create missing pod namespaces first: the node side moves each veth's peer into one."""
     missing = [pod["netns"] for pod in module.params["pods"]
-               if not os.path.exists(os.path.join(NETNS_DIR, pod["netns"]))]
+               if not os.path.exists(netns_path(pod["netns"]))]
     if missing and not module.check_mode:
         ip = module.get_bin_path("ip", required=True)
         for name in missing:
