@@ -84,11 +84,13 @@ def _files(lab: Lab, host: str) -> dict[str, Any]:
 
 
 def wait_for_bird(lab: Lab) -> None:
-    """Until every node's BIRD has learned a route to each other node's block (render.yml keeps no lease
-    file to say which blocks: the count tells)."""
+    """Until every node's BIRD runs and has learned a route to each other node's block (render.yml keeps no
+    lease file to say which blocks: the count tells). The script's `bird` returns once it has forked: the
+    child writes its pid file a moment later."""
     deadline = time.monotonic() + CONVERGE_TIMEOUT
-    while any(len(bird_routes(lab, host)) != len(HOSTS) - 1 for host in HOSTS):
-        assert time.monotonic() < deadline, {host: bird_routes(lab, host) for host in HOSTS}
+    while any(not bird_running(lab, host) or len(bird_routes(lab, host)) != len(HOSTS) - 1 for host in HOSTS):
+        assert time.monotonic() < deadline, {host: (bird_running(lab, host), bird_routes(lab, host))
+                                             for host in HOSTS}
         time.sleep(0.2)
 
 
@@ -126,7 +128,6 @@ def test_a_cluster_built_from_the_rendered_scripts_is_what_site_yml_converges_to
                                    capture_output=True, text=True, timeout=120)
             assert built.returncode == 0, (host, built.stderr, script.read_text())
         if BACKENDS[backend].get("podnet_calico_bgp") == "bird":  # the routes come once BIRD has learned them
-            assert all(bird_running(lab, host) for host in HOSTS)
             wait_for_bird(lab)
         before = snapshot(lab)
 

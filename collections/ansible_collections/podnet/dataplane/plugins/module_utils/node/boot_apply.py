@@ -12,6 +12,7 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders import iptables_command
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.iptables_chains import apply_record
@@ -135,7 +136,22 @@ def service_running(pidfile: str, binary: str) -> bool:
         return False
 
 
-def apply_services(services: list[dict], check: bool = False) -> list[str]:
+SERVICE_START_TIMEOUT = 10.0
+
+
+def wait_for_service(pidfile: str, binary: str, timeout: float = SERVICE_START_TIMEOUT) -> bool:
+    """Whether a daemon just started comes up within timeout seconds. BIRD forks and its parent returns
+    before the child has written its pid file (the file exists, empty, in between): a run that returned
+    then, and a re-run right after it, would take the running BIRD for none and start a second one."""
+    deadline = time.monotonic() + timeout
+    while not service_running(pidfile, binary):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def apply_services(services: list[dict], check: bool = False, timeout: float = SERVICE_START_TIMEOUT) -> list[str]:
     """Daemons podnet started (BIRD for calico-bgp with BIRD), started again when not running: after the
     kernel state, so BIRD finds its devices and routes in place."""
     done = []
@@ -144,6 +160,9 @@ def apply_services(services: list[dict], check: bool = False) -> list[str]:
         if not service_running(service["pidfile"], argv[0]):
             if not check:
                 subprocess.run(argv, check=True, capture_output=True, text=True, timeout=60)
+                if not wait_for_service(service["pidfile"], argv[0], timeout):
+                    raise RuntimeError(f"{shell_line(argv)} returned, but no {os.path.basename(argv[0])} runs "
+                                       f"after {timeout:g} s (pid file {service['pidfile']})")
             done.append(shell_line(argv))
     return done
 
@@ -175,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
                 done += apply_record(record["iptables_chains"])
         done += apply_files([item for r in records for item in r.get("files", [])], args.check)
         done += apply_services([item for r in records for item in r.get("services", [])], args.check)
-    except (EngineError, OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired, KeyError, TypeError,
-            ValueError) as exc:
+    except (EngineError, OSError, RuntimeError, subprocess.CalledProcessError, subprocess.TimeoutExpired, KeyError,
+            TypeError, ValueError) as exc:
         print(f"podnet-apply: failed: {exc}", file=sys.stderr)
         return 1
     for line in done:

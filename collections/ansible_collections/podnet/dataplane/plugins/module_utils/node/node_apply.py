@@ -42,7 +42,11 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.ownership 
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.shell import comment_line, shell_line
 from ansible_collections.podnet.dataplane.plugins.module_utils.node import files, persist
-from ansible_collections.podnet.dataplane.plugins.module_utils.node.boot_apply import service_running
+from ansible_collections.podnet.dataplane.plugins.module_utils.node.boot_apply import (
+    SERVICE_START_TIMEOUT,
+    service_running,
+    wait_for_service,
+)
 from ansible_collections.podnet.dataplane.plugins.module_utils.node.node_lock import LOCK_SPEC
 from ansible_collections.podnet.dataplane.plugins.module_utils.node.persist import PERSIST_OPTION
 from ansible_collections.podnet.dataplane.plugins.module_utils.resources import (
@@ -521,6 +525,9 @@ def with_bird(run: NodeRun, bird: dict[str, Any]) -> None:
             if rc != 0:
                 raise StepFailed(step, f"podnet.node_apply: {step}: {shell_line(command)} failed (rc {rc}): "
                                        f"{(err or out).strip()}", result)
+            if command is argv and not wait_for_service(pidfile, bird["binary"]):
+                raise StepFailed(step, f"podnet.node_apply: {step}: {shell_line(command)} returned, but no BIRD "
+                                       f"runs after {SERVICE_START_TIMEOUT:.0f} s: see {bird_dir}/bird.log", result)
     run.files[conf] = (config, BIRD_CONF_MODE)
     run.services.append({"name": "bird", "pidfile": pidfile, "argv": argv})
     run.keep(step, "bird", result)
