@@ -160,7 +160,9 @@ CALICO_POD_LINES = [
 ]
 CALICO_BACKEND_LINES = {
     "calico-bgp": ["ip route add 10.244.2.0/24 via 192.168.0.16 proto 152"],
-    "calico-ipip": ["ip tunnel add tunl0 mode ipip",
+    # seed 003 types `ip tunnel add tunl0 mode ipip`, which a kernel with ipip answers "File exists": the
+    # module's own tunl0 is configured
+    "calico-ipip": ["modprobe ipip", "ip link set tunl0 mtu 1480 alias podnet:tunnel up",
                     "ip route add 10.244.2.0/24 via 192.168.0.16 dev tunl0 onlink proto 152"],
     "calico-vxlan": ["ip link add vxlan.calico type vxlan id 4096 local 192.168.0.4 dev eth0 dstport 4789 nolearning",
                      "ip neigh add 10.244.2.0 dev vxlan.calico lladdr 22:3d:4d:c5:65:ff",

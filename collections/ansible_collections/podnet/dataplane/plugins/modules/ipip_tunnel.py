@@ -11,7 +11,9 @@ version_added: "0.1.0"
 description:
   - Configures the IPIP device calico uses, C(tunl0) - the fallback tunnel the kernel creates in every
     network namespace when the C(ipip) module loads (so C(ip tunnel add tunl0 mode ipip) would answer
-    "File exists"; like calico, podnet configures the existing one and creates it only when missing).
+    "File exists"; like calico, podnet configures the existing one, and where the module is not loaded yet
+    its netlink request loads it and configures the C(tunl0) that appears; the rendered command is
+    C(modprobe ipip)).
   - Sets its MTU (default - the underlay MTU minus the 20 bytes of the outer IPv4 header), brings it
     up and gives it its C(/32) tunnel address from the node's pod block.
   - One netlink dump, a diff, and only the difference written; check mode and diff are exact.
@@ -47,7 +49,8 @@ options:
         addresses from it).
       - C(deleted) removes its address, takes it down and drops podnet's mark; the fallback C(tunl0)
         itself cannot be deleted while the ipip module is loaded.
-      - C(gathered) returns the device as the kernel has it; C(rendered) the commands, touching nothing.
+      - C(gathered) returns the device as this module's options (valid input again); C(rendered) the commands,
+        touching nothing.
     type: str
     choices: [merged, replaced, overridden, deleted, gathered, rendered]
     default: merged
@@ -81,9 +84,23 @@ rendered:
   type: list
   elements: str
 gathered:
-  description: The device as read from the kernel.
+  description:
+    - The device as this module's options (name, mtu, and its one address); C({}) when there is no such device.
+    - Valid input again: given back as this module's options (state merged or overridden), it changes nothing.
   returned: when state is gathered
   type: dict
+kind:
+  description: With I(state=gathered), the device's kind.
+  returned: when state is gathered and the device exists
+  type: str
+up:
+  description: With I(state=gathered), whether the device is up.
+  returned: when state is gathered and the device exists
+  type: bool
+owned:
+  description: With I(state=gathered), whether the device carries podnet's marker (alias C(podnet:tunnel)).
+  returned: when state is gathered and the device exists
+  type: bool
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -68,7 +68,8 @@ options:
       - C(merged) and C(replaced) append missing rules.
       - C(overridden) also removes podnet rules that are not listed.
       - C(deleted) removes the listed rules, or every podnet rule in the searched chains when none are listed.
-      - C(gathered) returns the podnet rules present; C(rendered) the commands, without touching the host.
+      - C(gathered) returns podnet's rules as this module's options; C(rendered) the commands, without
+        touching the host.
     type: str
     choices: [merged, replaced, overridden, deleted, gathered, rendered]
     default: merged
@@ -98,7 +99,20 @@ rendered:
   type: list
   elements: str
 gathered:
-  description: podnet rules present, as C(iptables -S) prints them.
+  description:
+    - podnet's rules in the searched chains as this module's options - C(rules) (table, chain, rule without
+      podnet's comment) and those C(chains).
+    - Valid input again: given back as this module's options (state merged or overridden), it changes nothing.
+      A rule iptables prints otherwise than it was given is listed in C(not_given_back) instead.
+  returned: when state is gathered
+  type: dict
+lines:
+  description: With I(state=gathered), every podnet rule as C(iptables -S) prints it.
+  returned: when state is gathered
+  type: list
+  elements: str
+not_given_back:
+  description: With I(state=gathered), podnet's rules whose printed form does not hash to their tag.
   returned: when state is gathered
   type: list
   elements: str

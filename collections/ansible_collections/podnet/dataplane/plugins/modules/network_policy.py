@@ -90,8 +90,8 @@ options:
         jumps into podnet chains other than I(jump).
       - C(deleted) removes the listed chains (every chain named by podnet's grammar when none are listed) and
         the bare jumps to them.
-      - C(gathered) returns podnet's chains and jumps; C(rendered) returns the commands for a host that has
-        none of them, without touching the host.
+      - C(gathered) returns podnet's chains and their jump as this module's options; C(rendered) returns the
+        commands for a host that has none of them, without touching the host.
     type: str
     choices: [merged, replaced, overridden, deleted, gathered, rendered]
     default: merged
@@ -158,12 +158,21 @@ rendered:
   type: list
   elements: str
 gathered:
-  description: podnet's chains (name -> rules as iptables-save prints them) and its bare jumps.
+  description:
+    - podnet's chains (named as podnet names its own, or listed in I(chains)) with their rules as
+      iptables-save prints them, the jump into them when there is exactly one, and the prefix.
+    - Valid input again: given back as this module's options (state merged or overridden), it changes nothing.
   returned: when state is gathered
   type: dict
   sample:
     chains: {PODNET-FORWARD: ["-A PODNET-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"]}
-    jumps: [{table: filter, chain: FORWARD, target: PODNET-FORWARD, position: 1}]
+    jump: {table: filter, chain: FORWARD, target: PODNET-FORWARD, position: 1}
+    prefix: PODNET-
+jumps:
+  description: With I(state=gathered), every bare jump into podnet's chains.
+  returned: when state is gathered
+  type: list
+  elements: dict
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -98,7 +98,7 @@ options:
       - C(replaced) is C(merged), plus removal of stray addresses on the bridge.
       - C(overridden) also removes podnet pod veths of pods no longer listed.
       - C(deleted) removes the listed pods' veths, or every podnet pod veth and the bridge when no pods are listed.
-      - C(gathered) returns the bridge and podnet's pod veths.
+      - C(gathered) returns the bridge and podnet's pods as this module's options (valid input again).
       - C(rendered) returns the commands without touching the host.
     type: str
     choices: [merged, replaced, overridden, deleted, gathered, rendered]
@@ -139,7 +139,11 @@ rendered:
   type: list
   elements: str
 gathered:
-  description: The bridge and podnet's pod veths as the kernel has them.
+  description:
+    - podnet's pods and their bridge as this module's options (mode, bridge, mtu, forwarding, pods). Each pod's
+      namespace and interface are found from its veth's other end, its address and gateway read inside the
+      pod; labels are not kernel state and do not come back.
+    - Valid input again: given back as this module's options (state merged or overridden), it changes nothing.
   returned: when state is gathered
   type: dict
 """

@@ -63,7 +63,7 @@ options:
       - C(replaced) is the same as C(merged) for routes (a destination has one route).
       - C(overridden) also removes every other podnet peer route.
       - C(deleted) removes the listed routes, or all podnet peer routes when none are listed.
-      - C(gathered) returns podnet's peer routes as the kernel has them.
+      - C(gathered) returns podnet's peer routes as this module's options (valid input again).
       - C(rendered) returns the C(ip route add) commands without touching the host.
     type: str
     choices: [merged, replaced, overridden, deleted, gathered, rendered]
@@ -105,10 +105,14 @@ rendered:
   type: list
   elements: str
 gathered:
-  description: podnet's peer routes in the kernel.
+  description:
+    - podnet's peer routes in the kernel as this module's options - C(routes) (dst, via, dev, onlink) and the
+      C(networks) they were looked for in.
+    - Valid input again: given back as this module's options (state merged or overridden), it changes nothing.
   returned: when state is gathered
-  type: list
-  elements: dict
+  type: dict
+  sample: {"routes": [{"dst": "10.244.1.0/24", "via": "10.244.1.0", "dev": "flannel.1", "onlink": true}],
+           "networks": ["10.244.0.0/16"]}
 """
 
 from ansible.module_utils.basic import AnsibleModule

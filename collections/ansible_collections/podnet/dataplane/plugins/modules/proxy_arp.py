@@ -49,7 +49,8 @@ options:
     description:
       - C(merged) (and C(replaced), C(overridden)) set the values on the matching interfaces.
       - C(deleted) restores the recorded values on the matching interfaces and forgets them.
-      - C(gathered) returns the current values; C(rendered) the C(sysctl -w) commands, touching nothing.
+      - C(gathered) returns the interfaces and their common values as this module's options; C(rendered) the
+        C(sysctl -w) commands, touching nothing.
     type: str
     choices: [merged, replaced, overridden, deleted, gathered, rendered]
     default: merged
@@ -84,7 +85,14 @@ interfaces:
   type: list
   elements: str
 gathered:
-  description: Current values per interface.
+  description:
+    - The matching interfaces by name and the C(settings) they all hold alike (a setting whose value differs
+      between them is left out; C(values) has every value).
+    - Valid input again: given back as this module's options (state merged or overridden), it changes nothing.
+  returned: when state is gathered
+  type: dict
+values:
+  description: With I(state=gathered), every value read (sysctl name -> value).
   returned: when state is gathered
   type: dict
 """

@@ -107,7 +107,7 @@ options:
       - C(deleted) removes the listed peers' entries, or the whole device when no peers are listed.
         A device of that name that is not podnet's (its alias is not C(podnet:*)) is left as it is, and the
         result says so in C(left_alone).
-      - C(gathered) returns the device and its peers as the kernel has them.
+      - C(gathered) returns the device and its peers as this module's options (valid input again).
       - C(rendered) returns the commands for the given configuration without touching the host.
     type: str
     choices: [merged, replaced, overridden, deleted, gathered, rendered]
@@ -201,9 +201,21 @@ rendered:
   type: list
   elements: str
 gathered:
-  description: The device and its peers as read from the kernel.
+  description:
+    - The device and its peers as this module's options (name, vni, port, local, underlay_interface, learning,
+      mtu, mac, address, tx_checksum_offload as C(on)/C(off), peers); C({}) when there is no such device.
+      A peer is a permanent neighbour entry with the fdb entry of its MAC.
+    - Valid input again: given back as this module's options (state merged or overridden), it changes nothing.
   returned: when state is gathered
   type: dict
+kind:
+  description: With I(state=gathered), the device's kind (C(vxlan) for a VTEP).
+  returned: when state is gathered and the device exists
+  type: str
+owned:
+  description: With I(state=gathered), whether the device carries podnet's marker (alias C(podnet:*)).
+  returned: when state is gathered and the device exists
+  type: bool
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -30,6 +30,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import (
+    IPIP_FALLBACK,
     MAIN_TABLE,
     NUD_PERMANENT,
     PODNET_LINK_GROUP,
@@ -544,6 +545,63 @@ def _parse_links(nl: _Netlink, netns: str | None) -> tuple[dict[tuple, KObject],
     return objects, link_index
 
 
+RTM_GETNSID = 90
+NETNSA_NSID, NETNSA_FD = 1, 3
+IFLA_LINK, IFLA_LINK_NETNSID = 5, 37
+_RTGENMSG = struct.Struct("=Bxxx")  # family, padded to 4
+
+
+def _netns_ids(nl: _Netlink) -> dict[int, str]:
+    """The id this namespace gives each named namespace (NETNS_DIR) it has one for: id -> name. Asking
+    assigns none (RTM_GETNSID), and a namespace holding the other end of one of our veths has one."""
+    ids: dict[int, str] = {}
+    for name in sorted(os.listdir(NETNS_DIR)) if os.path.isdir(NETNS_DIR) else []:
+        try:
+            fd = os.open(os.path.join(NETNS_DIR, name), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue  # removed meanwhile, or not a namespace file
+        try:
+            buf, off, end = nl.request(RTM_GETNSID, _RTGENMSG.pack(socket.AF_UNSPEC) + _nla_u32(NETNSA_FD, fd))
+        except NetlinkError:
+            continue
+        finally:
+            os.close(fd)
+        nsid = _attrs(buf, off + _RTGENMSG.size, end).get(NETNSA_NSID)
+        if nsid is not None and _I32.unpack_from(nsid)[0] >= 0:
+            ids[_I32.unpack_from(nsid)[0]] = name
+    return ids
+
+
+def veth_peers(netns: str | None = None) -> dict[str, tuple[str, str]]:
+    """Where the other end of each veth of `netns` is, when it is in a named namespace: veth name ->
+    (that namespace's name, the other end's name there). What a gather does not read: only `gathered`
+    states that give pods back by namespace need it."""
+    nl = _Netlink(netns)
+    try:
+        rows = []
+        for buf, off, end in nl.dump(RTM_GETLINK, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+                                     + _nla_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)):
+            attrs = _attrs(buf, off + _IFINFOMSG.size, end)
+            if IFLA_LINK_NETNSID in attrs and IFLA_LINK in attrs:
+                rows.append((_text(attrs.get(IFLA_IFNAME)), _I32.unpack_from(attrs[IFLA_LINK_NETNSID])[0],
+                             _u32(attrs[IFLA_LINK])))
+        names = _netns_ids(nl) if rows else {}
+    finally:
+        nl.close()
+    peers: dict[str, tuple[str, str]] = {}
+    for other in {names[nsid] for _name, nsid, _index in rows if nsid in names}:
+        remote = _Netlink(other)
+        try:
+            _objects, index_of = _parse_links(remote, other)
+        finally:
+            remote.close()
+        by_index = {index: name for name, index in index_of.items()}
+        for name, nsid, index in rows:
+            if names.get(nsid) == other and index in by_index:
+                peers[name] = (other, by_index[index])
+    return peers
+
+
 def _fatal(change, code: int) -> bool:
     """Deletes of what is already gone are not failures (routes go with their device, for one)."""
     return not (change.op == "delete" and code in (errno.ENOENT, errno.ESRCH, errno.ENODEV))
@@ -621,7 +679,11 @@ def _link_messages(change: Change, link: Link, index: int, index_of: Callable[[s
             attrs += _nla_mac(IFLA_ADDRESS, link.mac)
         if link.mtu:
             attrs += _nla_u32(IFLA_MTU, link.mtu)
-        attrs += _nla_u32(IFLA_GROUP, PODNET_LINK_GROUP)
+        # ipip's fallback tunl0 is the module's, made as it loads (the add loads it): it is configured, not
+        # created (no NLM_F_EXCL), and it stays out of podnet's group, as when it was there already
+        fallback = link.kind == "ipip" and link.name == IPIP_FALLBACK
+        if not fallback:
+            attrs += _nla_u32(IFLA_GROUP, PODNET_LINK_GROUP)
         data = b""
         if link.kind == "vxlan" and link.vxlan is not None:
             v = link.vxlan
@@ -640,7 +702,8 @@ def _link_messages(change: Change, link: Link, index: int, index_of: Callable[[s
             data = _nla(VETH_INFO_PEER, peer)
         info = _nla_text(IFLA_INFO_KIND, link.kind) + (_nla(IFLA_INFO_DATA, data) if data else b"")
         attrs += _nla(IFLA_LINKINFO, info)
-        return [(RTM_NEWLINK, _NEW, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attrs)]
+        return [(RTM_NEWLINK, _NEW & ~NLM_F_EXCL if fallback else _NEW,
+                 _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attrs)]
     fields = change.fields
     attrs = b""
     if "mac" in fields and link.mac:

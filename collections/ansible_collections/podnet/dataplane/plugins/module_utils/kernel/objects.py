@@ -47,6 +47,10 @@ def owner_alias(role: str) -> str:
 UNFINISHED_ALIAS = owner_alias("unfinished")
 
 
+# The ipip module's fallback device, which the module itself makes in every namespace as it loads.
+IPIP_FALLBACK = "tunl0"
+
+
 def read_alias(alias: str | None, group: int | None) -> str | None:
     """A device's alias as podnet reads it: its own, or UNFINISHED_ALIAS for one podnet created and did not
     get to mark (no alias, podnet's device group)."""
@@ -177,6 +181,10 @@ class Link(KObject):
             argv += ["dstport", str(v.port)]
             if not v.learning:
                 argv.append("nolearning")
+        elif self.kind == "ipip" and self.name == IPIP_FALLBACK:
+            # loading ipip creates tunl0 in every namespace, so `ip tunnel add tunl0` (seed 003's command)
+            # answers "File exists" on a real kernel: the module is loaded and its tunl0 configured
+            argv = ["modprobe", "ipip"]
         elif self.kind == "ipip":
             argv = ["ip", "tunnel", "add", self.name, "mode", "ipip"]
         elif self.kind == "veth":

@@ -4,6 +4,8 @@
 podnet.dataplane.node_apply can run it in the same process as the node's other resources."""
 from __future__ import annotations
 
+from typing import Any
+
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders import (
     IPIP_OVERHEAD,
@@ -11,7 +13,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders i
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink import (
     Change,
-    Engine,
+    KernelState,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import (
     Address,
@@ -29,7 +31,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.plan.validate imp
 from ansible_collections.podnet.dataplane.plugins.module_utils.resources.resource import (
     STATES,
     TAKE_OVER_OPTION,
-    fail_on_engine_error,
+    NetlinkResource,
     plan_owned,
     result_for,
 )
@@ -45,56 +47,70 @@ ARGUMENT_SPEC = {
 }
 
 
-def run(module: AnsibleModule) -> None:
-    """The module's work: ends in module.exit_json or module.fail_json."""
-    p = module.params
-    state, name = p["state"], p["name"]
-    problems = check_interface_name("name", name)
-    if p["local"]:
-        problems += check_ipv4("local", p["local"])
-    if p["mtu"] is not None and not 68 <= p["mtu"] <= 65535:
-        problems.append(f"mtu: {p['mtu']} is out of range 68..65535")
-    if problems:
-        module.fail_json(msg="podnet.ipip_tunnel: " + "; ".join(problems))
-    tunnel = {"name": name, "mtu": p["mtu"], "address": p["address"]}
-    if state == "rendered":
-        module.exit_json(changed=False, rendered=[c for o in tunnel_objects(tunnel) for c in o.add_commands()])
+class IpipTunnel(NetlinkResource):
+    name = "ipip_tunnel"
+    kinds = frozenset({Address})
 
-    with Engine() as engine:
-        have = engine.gather({Address})
+    def problems(self) -> list[str]:
+        p = self.p
+        found = check_interface_name("name", p["name"])
+        if p["local"]:
+            found += check_ipv4("local", p["local"])
+        if p["mtu"] is not None and not 68 <= p["mtu"] <= 65535:
+            found.append(f"mtu: {p['mtu']} is out of range 68..65535")
+        self.tunnel = {"name": p["name"], "mtu": p["mtu"], "address": p["address"]}
+        return found
+
+    def rendered(self) -> dict[str, Any]:
+        return {"rendered": [c for o in tunnel_objects(self.tunnel) for c in o.add_commands()]}
+
+    def gathered(self, have: KernelState) -> dict[str, Any]:
+        """name, mtu and the one address: the options that give this tunnel again ({}: no such device)."""
+        existing = have.objects.get(("link", None, self.p["name"]))
+        if existing is None:
+            return {}
+        addresses = [a.cidr for a in have.of_type(Address) if a.dev == self.p["name"]]
+        return {"name": existing.name, "mtu": existing.mtu, "address": addresses[0] if addresses else None}
+
+    def gathered_facts(self, have: KernelState) -> dict[str, Any]:
+        existing = have.objects.get(("link", None, self.p["name"]))
+        return {} if existing is None else {"kind": existing.kind, "up": existing.up,
+                                            "owned": is_owned_alias(existing.alias)}
+
+    def plan(self, have: KernelState) -> list[Change]:
+        name = self.p["name"]
         existing = have.objects.get(("link", None, name))
         addresses = [a for a in have.of_type(Address) if a.dev == name]
-        if state == "gathered":
-            module.exit_json(changed=False, gathered={} if existing is None else {
-                "name": name, "kind": existing.kind, "mtu": existing.mtu, "up": existing.up,
-                "addresses": [a.cidr for a in addresses]})
         if existing is not None and existing.kind != "ipip":
-            module.fail_json(msg=f"podnet.ipip_tunnel: device {name} exists but is a {existing.kind} device")
-        extra: dict = {}
-        if state == "deleted":
+            self.fail(f"device {name} exists but is a {existing.kind} device")
+        self.extra: dict[str, Any] = {}
+        if self.state == "deleted":
             # Only a tunnel podnet configured (alias podnet:tunnel) is taken back; anyone else's stays.
-            changes = []
-            if existing is not None and is_owned_alias(existing.alias):
-                changes = [Change("delete", None, a) for a in addresses]
-                changes.append(Change("update", Link(name=name, kind="ipip", up=False, alias=""), existing,
-                                      ["up", "alias"]))
-        else:
-            if not tunnel["mtu"]:
-                tunnel["mtu"] = underlay_mtu(module, have) - IPIP_OVERHEAD
-            purge = (lambda o: isinstance(o, Address) and o.dev == name) if state != "merged" else None
-            changes = plan_owned(module, tunnel_objects(tunnel), have, purge)
-            extra["mtu"] = tunnel["mtu"]
-        if changes and not module.check_mode:
-            fail_on_engine_error(module, engine.apply, changes, have)
-    persist_result(module, f"ipip_tunnel-{name}", tunnel_objects(tunnel))
-    module.exit_json(**result_for(changes, **extra))
+            if existing is None or not is_owned_alias(existing.alias):
+                return []
+            return [Change("delete", None, a) for a in addresses] + [
+                Change("update", Link(name=name, kind="ipip", up=False, alias=""), existing, ["up", "alias"])]
+        if not self.tunnel["mtu"]:
+            self.tunnel["mtu"] = self.underlay_mtu(have) - IPIP_OVERHEAD
+        purge = (lambda o: isinstance(o, Address) and o.dev == name) if self.state != "merged" else None
+        self.extra["mtu"] = self.tunnel["mtu"]
+        return plan_owned(self.module, tunnel_objects(self.tunnel), have, purge)
+
+    def underlay_mtu(self, have: KernelState) -> int:
+        if not self.p["local"]:
+            self.fail("give mtu, or local so podnet can derive it from the underlay")
+        lower = have.device_holding(self.p["local"])
+        if lower is None:
+            self.fail(f"local address {self.p['local']} is not on any interface of this node")
+        return lower.mtu
+
+    def result(self, planned: list[Change]) -> dict[str, Any]:
+        return result_for(planned, **self.extra)
+
+    def record(self) -> None:
+        persist_result(self.module, f"ipip_tunnel-{self.p['name']}", tunnel_objects(self.tunnel))
 
 
-def underlay_mtu(module: AnsibleModule, have) -> int:
-    if not module.params["local"]:
-        module.fail_json(msg="podnet.ipip_tunnel: give mtu, or local so podnet can derive it from the underlay")
-    lower = have.device_holding(module.params["local"])
-    if lower is None:
-        module.fail_json(msg=f"podnet.ipip_tunnel: local address {module.params['local']} is not on any "
-                             "interface of this node")
-    return lower.mtu
+def run(module: AnsibleModule) -> None:
+    """The module's work: ends in module.exit_json or module.fail_json."""
+    IpipTunnel(module).run()

@@ -5,6 +5,9 @@ podnet.dataplane.node_apply can run it in the same process as the node's other r
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders import (
@@ -20,7 +23,9 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders i
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink import (
     Change,
     Engine,
+    KernelState,
     netns_path,
+    veth_peers,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import (
     PODNET_RTPROTO,
@@ -42,6 +47,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.plan.validate imp
 from ansible_collections.podnet.dataplane.plugins.module_utils.resources.resource import (
     STATES,
     TAKE_OVER_OPTION,
+    NetlinkResource,
     fail_on_engine_error,
     plan_owned,
     result_for,
@@ -70,8 +76,8 @@ ARGUMENT_SPEC = {
 POD_ALIAS_PREFIX = owner_alias(POD_ALIAS_ROLE) + ":"
 
 
-def validate(module: AnsibleModule) -> None:
-    p = module.params
+def input_problems(p: dict[str, Any]) -> list[str]:
+    """What is wrong with the options; fills in each pod's host_interface and (routed) gateway defaults."""
     problems: list[str] = []
     routed = p["mode"] == "routed"
     if p["bridge"]:
@@ -93,8 +99,7 @@ def validate(module: AnsibleModule) -> None:
             problems += check_ipv4(f"pods[{i}].gateway", pod["gateway"])
         if "/" in pod["netns"] or pod["netns"] in ("", ".", ".."):
             problems.append(f"pods[{i}].netns: {pod['netns']!r} is not a namespace name")
-    if problems:
-        module.fail_json(msg="podnet.pod_network: " + "; ".join(problems), problems=problems)
+    return problems
 
 
 def node_wants(module: AnsibleModule) -> list:
@@ -164,52 +169,93 @@ def _as_update(change: Change) -> Change:
     return change
 
 
+class PodNetwork(NetlinkResource):
+    name = "pod_network"
+    kinds = frozenset({Address, Route})
+
+    def problems(self) -> list[str]:
+        return input_problems(self.p)
+
+    def rendered(self) -> dict[str, Any]:
+        p = self.p
+        lines = sysctl_objects({"net.ipv4.ip_forward": 1})[0].add_commands() if p["forwarding"] else []
+        return {"rendered": lines + pod_network_commands(p["bridge"], p["pods"], p["mtu"], p["mode"])}
+
+    @contextmanager
+    def reading(self) -> Iterator[KernelState]:
+        # the pods' namespaces first: the node side moves each veth's peer into one
+        self.missing_netns = ensure_netns(self.module) if self.state not in ("deleted", "gathered") else []
+        with super().reading() as have:
+            yield have
+
+    def sysctls(self) -> list[str]:
+        return ["net.ipv4.ip_forward"] if self.p["forwarding"] or self.state == "gathered" else []
+
+    def gathered(self, have: KernelState) -> dict[str, Any]:
+        return gathered(have, self.p["bridge"]["name"] if self.p["bridge"] else "cni0")
+
+    def plan(self, have: KernelState) -> list[Change]:
+        p = self.p
+        if self.state != "deleted":
+            return plan_owned(self.module, node_wants(self.module), have, node_purge(self.module, have))
+        changes = plan_owned(self.module, [], have, node_purge(self.module, have))
+        if not p["pods"] and p["bridge"]:
+            bridge = have.objects.get(("link", None, p["bridge"]["name"]))
+            if bridge is not None and is_owned_alias(bridge.alias):
+                changes.append(Change("delete", None, bridge))
+        return changes
+
+    def result(self, planned: list[Change]) -> dict[str, Any]:
+        changes = list(planned)
+        if self.state != "deleted":  # each pod's end, in the pod's namespace, once the node side is in place
+            for pod in self.p["pods"]:
+                changes += configure_pod(self.module, pod, self.missing_netns)
+        result = result_for(changes, created_netns=self.missing_netns)
+        if self.missing_netns:
+            result["changed"] = True
+            result["commands"] = [shell_line(["ip", "netns", "add", name]) for name in self.missing_netns] \
+                + result["commands"]
+        return result
+
+    def record(self) -> None:
+        p = self.p
+        bridge = p["bridge"]["name"] if p["bridge"] else None
+        persist_result(self.module, "pod_network", node_wants(self.module) + [
+            o for pod in p["pods"] for o in pod_objects(pod, bridge, p["mtu"], p["mode"])[1]])
+
+
 def run(module: AnsibleModule) -> None:
     """The module's work: ends in module.exit_json or module.fail_json."""
-    validate(module)
-    p = module.params
-    state = p["state"]
-    if state == "rendered":
-        lines = sysctl_objects({"net.ipv4.ip_forward": 1})[0].add_commands() if p["forwarding"] else []
-        module.exit_json(changed=False, rendered=lines + pod_network_commands(p["bridge"], p["pods"], p["mtu"], p["mode"]))
-
-    missing_netns = ensure_netns(module) if state != "deleted" else []
-    with Engine() as engine:
-        sysctls = ["net.ipv4.ip_forward"] if p["forwarding"] else []
-        have = engine.gather({Address, Route}, sysctls)
-        if state == "gathered":
-            module.exit_json(changed=False, gathered=gathered(have, p["bridge"]))
-        if state == "deleted":
-            changes = plan_owned(module, [], have, node_purge(module, have))
-            if not p["pods"] and p["bridge"]:
-                bridge = have.objects.get(("link", None, p["bridge"]["name"]))
-                if bridge is not None and is_owned_alias(bridge.alias):
-                    changes.append(Change("delete", None, bridge))
-        else:
-            changes = plan_owned(module, node_wants(module), have, node_purge(module, have))
-        if changes and not module.check_mode:
-            fail_on_engine_error(module, engine.apply, changes, have)
-    if state != "deleted":
-        for pod in p["pods"]:
-            changes += configure_pod(module, pod, missing_netns)
-    result = result_for(changes, created_netns=missing_netns)
-    if missing_netns:
-        result["changed"] = True
-        result["commands"] = [shell_line(["ip", "netns", "add", name]) for name in missing_netns] + result["commands"]
-    persist_result(module, "pod_network", node_wants(module) + [
-        o for pod in p["pods"]
-        for o in pod_objects(pod, p["bridge"]["name"] if p["bridge"] else None, p["mtu"], p["mode"])[1]])
-    module.exit_json(**result)
+    PodNetwork(module).run()
 
 
-def gathered(have, bridge: dict | None) -> dict:
-    name = bridge["name"] if bridge else "cni0"
-    link = have.objects.get(("link", None, name))
-    pods = [{"host_interface": o.name, "pod": o.alias[len(POD_ALIAS_PREFIX):], "master": o.master, "mtu": o.mtu}
-            for o in have.of_type(Link) if (o.alias or "").startswith(POD_ALIAS_PREFIX)]
+def gathered(have: KernelState, bridge_name: str) -> dict[str, Any]:
+    """podnet's pods on this node, and their bridge, as this module's options: each pod's namespace and
+    interface found from its veth (veth_peers), its address and gateway read inside the pod. Labels are
+    not kernel state: none come back. A pod whose other end is in no named namespace is left out."""
+    pod_links = [o for o in have.of_type(Link) if (o.alias or "").startswith(POD_ALIAS_PREFIX)]
+    peers = veth_peers() if pod_links else {}
+    pods = []
+    for link in sorted(pod_links, key=lambda o: o.name):
+        if link.name not in peers:
+            continue
+        netns, interface = peers[link.name]
+        with Engine(netns) as engine:
+            inside = engine.gather({Address, Route})
+        addresses = [a.cidr for a in inside.of_type(Address) if a.dev == interface]
+        default = inside.objects.get(("route", netns, "0.0.0.0/0"))
+        pods.append({"name": link.alias[len(POD_ALIAS_PREFIX):], "netns": netns, "interface": interface,
+                     "host_interface": link.name, "address": addresses[0] if addresses else None,
+                     "gateway": default.via if default is not None else None})
+    bridge = have.objects.get(("link", None, bridge_name))
+    bridged = bridge is not None and any(o.master == bridge_name for o in pod_links)
+    gateways = [a.cidr for a in have.of_type(Address) if a.dev == bridge_name]
+    mtus = {o.mtu for o in pod_links} | ({bridge.mtu} if bridged else set())
+    forwarding = have.objects.get(("sysctl", None, "net.ipv4.ip_forward"))
     return {
-        "bridge": None if link is None else {
-            "name": name, "mtu": link.mtu, "up": link.up,
-            "addresses": [a.cidr for a in have.of_type(Address) if a.dev == name]},
+        "mode": "bridge" if bridged or (bridge is not None and not pod_links) else "routed",
+        "bridge": {"name": bridge_name, "address": gateways[0]} if bridge is not None and gateways else None,
+        "mtu": mtus.pop() if len(mtus) == 1 else None,
+        "forwarding": forwarding is not None and forwarding.value == "1",
         "pods": pods,
     }

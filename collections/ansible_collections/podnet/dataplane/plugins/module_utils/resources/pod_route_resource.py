@@ -5,6 +5,7 @@ podnet.dataplane.node_apply can run it in the same process as the node's other r
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders import (
@@ -12,7 +13,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders i
     route_objects,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink import (
-    Engine,
+    Change,
     KernelState,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import (
@@ -33,9 +34,8 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.plan.validate imp
 from ansible_collections.podnet.dataplane.plugins.module_utils.resources.resource import (
     STATES,
     TAKE_OVER_OPTION,
-    fail_on_engine_error,
+    NetlinkResource,
     plan_owned,
-    result_for,
 )
 
 ROUTE_SPEC = {
@@ -53,36 +53,6 @@ ARGUMENT_SPEC = {
 }
 
 
-def validate(module: AnsibleModule) -> None:
-    problems: list[str] = []
-    seen: set[str] = set()
-    for i, route in enumerate(module.params["routes"]):
-        problems += check_ipv4_network(f"routes[{i}].dst", route["dst"])
-        if route["via"]:
-            problems += check_ipv4(f"routes[{i}].via", route["via"])
-        if route["dev"]:
-            problems += check_interface_name(f"routes[{i}].dev", route["dev"])
-        if route["onlink"] and not route["dev"]:
-            problems.append(f"routes[{i}].onlink: needs dev")
-        if not route["via"] and not route["dev"]:
-            problems.append(f"routes[{i}]: needs via or dev")
-        if route["dst"] in seen:
-            problems.append(f"routes[{i}].dst: {route['dst']} is listed twice")
-        seen.add(route["dst"])
-    scopes = []
-    for i, network in enumerate(module.params["networks"]):
-        found = check_ipv4_network(f"networks[{i}]", network)
-        problems += found
-        if not found:
-            scopes.append(ipaddress.IPv4Network(network))
-    for i, route in enumerate(module.params["routes"]):
-        if scopes and not check_ipv4_network("dst", route["dst"]) \
-                and not any(ipaddress.IPv4Network(route["dst"]).subnet_of(s) for s in scopes):
-            problems.append(f"routes[{i}].dst: {route['dst']} is outside networks ({', '.join(map(str, scopes))})")
-    if problems:
-        module.fail_json(msg="podnet.pod_route: " + "; ".join(problems), problems=problems)
-
-
 def peer_route_owner(have: KernelState, networks: list[str] | None = None):
     """podnet's peer routes: podnet's protocol, not leaving through a podnet pod interface, and (when
     `networks` are given) to a destination inside them - podnet routes only to pod networks, so a route of
@@ -98,25 +68,62 @@ def peer_route_owner(have: KernelState, networks: list[str] | None = None):
     return owned
 
 
+class PodRoute(NetlinkResource):
+    name = "pod_route"
+    kinds = frozenset({Route})
+
+    def problems(self) -> list[str]:
+        found: list[str] = []
+        seen: set[str] = set()
+        for i, route in enumerate(self.p["routes"]):
+            found += check_ipv4_network(f"routes[{i}].dst", route["dst"])
+            if route["via"]:
+                found += check_ipv4(f"routes[{i}].via", route["via"])
+            if route["dev"]:
+                found += check_interface_name(f"routes[{i}].dev", route["dev"])
+            if route["onlink"] and not route["dev"]:
+                found.append(f"routes[{i}].onlink: needs dev")
+            if not route["via"] and not route["dev"]:
+                found.append(f"routes[{i}]: needs via or dev")
+            if route["dst"] in seen:
+                found.append(f"routes[{i}].dst: {route['dst']} is listed twice")
+            seen.add(route["dst"])
+        scopes = []
+        for i, network in enumerate(self.p["networks"]):
+            bad = check_ipv4_network(f"networks[{i}]", network)
+            found += bad
+            if not bad:
+                scopes.append(ipaddress.IPv4Network(network))
+        for i, route in enumerate(self.p["routes"]):
+            if scopes and not check_ipv4_network("dst", route["dst"]) \
+                    and not any(ipaddress.IPv4Network(route["dst"]).subnet_of(s) for s in scopes):
+                found.append(f"routes[{i}].dst: {route['dst']} is outside networks "
+                             f"({', '.join(map(str, scopes))})")
+        if not found:
+            self.want = route_objects(self.p["routes"])
+        return found
+
+    def rendered(self) -> dict[str, Any]:
+        return {"rendered": [c for o in self.want for c in o.add_commands()]}
+
+    def gathered(self, have: KernelState) -> dict[str, Any]:
+        """podnet's peer routes as `routes` entries (and the `networks` they were looked for in)."""
+        owned = peer_route_owner(have, self.p["networks"])
+        return {"routes": [{"dst": o.dst, "via": o.via, "dev": o.dev, "onlink": bool(o.onlink)}
+                           for o in sorted(have.of_type(Route), key=lambda r: r.dst) if owned(o)],
+                "networks": list(self.p["networks"])}
+
+    def plan(self, have: KernelState) -> list[Change]:
+        owned = peer_route_owner(have, self.p["networks"])
+        if self.state == "deleted":
+            listed = {o.key() for o in self.want}
+            return plan_owned(self.module, [], have, lambda o: owned(o) and (not listed or o.key() in listed))
+        return plan_owned(self.module, self.want, have, owned if self.state == "overridden" else None)
+
+    def record(self) -> None:
+        persist_result(self.module, "pod_route", self.want)
+
+
 def run(module: AnsibleModule) -> None:
     """The module's work: ends in module.exit_json or module.fail_json."""
-    validate(module)
-    state = module.params["state"]
-    want = route_objects(module.params["routes"])
-    if state == "rendered":
-        module.exit_json(changed=False, rendered=[c for o in want for c in o.add_commands()])
-
-    with Engine() as engine:
-        have = engine.gather({Route})
-        owned = peer_route_owner(have, module.params["networks"])
-        if state == "gathered":
-            module.exit_json(changed=False, gathered=[o.as_dict() for o in have.of_type(Route) if owned(o)])
-        if state == "deleted":
-            listed = {o.key() for o in want}
-            changes = plan_owned(module, [], have, lambda o: owned(o) and (not listed or o.key() in listed))
-        else:
-            changes = plan_owned(module, want, have, owned if state == "overridden" else None)
-        if changes and not module.check_mode:
-            fail_on_engine_error(module, engine.apply, changes, have)
-    persist_result(module, "pod_route", want)
-    module.exit_json(**result_for(changes))
+    PodRoute(module).run()

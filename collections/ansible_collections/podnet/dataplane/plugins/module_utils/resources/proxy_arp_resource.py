@@ -7,11 +7,15 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders import (
     CALICO_HOST_SYSCTLS,
     proxy_arp_objects,
+    sysctl_interface,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink import (
     Change,
@@ -28,7 +32,11 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.node.persist impo
     persist_result,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.plan.validate import check_interface_name
-from ansible_collections.podnet.dataplane.plugins.module_utils.resources.resource import STATES, result_for
+from ansible_collections.podnet.dataplane.plugins.module_utils.resources.resource import (
+    STATES,
+    Resource,
+    result_for,
+)
 
 ARGUMENT_SPEC = {
     "interfaces": {"type": "list", "elements": "str", "required": True},
@@ -74,47 +82,76 @@ def save(path: str, saved: dict[str, str]) -> None:
         files.remove(path)
 
 
-def run(module: AnsibleModule) -> None:
-    """The module's work: ends in module.exit_json or module.fail_json."""
-    p = module.params
-    state = p["state"]
-    problems = [m for pat in p["interfaces"] if not any(c in pat for c in "*?[")
+def is_pattern(name: str) -> bool:
+    return any(c in name for c in "*?[")
+
+
+class ProxyArp(Resource):
+    name = "proxy_arp"
+
+    def problems(self) -> list[str]:
+        self.settings = {name: str(value) for name, value in self.p["settings"].items()}
+        return [m for pat in self.p["interfaces"] if not is_pattern(pat)
                 for m in check_interface_name("interfaces", pat)]
-    if problems:
-        module.fail_json(msg="podnet.proxy_arp: " + "; ".join(problems))
-    settings = {name: str(value) for name, value in p["settings"].items()}
 
-    if state == "rendered":
-        names = [pat for pat in p["interfaces"] if not any(c in pat for c in "*?[")]
-        module.exit_json(changed=False, rendered=[c for n in names for o in proxy_arp_objects(n, settings)
-                                                  for c in o.add_commands()])
-    interfaces = matching(p["interfaces"])
-    wanted = [o for name in interfaces for o in proxy_arp_objects(name, settings)]
-    have = read_values(o.name for o in wanted)
-    if state == "gathered":
-        module.exit_json(changed=False, interfaces=interfaces,
-                         gathered={o.name: o.value for o in have.objects.values()})
+    def rendered(self) -> dict[str, Any]:
+        names = [pat for pat in self.p["interfaces"] if not is_pattern(pat)]
+        return {"rendered": [c for n in names for o in proxy_arp_objects(n, self.settings) for c in o.add_commands()]}
 
-    saved = load_saved(p["state_file"])
-    if state == "deleted":
-        restore = [Sysctl(name=o.name, value=saved[o.name]) for o in wanted if o.name in saved]
-        changes = plan(restore, have)
-        remaining = {k: v for k, v in saved.items() if k not in {o.name for o in wanted}}
-    else:
-        changes = plan(wanted, have)
-        remaining = dict(saved)
+    @contextmanager
+    def reading(self) -> Iterator[KernelState]:
+        self.interfaces = matching(self.p["interfaces"])
+        self.wanted = [o for name in self.interfaces for o in proxy_arp_objects(name, self.settings)]
+        yield read_values(o.name for o in self.wanted)
+
+    def gathered(self, have: KernelState) -> dict[str, Any]:
+        """The matching interfaces by name, and the settings they all hold alike (a setting whose value differs
+        between them is left out, so that given back nothing changes; `values` has every value)."""
+        common: dict[str, str] = {}
+        for template in self.settings:
+            values = {have.objects[key].value for name in self.interfaces
+                      if (key := ("sysctl", None, template.format(sysctl_interface(name)))) in have.objects}
+            if len(values) == 1:
+                common[template] = values.pop()
+        return {"interfaces": list(self.interfaces), "settings": common}
+
+    def gathered_facts(self, have: KernelState) -> dict[str, Any]:
+        return {"interfaces": list(self.interfaces), "values": {o.name: o.value for o in have.objects.values()}}
+
+    def plan(self, have: KernelState) -> list[Change]:
+        self.saved = load_saved(self.p["state_file"])
+        if self.state == "deleted":
+            restore = [Sysctl(name=o.name, value=self.saved[o.name]) for o in self.wanted if o.name in self.saved]
+            self.remaining = {k: v for k, v in self.saved.items() if k not in {o.name for o in self.wanted}}
+            return plan(restore, have)
+        changes = plan(self.wanted, have)
+        remaining = dict(self.saved)
         for change in changes:
             if change.have is not None:
                 remaining.setdefault(change.have.name, change.have.value)
         # Interfaces that are gone take their remembered values with them.
         present = {o.name for o in read_values(remaining).objects.values()}
-        remaining = {k: v for k, v in remaining.items() if k in present}
-    if not module.check_mode:
+        self.remaining = {k: v for k, v in remaining.items() if k in present}
+        return changes
+
+    def write(self, have: KernelState, planned: list[Change]) -> None:
         try:
-            write_values(changes)
+            write_values(planned)
         except EngineError as exc:
-            module.fail_json(msg=f"podnet.proxy_arp: {exc}")
-        if remaining != saved or (not remaining and os.path.lexists(p["state_file"])):
-            save(p["state_file"], remaining)
-    persist_result(module, "proxy_arp", wanted)
-    module.exit_json(**result_for(changes, interfaces=interfaces))
+            self.fail(str(exc))
+
+    def result(self, planned: list[Change]) -> dict[str, Any]:
+        # what podnet found before its change is remembered even when the values already matched
+        path = self.p["state_file"]
+        if not self.module.check_mode and (self.remaining != self.saved
+                                           or (not self.remaining and os.path.lexists(path))):
+            save(path, self.remaining)
+        return result_for(planned, interfaces=self.interfaces)
+
+    def record(self) -> None:
+        persist_result(self.module, "proxy_arp", self.wanted)
+
+
+def run(module: AnsibleModule) -> None:
+    """The module's work: ends in module.exit_json or module.fail_json."""
+    ProxyArp(module).run()

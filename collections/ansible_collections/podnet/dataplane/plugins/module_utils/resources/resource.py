@@ -1,13 +1,19 @@
 # Copyright: podnet contributors
 # Apache License 2.0
-"""What every podnet module shares: the resource-module states and the result shape
-(changed, commands, changes, diff)."""
+"""What every podnet resource shares: the resource-module states, taken in one order by one state machine
+(Resource), and the result shape (changed, commands, changes, diff)."""
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink import (
     Change,
+    Engine,
     EngineError,
     ForeignObjectError,
+    KernelState,
     plan,
 )
 
@@ -47,3 +53,97 @@ def plan_owned(module, want, have, purge=None) -> list[Change]:
     """netlink.plan with the module's take_over, failing the module (nothing changed) on objects that
     are not podnet's."""
     return fail_on_engine_error(module, plan, want, have, purge, module.params.get("take_over") or ())
+
+
+class Resource:
+    """One resource's run, the same for every podnet resource, in this order:
+
+    1. the inputs are checked (`problems`): one problem fails the run before anything is read or changed;
+    2. `rendered`: the commands that make the wanted state on a fresh host, without reading this one;
+    3. one read of the host (`reading`);
+    4. `gathered`: the resource as it was read, in the shape of the module's own options, so that it is
+       valid input again (given back with state merged, it changes nothing);
+    5. merged, replaced, overridden, deleted: `plan` the difference between the wanted state and what was
+       read - merged adds and corrects, replaced also drops what differs in the entries it lists,
+       overridden drops everything of podnet's it does not list, deleted removes podnet's (the listed
+       entries, or all) - and `write` it unless in check mode;
+    6. `record` the wanted state for the boot restore, and end with the `result`.
+
+    A subclass is made per run (`Resource(module).run()`); what its steps learn they keep on self."""
+
+    name = ""  # podnet.<name> in messages
+
+    def __init__(self, module: Any):
+        self.module = module
+        self.p = module.params
+        self.state: str = module.params["state"]
+
+    def fail(self, msg: str, **extra: Any) -> None:
+        self.module.fail_json(msg=f"podnet.{self.name}: {msg}", **extra)
+
+    def problems(self) -> list[str]:
+        return []
+
+    def rendered(self) -> dict[str, Any]:
+        """The `rendered` result: at least `rendered`, the command lines."""
+        raise NotImplementedError
+
+    @contextmanager
+    def reading(self) -> Iterator[Any]:
+        raise NotImplementedError
+        yield  # a generator: contextmanager needs one
+
+    def gathered(self, have: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def gathered_facts(self, have: Any) -> dict[str, Any]:
+        """What the `gathered` result tells beside the options (e.g. whether podnet owns the device)."""
+        return {}
+
+    def plan(self, have: Any) -> list[Any]:
+        raise NotImplementedError
+
+    def write(self, have: Any, planned: list[Any]) -> None:
+        raise NotImplementedError
+
+    def result(self, planned: list[Any]) -> dict[str, Any]:
+        return result_for(planned)
+
+    def record(self) -> None:
+        """Keep the wanted state for the boot restore (persist_result); nothing by default."""
+
+    def run(self) -> None:
+        """Ends in module.exit_json or module.fail_json."""
+        problems = self.problems()
+        if problems:
+            self.fail("; ".join(problems), problems=problems)
+        if self.state == "rendered":
+            self.module.exit_json(changed=False, **self.rendered())
+        with self.reading() as have:
+            if self.state == "gathered":
+                self.module.exit_json(changed=False, gathered=self.gathered(have), **self.gathered_facts(have))
+            planned = self.plan(have)
+            if planned and not self.module.check_mode:
+                self.write(have, planned)
+            result = self.result(planned)
+        self.record()
+        self.module.exit_json(**result)
+
+
+class NetlinkResource(Resource):
+    """A resource kept in the kernel's netlink state: one Engine on the node's namespace, one gather of
+    `kinds` (links always) and `sysctls()`, the planned Changes applied in one batch."""
+
+    kinds: frozenset[type] = frozenset()
+
+    def sysctls(self) -> list[str]:
+        return []
+
+    @contextmanager
+    def reading(self) -> Iterator[KernelState]:
+        with Engine() as engine:
+            self.engine = engine
+            yield engine.gather(set(self.kinds), self.sysctls())
+
+    def write(self, have: KernelState, planned: list[Change]) -> None:
+        fail_on_engine_error(self.module, self.engine.apply, planned, have)

@@ -5,6 +5,7 @@ podnet.dataplane.node_apply can run it in the same process as the node's other r
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders import (
@@ -14,7 +15,6 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders i
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink import (
     Change,
-    Engine,
     KernelState,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import (
@@ -46,7 +46,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.plan.validate imp
 from ansible_collections.podnet.dataplane.plugins.module_utils.resources.resource import (
     STATES,
     TAKE_OVER_OPTION,
-    fail_on_engine_error,
+    NetlinkResource,
     plan_owned,
     result_for,
 )
@@ -75,9 +75,8 @@ ARGUMENT_SPEC = {
 }
 
 
-def validate(module: AnsibleModule) -> None:
-    p = module.params
-    problems = []
+def input_problems(p: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
     problems += check_interface_name("name", p["name"])
     if p["underlay_interface"]:
         problems += check_interface_name("underlay_interface", p["underlay_interface"])
@@ -97,23 +96,7 @@ def validate(module: AnsibleModule) -> None:
         problems += check_mac(f"peers[{i}].mac", peer["mac"])
     if p["state"] in ("merged", "replaced", "overridden", "rendered") and not p["local"]:
         problems.append(f"local: required with state={p['state']}")
-    if problems:
-        module.fail_json(msg="podnet.vxlan_fdb: " + "; ".join(problems), problems=problems)
-
-
-def gathered(name: str, have: KernelState) -> dict:
-    link = have.objects.get(("link", None, name))
-    if link is None:
-        return {}
-    fdb = {o.mac: o.dst for o in have.of_type(FdbEntry) if o.dev == name}
-    peers = [{"vtep_ip": n.dst, "mac": n.mac, "node_ip": fdb.get(n.mac)}
-             for n in have.of_type(Neighbour) if n.dev == name and n.permanent]
-    addresses = [a.cidr for a in have.of_type(Address) if a.dev == name]
-    v = link.vxlan
-    return {"name": name, "vni": v and v.vni, "port": v and v.port, "local": v and v.local,
-            "underlay_interface": v and v.underlay, "learning": v and v.learning, "mtu": link.mtu,
-            "mac": link.mac, "address": addresses[0] if addresses else None, "owned": is_owned_alias(link.alias),
-            "peers": sorted(peers, key=lambda peer: peer["vtep_ip"])}
+    return problems
 
 
 def wanted_vtep(module: AnsibleModule, have: KernelState) -> dict:
@@ -155,52 +138,84 @@ def purge_predicate(module: AnsibleModule):
     return purge
 
 
-def run(module: AnsibleModule) -> None:
-    """The module's work: ends in module.exit_json or module.fail_json."""
-    validate(module)
-    p = module.params
-    name, state = p["name"], p["state"]
+class VxlanFdb(NetlinkResource):
+    name = "vxlan_fdb"
+    kinds = frozenset({Address, Neighbour, FdbEntry})
 
-    if state == "rendered":
+    def problems(self) -> list[str]:
+        self.want: list = []
+        return input_problems(self.p)
+
+    def rendered(self) -> dict[str, Any]:
+        p = self.p
         vtep = {k: p[k] for k in ("name", "vni", "port", "local", "underlay_interface", "mac", "mtu",
                                   "address", "learning")}
-        objs = vtep_objects(vtep) + vxlan_peer_objects(name, p["peers"])
-        rendered = [c for o in objs for c in o.add_commands()] + tx_checksum_lines(name, offload_decision(module))
-        module.exit_json(changed=False, rendered=rendered)
+        objs = vtep_objects(vtep) + vxlan_peer_objects(p["name"], p["peers"])
+        return {"rendered": [c for o in objs for c in o.add_commands()]
+                + tx_checksum_lines(p["name"], offload_decision(self.module))}
 
-    with Engine() as engine:
-        have = engine.gather({Address, Neighbour, FdbEntry})
-        if state == "gathered":
-            module.exit_json(changed=False, gathered=gathered(name, have))
-        existing = have.objects.get(("link", None, name))
-        want: list = []
-        if state == "deleted":
-            changes = deleted_changes(module, have, existing)
-            extra: dict = {}
-            if existing is not None and not is_owned_alias(existing.alias):
-                extra["left_alone"] = (f"device {name} is not podnet's (alias {existing.alias!r}, not 'podnet:*'): "
-                                       "left as it is")
-        else:
-            if existing is not None and existing.kind != "vxlan":
-                module.fail_json(msg=f"podnet.vxlan_fdb: device {name} exists but is a {existing.kind} "
-                                     "device, not VXLAN; podnet will not replace a device it did not create")
-            vtep = wanted_vtep(module, have)
-            want = vtep_objects(vtep) + vxlan_peer_objects(name, p["peers"])
-            changes = plan_owned(module, want, have, purge_predicate(module))
-            extra = {"mtu": vtep["mtu"], "mac": vtep["mac"] or (existing.mac if existing else None)}
-        if changes and not module.check_mode:
-            fail_on_engine_error(module, engine.apply, changes, have)
-            if state != "deleted" and not extra["mac"]:
-                extra["mac"] = engine.gather(set()).objects[("link", None, name)].mac
-    result = result_for(changes, **extra)
-    offload = []
-    if state != "deleted":
-        decision = offload_decision(module)
-        converge_offload(module, result, decision, created=existing is None)
-        result["tx_checksum_offload"] = decision._asdict()
-        offload = [{"device": name, "feature": TX_CHECKSUM, **decision._asdict()}]
-    persist_result(module, f"vxlan_fdb-{name}", want, offload=offload)
-    module.exit_json(**result)
+    def gathered(self, have: KernelState) -> dict[str, Any]:
+        """The device and its peers as this module's options ({}: no such device). A peer is a permanent
+        neighbour entry on the device with the fdb entry of its MAC (one without is no peer podnet made)."""
+        name = self.p["name"]
+        link = have.objects.get(("link", None, name))
+        if link is None:
+            return {}
+        fdb = {o.mac: o.dst for o in have.of_type(FdbEntry) if o.dev == name}
+        peers = [{"vtep_ip": n.dst, "mac": n.mac, "node_ip": fdb[n.mac]}
+                 for n in have.of_type(Neighbour) if n.dev == name and n.permanent and n.mac in fdb]
+        addresses = [a.cidr for a in have.of_type(Address) if a.dev == name]
+        v = link.vxlan
+        offload = get_feature(name, TX_CHECKSUM)
+        return {"name": name, "vni": v and v.vni, "port": v and v.port, "local": v and v.local,
+                "underlay_interface": v and v.underlay, "learning": bool(v and v.learning), "mtu": link.mtu,
+                "mac": link.mac, "address": addresses[0] if addresses else None,
+                "tx_checksum_offload": None if offload is None else ("on" if offload else "off"),
+                "peers": sorted(peers, key=lambda peer: peer["vtep_ip"])}
+
+    def gathered_facts(self, have: KernelState) -> dict[str, Any]:
+        link = have.objects.get(("link", None, self.p["name"]))
+        return {} if link is None else {"kind": link.kind, "owned": is_owned_alias(link.alias)}
+
+    def plan(self, have: KernelState) -> list[Change]:
+        name = self.p["name"]
+        self.existing = have.objects.get(("link", None, name))
+        if self.state == "deleted":
+            self.extra: dict[str, Any] = {}
+            if self.existing is not None and not is_owned_alias(self.existing.alias):
+                self.extra["left_alone"] = (f"device {name} is not podnet's (alias {self.existing.alias!r}, not "
+                                            "'podnet:*'): left as it is")
+            return deleted_changes(self.module, have, self.existing)
+        if self.existing is not None and self.existing.kind != "vxlan":
+            self.fail(f"device {name} exists but is a {self.existing.kind} device, not VXLAN; podnet will not "
+                      "replace a device it did not create")
+        vtep = wanted_vtep(self.module, have)
+        self.want = vtep_objects(vtep) + vxlan_peer_objects(name, self.p["peers"])
+        self.extra = {"mtu": vtep["mtu"], "mac": vtep["mac"] or (self.existing.mac if self.existing else None)}
+        return plan_owned(self.module, self.want, have, purge_predicate(self.module))
+
+    def write(self, have: KernelState, planned: list[Change]) -> None:
+        super().write(have, planned)
+        if self.state != "deleted" and not self.extra["mac"]:  # the kernel chose the new device's MAC
+            self.extra["mac"] = self.engine.gather(set()).objects[("link", None, self.p["name"])].mac
+
+    def result(self, planned: list[Change]) -> dict[str, Any]:
+        result = result_for(planned, **self.extra)
+        self.offload: list[dict[str, Any]] = []
+        if self.state != "deleted":
+            decision = offload_decision(self.module)
+            converge_offload(self.module, result, decision, created=self.existing is None)
+            result["tx_checksum_offload"] = decision._asdict()
+            self.offload = [{"device": self.p["name"], "feature": TX_CHECKSUM, **decision._asdict()}]
+        return result
+
+    def record(self) -> None:
+        persist_result(self.module, f"vxlan_fdb-{self.p['name']}", self.want, offload=self.offload)
+
+
+def run(module: AnsibleModule) -> None:
+    """The module's work: ends in module.exit_json or module.fail_json."""
+    VxlanFdb(module).run()
 
 
 def offload_decision(module: AnsibleModule) -> OffloadDecision:

@@ -1,0 +1,132 @@
+"""A node's run without a controller: podnet's node_apply module executed as Ansible executes it on a node,
+for the namespace lab inside the QEMU guest.
+
+Under the guest's software emulation a site.yml run costs 7-8 min, nearly all of it Ansible's controller
+and module start-up. What the run does on a node is one node_apply module: the planner (`plan_cluster`,
+which the `podnet.dataplane.plan` filter calls) gives the node its state, the node role passes it with its
+options, and the module runs in the node. This kit does those three steps and nothing else: it plans with
+the planner, builds node_apply's arguments as roles/node/tasks/main.yml builds them for site.yml on the lab
+inventory (inventories/lab), and runs the module file itself in the node's namespace with its arguments in a
+JSON file (`python node_apply.py args.json`, Ansible's way of running a module by hand) - the module's own
+code, its argument spec, lock and result, at the cost of one Python start.
+
+test_modulekit.py (on this machine) keeps them in step with the role: the same options, and no change
+after a site.yml run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.plan import plan_cluster
+
+from .labkit import REPO_ROOT, Lab
+
+COLLECTION = REPO_ROOT / "collections" / "ansible_collections" / "podnet" / "dataplane"
+MODULES = COLLECTION / "plugins" / "modules"
+NODE_ROLE = COLLECTION / "roles" / "node"
+LAB_HOSTS = yaml.safe_load((REPO_ROOT / "inventories" / "lab" / "hosts.yml").read_text())["podnet_nodes"]["hosts"]
+# The lab inventory's podnet_cluster_cidr (group_vars), which the planner and reset's `networks` use.
+LAB_CLUSTER_CIDR = "10.244.0.0/16"
+MODULE_TIMEOUT = 900  # one module start under software emulation takes seconds; a converge, a minute at most
+
+
+def lab_hostvars(lab: Lab, **variables: Any) -> dict[str, dict[str, Any]]:
+    """The planner's view of the lab inventory (hosts.yml, group_vars) with these variables set for every
+    node, as `-e` gives them."""
+    return {host: {**values, "podnet_cluster_cidr": LAB_CLUSTER_CIDR,
+                   "podnet_pod_netns_prefix": f"{lab.prefix}-{host}-", **variables}
+            for host, values in LAB_HOSTS.items()}
+
+
+def plan(lab: Lab, **variables: Any) -> dict[str, dict[str, Any]]:
+    """Each node's planned state, with the subnets leased on the lab's lease file as the plan role keeps it."""
+    leases_file = Path(lab_state_dir(lab)) / "leases.json"
+    leases = json.loads(leases_file.read_text()) if leases_file.exists() else {}
+    cluster = plan_cluster(list(LAB_HOSTS), lab_hostvars(lab, **variables), leases)
+    leases_file.parent.mkdir(parents=True, exist_ok=True)
+    leases_file.write_text(json.dumps(cluster["leases"]))
+    return cluster["nodes"]
+
+
+def lab_state_dir(lab: Lab, host: str | None = None) -> str:
+    base = f"/run/podnet-lab/{lab.prefix}"
+    return f"{base}/{host}" if host else base
+
+
+def role_defaults() -> dict[str, Any]:
+    """roles/node/defaults/main.yml with its own templates rendered (podnet_pod_sysctls' rp_filter)."""
+    defaults = yaml.safe_load((NODE_ROLE / "defaults" / "main.yml").read_text())
+    environment = jinja2.Environment(undefined=jinja2.StrictUndefined)
+
+    def rendered(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: rendered(v) for k, v in value.items()}
+        if isinstance(value, str) and "{{" in value:
+            return yaml.safe_load(environment.from_string(value).render(defaults))
+        return value
+    return rendered(defaults)
+
+
+def node_args(lab: Lab, host: str, node: dict[str, Any] | None, state: str = "overridden") -> dict[str, Any]:
+    """node_apply's arguments for this lab node as site.yml's node role passes them (reset.yml's with state
+    deleted): the lab inventory's per-node paths, the role's defaults, the node lock, the node's policy."""
+    defaults, base = role_defaults(), lab_state_dir(lab, host)
+    args: dict[str, Any] = {
+        "persist_dir": f"{base}/state",
+        "subnet_env": f"{base}/flannel/subnet.env",
+        "proxy_arp_state_file": f"{base}/proxy_arp.json",
+        "rt_protos_file": f"{base}/iproute2/rt_protos.d/podnet.conf",
+        "bird_dir": f"{base}/bird",
+        "birdc": defaults["podnet_birdc_binary"],
+        "other_vteps": ["flannel.1", "vxlan.calico", "vxlan-6784"],  # the plan role's podnet_other_vteps
+        "lock": {"owner": {"run": f"modulekit-{os.getpid()}"}, "path": f"{base}/node.lock", "wait_timeout": 600},
+    }
+    if state == "deleted":
+        # reset.yml adds flannel.<podnet_vxlan_vni> to the VTEPs it removes: flannel.1, listed already
+        return {**args, "state": "deleted", "bridge": "cni0", "networks": [LAB_CLUSTER_CIDR]}
+    assert node is not None
+    if (node.get("bgp") or {}).get("mode") == "bird":
+        raise ValueError("BIRD's configuration comes from the node role's template: run site.yml for BIRD")
+    return {**args, "node": node, "pod_sysctls": defaults["podnet_pod_sysctls"],
+            "policy": node.get("policy") or {}}
+
+
+def render_options(lab: Lab, host: str) -> dict[str, Any]:
+    """The node options render.yml gives the render (podnet_render_options), for this lab node."""
+    args = node_args(lab, host, {})
+    return {key: args.get(key) for key in ("subnet_env", "rt_protos_file", "pod_sysctls", "bird_dir")} | {
+        "bird": None}
+
+
+def run_module(lab: Lab, host: str, module: str, args: dict[str, Any], check: bool = False) -> dict[str, Any]:
+    """A podnet module run in the node's namespace, as Ansible runs it there; its result (a failure raises)."""
+    invocation = dict(args, _ansible_check_mode=check)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix=f"{module}-", delete=False) as handle:
+        json.dump({"ANSIBLE_MODULE_ARGS": invocation}, handle)
+    try:
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT / "collections"))
+        done = subprocess.run(["ip", "netns", "exec", lab.node_ns(host), sys.executable, str(MODULES / f"{module}.py"),
+                               handle.name], env=env, capture_output=True, text=True, timeout=MODULE_TIMEOUT,
+                              check=False)
+    finally:
+        os.unlink(handle.name)
+    try:
+        result = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(f"{module} on {host} printed no result (rc {done.returncode}):\n"
+                             f"{done.stdout}\n{done.stderr}") from None
+    assert not result.get("failed"), (host, module, result.get("msg"), result.get("step"))
+    return result
+
+
+def run_node_apply(lab: Lab, host: str, args: dict[str, Any], check: bool = False) -> dict[str, Any]:
+    """node_apply run in the node's namespace, as the module runs there; its result (a failure raises)."""
+    return run_module(lab, host, "node_apply", args, check)

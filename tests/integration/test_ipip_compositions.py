@@ -1,0 +1,133 @@
+"""IPIP in the compositions, against a kernel with the ipip module: canal over IPIP (seed 000's table), and
+render-exact for calico-ipip and canal over IPIP - the two IPIP cases the namespace lab cannot run here.
+
+Runs inside the QEMU guest that test_ipip_vm.py boots (``pytest -m ipip``); skipped where ipip is missing.
+Each node's run is node_apply itself, executed in the node as Ansible executes it, with the arguments
+site.yml's node role gives it (modulekit.py): a playbook run costs minutes under software emulation.
+
+One lab for the module, in order: calico-ipip converged on a kernel whose ipip module is not loaded yet
+(rmmod first), reset; calico-ipip built from its rendered scripts, then converged (nothing
+changes); a switch to canal over IPIP (calico's state replaced, pod traffic through tunl0), a re-run that
+changes nothing; reset; canal over IPIP built from its scripts and converged (nothing changes); reset.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from ansible_collections.podnet.dataplane.plugins.module_utils.node.render import node_commands
+
+from .labkit import Lab, list_netns
+from .modulekit import node_args, plan, render_options, run_module, run_node_apply
+from .test_calico_ipip import (
+    IPIP_LOADED,
+    NODES,
+    PODNET_PROTO,
+    PODS,
+    assert_ipip_state,
+    assert_pods_reach_each_other,
+)
+from .test_render_exact import differences, snapshot
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.ipip,
+    pytest.mark.skipif(not IPIP_LOADED, reason="needs the ipip kernel module (runs in the QEMU guest: "
+                                                "tests/integration/test_ipip_vm.py)"),
+]
+
+IPIP_MODULE = Path("/sys/module/ipip")
+CALICO_IPIP = {"podnet_backend": "calico-ipip"}
+CANAL_IPIP = {"podnet_backend": "canal", "podnet_transport": "ipip"}
+
+
+@pytest.fixture(scope="module")
+def lab():
+    with Lab(extra_vars=CALICO_IPIP) as built:
+        yield built
+    assert list_netns(built.prefix) == []
+
+
+def converge(lab: Lab, variables: dict[str, str], check: bool = False) -> dict[str, dict]:
+    """Every node's run, as site.yml with these variables gives it; the results."""
+    nodes = plan(lab, **variables)
+    return {host: run_node_apply(lab, host, node_args(lab, host, nodes[host]), check=check) for host in NODES}
+
+
+def reset(lab: Lab) -> None:
+    for host in NODES:
+        run_node_apply(lab, host, node_args(lab, host, None, state="deleted"))
+        assert lab.json(host, "route", "show", "table", "all", "proto", PODNET_PROTO) == []
+
+
+def build_from_scripts(lab: Lab, variables: dict[str, str], tmp_path: Path) -> None:
+    """Each node made by its rendered script alone (render.yml's filter, with render.yml's options) on a node
+    as fresh as the lab makes it: the pods' namespaces are the script's to make."""
+    nodes = plan(lab, **variables)
+    for host in NODES:
+        script = tmp_path / f"{host}.sh"
+        lines = node_commands(nodes[host], os.uname().release, render_options(lab, host))
+        script.write_text("#!/bin/sh\nset -eu\n" + "\n".join(lines) + "\n")
+        for pod in PODS:
+            if Path(f"/run/netns/{lab.pod_ns(host, pod)}").exists():
+                subprocess.run(["ip", "netns", "del", lab.pod_ns(host, pod)], check=True)
+        built = subprocess.run(["nsenter", f"--net=/run/netns/{lab.node_ns(host)}", "sh", str(script)],
+                               capture_output=True, text=True, timeout=300, check=False)
+        assert built.returncode == 0, (host, built.stderr, script.read_text())
+
+
+def assert_rendered_is_converged(lab: Lab, variables: dict[str, str], tmp_path: Path) -> None:
+    build_from_scripts(lab, variables, tmp_path)
+    before = snapshot(lab)
+    assert_ipip_state(lab)
+    assert_pods_reach_each_other(lab)
+    results = converge(lab, variables)
+    assert {host: result["changed"] for host, result in results.items()} == {host: False for host in NODES}, \
+        {host: [r["step"] for r in result["results"] if r.get("changed")] for host, result in results.items()}
+    after = snapshot(lab)
+    assert differences(before, after) == [], "\n".join(differences(before, after))
+
+
+def test_a_run_on_a_kernel_without_ipip_loaded_loads_it_and_configures_its_tunl0(lab):
+    """On a fresh node the ipip module is not loaded: the run's netlink request for tunl0 loads it, and the
+    module makes tunl0 itself in every namespace as it loads - the run then configures that one (an
+    exclusive create would answer "File exists", as seed 003's `ip tunnel add tunl0` does)."""
+    unloaded = subprocess.run(["rmmod", "ipip"], capture_output=True, text=True, check=False)
+    assert unloaded.returncode == 0 and not IPIP_MODULE.exists(), unloaded.stderr
+    converge(lab, CALICO_IPIP)
+    assert IPIP_MODULE.exists()
+    assert_ipip_state(lab)
+    assert_pods_reach_each_other(lab)
+    reset(lab)  # the render-exact test below starts from a node podnet has not configured
+
+
+def test_calico_ipip_built_from_its_rendered_scripts_is_what_a_run_converges_to(lab, tmp_path):
+    assert_rendered_is_converged(lab, CALICO_IPIP, tmp_path)
+
+
+def test_canal_over_ipip_replaces_calico_ipip_and_carries_pod_traffic(lab):
+    preview = converge(lab, CANAL_IPIP, check=True)
+    assert all(result["changed"] for result in preview.values()), preview
+    converge(lab, CANAL_IPIP)
+    assert_ipip_state(lab)  # calico's pod wiring and IPIP peer routes, now canal's
+    for host in NODES:
+        env = Path(f"/run/podnet-lab/{lab.prefix}/{host}/flannel/subnet.env").read_text()
+        assert "FLANNEL_MTU=1480\n" in env, env  # canal keeps flannel's node facts, with IPIP's MTU
+        nat = lab.exec(host, ["iptables-save", "-t", "nat"], check=True).stdout
+        assert "-A POSTROUTING -s 10.244.0.0/16 ! -d 224.0.0.0/4" in nat, nat
+    assert_pods_reach_each_other(lab)
+    again = converge(lab, CANAL_IPIP)
+    assert {host: result["changed"] for host, result in again.items()} == {host: False for host in NODES}
+    # ipip_tunnel's `gathered` is valid input again (test_gathered.py does the other resources on this machine)
+    gathered = run_module(lab, "node2", "ipip_tunnel", {"state": "gathered"})["gathered"]
+    assert gathered["mtu"] == 1480 and gathered["address"].endswith("/32"), gathered
+    for state in ("merged", "overridden"):
+        assert not run_module(lab, "node2", "ipip_tunnel", dict(gathered, state=state), check=True)["changed"]
+
+
+def test_canal_over_ipip_built_from_its_rendered_scripts_is_what_a_run_converges_to(lab, tmp_path):
+    reset(lab)
+    assert_rendered_is_converged(lab, CANAL_IPIP, tmp_path)
+    reset(lab)

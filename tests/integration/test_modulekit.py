@@ -1,0 +1,37 @@
+"""modulekit runs node_apply as site.yml's node role runs it: the same options, and on a lab that site.yml
+converged, a modulekit run changes nothing. The guest's IPIP tests (test_ipip_compositions.py) stand on it."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from .labkit import REPO_ROOT, Lab
+from .modulekit import NODE_ROLE, node_args, plan, run_node_apply
+from .test_calico_ipip import NODES
+
+pytestmark = pytest.mark.integration
+
+
+def task_options(tasks_file: str) -> set[str]:
+    tasks = yaml.safe_load((NODE_ROLE / "tasks" / tasks_file).read_text())
+    return {key for task in tasks for key in task.get("podnet.dataplane.node_apply") or {}}
+
+
+def test_node_apply_gets_the_options_the_node_role_gives():
+    """Option for option (site.yml gives no pod_mode; BIRD's option is only for calico-bgp with BIRD)."""
+    lab = Lab(prefix="modulekit")
+    assert set(node_args(lab, "node1", {"name": "node1"})) == task_options("main.yml") - {"pod_mode", "bird"}
+    assert set(node_args(lab, "node1", None, state="deleted")) == task_options("reset.yml")
+
+
+@pytest.mark.parametrize("variables", [{"podnet_backend": "canal", "podnet_transport": "host-gw"}])
+def test_a_modulekit_run_after_site_yml_changes_nothing(variables):
+    with Lab(extra_vars=variables) as lab:
+        converged = lab.run(REPO_ROOT / "playbooks" / "site.yml")
+        assert converged.rc == 0, converged.output
+        nodes = plan(lab, **variables)
+        for host in NODES:
+            check = run_node_apply(lab, host, node_args(lab, host, nodes[host]), check=True)
+            assert not check["changed"], [r for r in check["results"] if r.get("changed")]
+            done = run_node_apply(lab, host, node_args(lab, host, nodes[host]))
+            assert not done["changed"] and done["kernel_reads"][""] == 1, done["kernel_reads"]
