@@ -86,7 +86,7 @@ rendered:
 gathered:
   description:
     - The device as this module's options (name, mtu, and its one address); C({}) when there is no such device.
-    - Valid input again: given back as this module's options (state merged or overridden), it changes nothing.
+    - Valid input again - given back as this module's options (state merged or overridden), it changes nothing.
   returned: when state is gathered
   type: dict
 kind:

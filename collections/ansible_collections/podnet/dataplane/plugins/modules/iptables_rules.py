@@ -102,7 +102,7 @@ gathered:
   description:
     - podnet's rules in the searched chains as this module's options - C(rules) (table, chain, rule without
       podnet's comment) and those C(chains).
-    - Valid input again: given back as this module's options (state merged or overridden), it changes nothing.
+    - Valid input again - given back as this module's options (state merged or overridden), it changes nothing.
       A rule iptables prints otherwise than it was given is listed in C(not_given_back) instead.
   returned: when state is gathered
   type: dict

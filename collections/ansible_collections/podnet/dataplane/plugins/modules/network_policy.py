@@ -161,7 +161,7 @@ gathered:
   description:
     - podnet's chains (named as podnet names its own, or listed in I(chains)) with their rules as
       iptables-save prints them, the jump into them when there is exactly one, and the prefix.
-    - Valid input again: given back as this module's options (state merged or overridden), it changes nothing.
+    - Valid input again - given back as this module's options (state merged or overridden), it changes nothing.
   returned: when state is gathered
   type: dict
   sample:

@@ -143,7 +143,7 @@ gathered:
     - podnet's pods and their bridge as this module's options (mode, bridge, mtu, forwarding, pods). Each pod's
       namespace and interface are found from its veth's other end, its address and gateway read inside the
       pod; labels are not kernel state and do not come back.
-    - Valid input again: given back as this module's options (state merged or overridden), it changes nothing.
+    - Valid input again - given back as this module's options (state merged or overridden), it changes nothing.
   returned: when state is gathered
   type: dict
 """

@@ -108,7 +108,7 @@ gathered:
   description:
     - podnet's peer routes in the kernel as this module's options - C(routes) (dst, via, dev, onlink) and the
       C(networks) they were looked for in.
-    - Valid input again: given back as this module's options (state merged or overridden), it changes nothing.
+    - Valid input again - given back as this module's options (state merged or overridden), it changes nothing.
   returned: when state is gathered
   type: dict
   sample: {"routes": [{"dst": "10.244.1.0/24", "via": "10.244.1.0", "dev": "flannel.1", "onlink": true}],

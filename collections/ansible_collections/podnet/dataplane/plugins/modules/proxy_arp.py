@@ -88,7 +88,7 @@ gathered:
   description:
     - The matching interfaces by name and the C(settings) they all hold alike (a setting whose value differs
       between them is left out; C(values) has every value).
-    - Valid input again: given back as this module's options (state merged or overridden), it changes nothing.
+    - Valid input again - given back as this module's options (state merged or overridden), it changes nothing.
   returned: when state is gathered
   type: dict
 values:

@@ -205,7 +205,7 @@ gathered:
     - The device and its peers as this module's options (name, vni, port, local, underlay_interface, learning,
       mtu, mac, address, tx_checksum_offload as C(on)/C(off), peers); C({}) when there is no such device.
       A peer is a permanent neighbour entry with the fdb entry of its MAC.
-    - Valid input again: given back as this module's options (state merged or overridden), it changes nothing.
+    - Valid input again - given back as this module's options (state merged or overridden), it changes nothing.
   returned: when state is gathered
   type: dict
 kind:

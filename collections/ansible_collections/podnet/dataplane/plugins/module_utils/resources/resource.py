@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink import (
@@ -88,10 +88,9 @@ class Resource:
         """The `rendered` result: at least `rendered`, the command lines."""
         raise NotImplementedError
 
-    @contextmanager
-    def reading(self) -> Iterator[Any]:
+    def reading(self) -> AbstractContextManager[Any]:
+        """What was read of the host, for as long as the run needs it (a @contextmanager in subclasses)."""
         raise NotImplementedError
-        yield  # a generator: contextmanager needs one
 
     def gathered(self, have: Any) -> dict[str, Any]:
         raise NotImplementedError
