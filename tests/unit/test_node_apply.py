@@ -98,6 +98,14 @@ def test_a_step_checks_its_arguments_with_the_modules_spec() -> None:
     assert sub.check_mode and sub.params["state"] == "merged" and sub.params["routes"][0]["onlink"] is False
 
 
+def test_a_step_checks_the_modules_required_if_too() -> None:
+    """vxlan_fdb needs its source address for every state that builds the device, in a step as on its own."""
+    with pytest.raises(StepFailed) as failed:
+        StepModule(FakeParent(), "vtep", "vxlan_fdb", {"name": "flannel.1", "state": "merged"})
+    assert "state is merged but all of the following are missing: local" in failed.value.msg
+    assert StepModule(FakeParent(), "vtep", "vxlan_fdb", {"name": "flannel.1", "state": "deleted"}).params["local"] is None
+
+
 def test_pod_mtu_is_the_devices_then_the_explicit_then_the_render_time_one() -> None:
     node = {"mtu": None, "render_mtu": 1450}
     assert node_apply._pod_mtu(node, {"mtu": 1400}, None) == 1400

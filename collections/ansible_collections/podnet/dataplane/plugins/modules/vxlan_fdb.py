@@ -221,12 +221,13 @@ owned:
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.podnet.dataplane.plugins.module_utils.resources.vxlan_fdb_resource import (
     ARGUMENT_SPEC,
+    REQUIRED_IF,
     run,
 )
 
 
 def main() -> None:
-    run(AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True))
+    run(AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True, required_if=REQUIRED_IF))
 
 
 if __name__ == "__main__":

@@ -123,7 +123,9 @@ class StepModule:
     def __init__(self, parent, step: str, resource: str, params: dict[str, Any]):
         self.step = step
         self._parent = parent
-        checked = ArgumentSpecValidator(RESOURCES[resource].ARGUMENT_SPEC).validate(params)
+        spec = RESOURCES[resource]
+        checked = ArgumentSpecValidator(spec.ARGUMENT_SPEC, required_if=getattr(spec, "REQUIRED_IF", None)
+                                        ).validate(params)
         if checked.error_messages:
             raise StepFailed(step, f"podnet.{resource}: " + "; ".join(checked.error_messages), {})
         self.params = checked.validated_parameters

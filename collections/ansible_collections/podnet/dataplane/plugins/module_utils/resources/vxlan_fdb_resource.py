@@ -73,6 +73,8 @@ ARGUMENT_SPEC = {
     "peers": {"type": "list", "elements": "dict", "options": PEER_SPEC, "default": []},
     "state": {"type": "str", "choices": STATES, "default": "merged"},
 }
+# The VTEP's source address is what every state that builds the device needs (AnsibleModule's required_if).
+REQUIRED_IF = [("state", state, ["local"]) for state in ("merged", "replaced", "overridden", "rendered")]
 
 
 def input_problems(p: dict[str, Any]) -> list[str]:
@@ -94,8 +96,6 @@ def input_problems(p: dict[str, Any]) -> list[str]:
         problems += check_ipv4(f"peers[{i}].vtep_ip", peer["vtep_ip"])
         problems += check_ipv4(f"peers[{i}].node_ip", peer["node_ip"])
         problems += check_mac(f"peers[{i}].mac", peer["mac"])
-    if p["state"] in ("merged", "replaced", "overridden", "rendered") and not p["local"]:
-        problems.append(f"local: required with state={p['state']}")
     return problems
 
 
