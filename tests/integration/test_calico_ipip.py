@@ -58,8 +58,8 @@ def tunnel(lab: Lab, host: str) -> dict:
     return lab.json(host, "-d", "link", "show", TUNNEL)[0]
 
 
-def tunnel_tx_packets(lab: Lab, host: str) -> int:
-    return lab.json(host, "-s", "link", "show", TUNNEL)[0]["stats64"]["tx"]["packets"]
+def tx_packets(lab: Lab, host: str, device: str = TUNNEL) -> int:
+    return lab.json(host, "-s", "link", "show", device)[0]["stats64"]["tx"]["packets"]
 
 
 def kernel_state(lab: Lab) -> dict:
@@ -115,16 +115,16 @@ def assert_ipip_state(lab: Lab) -> None:
             assert in_pod["default"]["gateway"] == "169.254.1.1", in_pod
 
 
-def assert_pods_reach_each_other(lab: Lab) -> None:
-    """Every pod pings every pod on the other nodes, and the traffic left through tunl0."""
-    before = {h: tunnel_tx_packets(lab, h) for h in NODES}
+def assert_pods_reach_each_other(lab: Lab, through: str = TUNNEL) -> None:
+    """Every pod pings every pod on the other nodes, and the traffic left through `through` (tunl0)."""
+    before = {h: tx_packets(lab, h, through) for h in NODES}
     addresses = {(h, p): pod_address(lab, h, p) for h in NODES for p in PODS}
     failures = [f"{h}/{p} -> {target}" for (h, p) in addresses for (o, _), target in addresses.items()
                 if o != h and netns_exec(lab.pod_ns(h, p), ["ping", "-n", "-q", "-c", "1", "-W", "3", target]
                                          ).returncode != 0]
     assert not failures, failures
-    sent = {h: tunnel_tx_packets(lab, h) - before[h] for h in NODES}
-    # Each node's 2 pods ping 4 remote pods and answer 8 pings: at least 16 packets into tunl0.
+    sent = {h: tx_packets(lab, h, through) - before[h] for h in NODES}
+    # Each node's 2 pods ping 4 remote pods and answer 8 pings: at least 16 packets into the device.
     assert all(n >= 2 * len(PODS) * 2 * (len(NODES) - 1) for n in sent.values()), sent
 
 

@@ -8,7 +8,8 @@ site.yml's node role gives it (modulekit.py): a playbook run costs minutes under
 One lab for the module, in order: calico-ipip converged on a kernel whose ipip module is not loaded yet
 (rmmod first), reset; calico-ipip built from its rendered scripts, then converged (nothing
 changes); a switch to canal over IPIP (calico's state replaced, pod traffic through tunl0), a re-run that
-changes nothing; reset; canal over IPIP built from its scripts and converged (nothing changes); reset.
+changes nothing; reset; canal over IPIP built from its scripts and converged (nothing changes); a switch
+to flannel-vxlan (nothing of IPIP left); reset.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from .test_calico_ipip import (
     NODES,
     PODNET_PROTO,
     PODS,
+    TUNNEL,
     assert_ipip_state,
     assert_pods_reach_each_other,
 )
@@ -130,4 +132,18 @@ def test_canal_over_ipip_replaces_calico_ipip_and_carries_pod_traffic(lab):
 def test_canal_over_ipip_built_from_its_rendered_scripts_is_what_a_run_converges_to(lab, tmp_path):
     reset(lab)
     assert_rendered_is_converged(lab, CANAL_IPIP, tmp_path)
+
+
+def test_a_switch_from_canal_over_ipip_to_flannel_vxlan_leaves_nothing_of_it(lab):
+    """tunl0 given back (down, no alias, no address), no route through it, no calico pod wiring, no masquerade
+    rule of canal's left beside flannel's; and pod traffic flows over flannel.1."""
+    converge(lab, {"podnet_backend": "flannel-vxlan"})
+    for host in NODES:
+        tun = lab.json(host, "-d", "link", "show", TUNNEL)[0]
+        assert "UP" not in tun["flags"] and not tun.get("ifalias"), tun
+        assert lab.json(host, "addr", "show", "dev", TUNNEL)[0]["addr_info"] == []
+        assert not [r for r in lab.json(host, "route", "show", "table", "all") if r.get("dev") == TUNNEL]
+        assert not [link for link in lab.json(host, "link", "show") if link["ifname"].startswith("cali")]
+        assert [link for link in lab.json(host, "link", "show") if link["ifname"] == "cni0"]
+    assert_pods_reach_each_other(lab, through="flannel.1")
     reset(lab)
