@@ -30,7 +30,8 @@ INNER_TESTS = ("tests/integration/test_calico_ipip.py",)
 pytestmark = pytest.mark.integration
 # through podnet's engine and node_apply run directly in the nodes, without a controller (modulekit.py)
 ENGINE_TESTS = ("tests/integration/test_calico_ipip_engine.py", "tests/integration/test_ipip_compositions.py")
-ENGINE_TIMEOUT = 1800
+# ~12 min alone here, 28 min beside a second full test run: room for a slow, shared machine
+ENGINE_TIMEOUT = 2700
 
 
 def guest_pytest(tests: tuple[str, ...], timeout: int) -> str:
