@@ -22,12 +22,14 @@ import pytest
 from .labkit import Lab, list_netns, netns_exec, netns_json
 
 IPIP_LOADED = Path("/sys/module/ipip").exists()
-pytestmark = [
+# The marks of every test that needs the ipip module: they run in the QEMU guest (test_ipip_vm.py).
+GUEST_ONLY = [
     pytest.mark.integration,
     pytest.mark.ipip,
     pytest.mark.skipif(not IPIP_LOADED, reason="needs the ipip kernel module (runs in the QEMU guest: "
                                                 "tests/integration/test_ipip_vm.py)"),
 ]
+pytestmark = GUEST_ONLY
 
 NODES = {"node1": "172.30.0.11", "node2": "172.30.0.12", "node3": "172.30.0.13"}
 PODS = ("pod1", "pod2")

@@ -31,7 +31,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.plan.plan import 
 from .labkit import REPO_ROOT, Lab, list_netns
 from .test_calico_ipip import (
     FOREIGN_ROUTE,
-    IPIP_LOADED,
+    GUEST_ONLY,
     IPIP_OVERHEAD,
     NODES,
     PODS,
@@ -42,12 +42,7 @@ from .test_calico_ipip import (
     kernel_state,
 )
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.ipip,
-    pytest.mark.skipif(not IPIP_LOADED, reason="needs the ipip kernel module (runs in the QEMU guest: "
-                                                "tests/integration/test_ipip_vm.py)"),
-]
+pytestmark = GUEST_ONLY
 
 
 def state_dir(lab: Lab, host: str) -> str:

@@ -23,7 +23,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.node.render impor
 from .labkit import Lab, list_netns
 from .modulekit import node_args, plan, render_options, run_module, run_node_apply
 from .test_calico_ipip import (
-    IPIP_LOADED,
+    GUEST_ONLY,
     NODES,
     PODNET_PROTO,
     PODS,
@@ -33,12 +33,7 @@ from .test_calico_ipip import (
 )
 from .test_render_exact import differences, snapshot
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.ipip,
-    pytest.mark.skipif(not IPIP_LOADED, reason="needs the ipip kernel module (runs in the QEMU guest: "
-                                                "tests/integration/test_ipip_vm.py)"),
-]
+pytestmark = GUEST_ONLY
 
 IPIP_MODULE = Path("/sys/module/ipip")
 CALICO_IPIP = {"podnet_backend": "calico-ipip"}

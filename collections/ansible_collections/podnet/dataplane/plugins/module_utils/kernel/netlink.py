@@ -498,12 +498,18 @@ def _make(cls, **values):
     return obj
 
 
-def _parse_links(nl: _Netlink, netns: str | None) -> tuple[dict[tuple, KObject], dict[str, int]]:
+def _link_rows(nl: _Netlink) -> list[tuple[int, int, dict[int, bytes]]]:
+    """Every link of the socket's namespace, without statistics: (index, flags, attributes)."""
     rows = []
     for buf, off, end in nl.dump(RTM_GETLINK, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
                                  + _nla_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)):
         _unused, _unused, index, flags, _unused = _IFINFOMSG.unpack_from(buf, off)
         rows.append((index, flags, _attrs(buf, off + _IFINFOMSG.size, end)))
+    return rows
+
+
+def _parse_links(nl: _Netlink, netns: str | None) -> tuple[dict[tuple, KObject], dict[str, int]]:
+    rows = _link_rows(nl)
     names = {index: _text(attrs.get(IFLA_IFNAME)) for index, _unused, attrs in rows}
     objects: dict[tuple, KObject] = {}
     link_index: dict[str, int] = {}
@@ -578,13 +584,8 @@ def veth_peers(netns: str | None = None) -> dict[str, tuple[str, str]]:
     states that give pods back by namespace need it."""
     nl = _Netlink(netns)
     try:
-        rows = []
-        for buf, off, end in nl.dump(RTM_GETLINK, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
-                                     + _nla_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)):
-            attrs = _attrs(buf, off + _IFINFOMSG.size, end)
-            if IFLA_LINK_NETNSID in attrs and IFLA_LINK in attrs:
-                rows.append((_text(attrs.get(IFLA_IFNAME)), _I32.unpack_from(attrs[IFLA_LINK_NETNSID])[0],
-                             _u32(attrs[IFLA_LINK])))
+        rows = [(_text(attrs.get(IFLA_IFNAME)), _I32.unpack_from(attrs[IFLA_LINK_NETNSID])[0], _u32(attrs[IFLA_LINK]))
+                for _index, _flags, attrs in _link_rows(nl) if IFLA_LINK_NETNSID in attrs and IFLA_LINK in attrs]
         names = _netns_ids(nl) if rows else {}
     finally:
         nl.close()
@@ -592,10 +593,9 @@ def veth_peers(netns: str | None = None) -> dict[str, tuple[str, str]]:
     for other in {names[nsid] for _name, nsid, _index in rows if nsid in names}:
         remote = _Netlink(other)
         try:
-            _objects, index_of = _parse_links(remote, other)
+            by_index = {index: _text(attrs.get(IFLA_IFNAME)) for index, _flags, attrs in _link_rows(remote)}
         finally:
             remote.close()
-        by_index = {index: name for name, index in index_of.items()}
         for name, nsid, index in rows:
             if names.get(nsid) == other and index in by_index:
                 peers[name] = (other, by_index[index])

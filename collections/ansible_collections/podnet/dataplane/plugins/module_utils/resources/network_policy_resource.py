@@ -88,13 +88,12 @@ class NetworkPolicy(Resource):
         """podnet's chains - named as podnet names its own, or listed in `chains` - with their rules as
         iptables-save prints them, the one jump into them when there is one, and the prefix: this module's
         options again."""
-        found = gathered(have, Ownership(self.p["prefix"], self.want))
+        self.found = found = gathered(have, Ownership(self.p["prefix"], self.want))
         return {"chains": found["chains"], "jump": found["jumps"][0] if len(found["jumps"]) == 1 else None,
                 "prefix": self.p["prefix"]}
 
     def gathered_facts(self, have: Table) -> dict[str, Any]:
-        return {"jumps": gathered(have, Ownership(self.p["prefix"], self.want))["jumps"], "commands": [],
-                "payload": ""}
+        return {"jumps": self.found["jumps"], "commands": [], "payload": ""}  # read by gathered(), just before
 
     def plan(self, have: Table) -> list[Any]:
         self.planned = plan_chains(have, self.want, self.p["jump"], self.p["prefix"], self.state)
