@@ -6,9 +6,10 @@ and module start-up. What the run does on a node is one node_apply module: the p
 which the `podnet.dataplane.plan` filter calls) gives the node its state, the node role passes it with its
 options, and the module runs in the node. This kit does those three steps and nothing else: it plans with
 the planner, builds node_apply's arguments as roles/node/tasks/main.yml builds them for site.yml on the lab
-inventory (inventories/lab), and runs the module file itself in the node's namespace with its arguments in a
-JSON file (`python node_apply.py args.json`, Ansible's way of running a module by hand) - the module's own
-code, its argument spec, lock and result, at the cost of one Python start.
+inventory (inventories/lab), and runs the module in the node's namespace with its arguments in a JSON file
+as `python node_apply.py args.json` (Ansible's way of running a module by hand) does - the module's own
+main, argument spec, lock and result - from a warm Python that forks per run (node_runner.py), since a
+Python start that imports the module costs ~5 s under the guest's emulation.
 
 test_modulekit.py (on this machine) keeps them in step with the role: the same options, and no change
 after a site.yml run.
@@ -17,8 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,9 +27,10 @@ import yaml
 from ansible_collections.podnet.dataplane.plugins.module_utils.plan.plan import plan_cluster
 
 from .labkit import REPO_ROOT, Lab
+from .node_runner import node_runner
 
 COLLECTION = REPO_ROOT / "collections" / "ansible_collections" / "podnet" / "dataplane"
-MODULES = COLLECTION / "plugins" / "modules"
+MODULE_PACKAGE = "ansible_collections.podnet.dataplane.plugins.modules"
 NODE_ROLE = COLLECTION / "roles" / "node"
 LAB_HOSTS = yaml.safe_load((REPO_ROOT / "inventories" / "lab" / "hosts.yml").read_text())["podnet_nodes"]["hosts"]
 # The lab inventory's podnet_cluster_cidr (group_vars), which the planner and reset's `networks` use.
@@ -107,22 +107,20 @@ def render_options(lab: Lab, host: str) -> dict[str, Any]:
 
 
 def run_module(lab: Lab, host: str, module: str, args: dict[str, Any], check: bool = False) -> dict[str, Any]:
-    """A podnet module run in the node's namespace, as Ansible runs it there; its result (a failure raises)."""
+    """A podnet module run in the node's namespace, as Ansible runs it there (`python <module> args.json`,
+    from the warm node_runner); its result (a failure raises)."""
     invocation = dict(args, _ansible_check_mode=check)
     with tempfile.NamedTemporaryFile("w", suffix=".json", prefix=f"{module}-", delete=False) as handle:
         json.dump({"ANSIBLE_MODULE_ARGS": invocation}, handle)
     try:
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT / "collections"))
-        done = subprocess.run(["ip", "netns", "exec", lab.node_ns(host), sys.executable, str(MODULES / f"{module}.py"),
-                               handle.name], env=env, capture_output=True, text=True, timeout=MODULE_TIMEOUT,
-                              check=False)
+        rc, stdout, stderr = node_runner().run(lab.node_ns(host), f"{MODULE_PACKAGE}.{module}", [handle.name],
+                                               MODULE_TIMEOUT)
     finally:
         os.unlink(handle.name)
     try:
-        result = json.loads(done.stdout)
+        result = json.loads(stdout)
     except json.JSONDecodeError:
-        raise AssertionError(f"{module} on {host} printed no result (rc {done.returncode}):\n"
-                             f"{done.stdout}\n{done.stderr}") from None
+        raise AssertionError(f"{module} on {host} printed no result (rc {rc}):\n{stdout}\n{stderr}") from None
     assert not result.get("failed"), (host, module, result.get("msg"), result.get("step"))
     return result
 

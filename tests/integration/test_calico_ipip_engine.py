@@ -5,16 +5,13 @@ software emulation, where every module start is a Python start. This one covers 
 in a few minutes there: it plans the lab with the planner (`plan_cluster`), builds each node's objects
 with the builders the modules use (tunl0, peer routes, routed pods, felix's sysctls), records them as
 the modules do (persist.py), and converges every node with `boot_apply` run inside the node's namespace
-— the engine's gather / plan / apply, the same code the modules call. Check mode is `boot_apply --check`.
+(from the warm node_runner) — the engine's gather / plan / apply, the same code the modules call. Check mode is `boot_apply --check`.
 
 Runs inside the guest that test_ipip_vm.py boots (``pytest -m ipip``); skipped where ipip is missing.
 """
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -28,7 +25,8 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders i
 from ansible_collections.podnet.dataplane.plugins.module_utils.node.persist import save
 from ansible_collections.podnet.dataplane.plugins.module_utils.plan.plan import plan_cluster
 
-from .labkit import REPO_ROOT, Lab, list_netns
+from .labkit import Lab, list_netns
+from .node_runner import node_runner
 from .test_calico_ipip import (
     FOREIGN_ROUTE,
     GUEST_ONLY,
@@ -43,6 +41,7 @@ from .test_calico_ipip import (
 )
 
 pytestmark = GUEST_ONLY
+BOOT_APPLY = "ansible_collections.podnet.dataplane.plugins.module_utils.node.boot_apply"
 
 
 def state_dir(lab: Lab, host: str) -> str:
@@ -70,13 +69,10 @@ def record_plan(lab: Lab) -> None:
 
 def converge(lab: Lab, host: str, check: bool = False) -> list[str]:
     """boot_apply in the node's namespace; the commands it ran (or, with check, would run)."""
-    argv = [sys.executable, "-m", "ansible_collections.podnet.dataplane.plugins.module_utils.node.boot_apply",
-            state_dir(lab, host)] + (["--check"] if check else [])
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT / "collections"))
-    run = subprocess.run(["ip", "netns", "exec", lab.node_ns(host), *argv], env=env, capture_output=True,
-                         text=True, timeout=600, check=False)
-    assert run.returncode == 0, run.stdout + run.stderr
-    return [line for line in run.stdout.splitlines() if not line.startswith(("podnet-apply:", "#"))]
+    rc, stdout, stderr = node_runner().run(lab.node_ns(host), BOOT_APPLY,
+                                           [state_dir(lab, host)] + (["--check"] if check else []), 600)
+    assert rc == 0, stdout + stderr
+    return [line for line in stdout.splitlines() if not line.startswith(("podnet-apply:", "#"))]
 
 
 @pytest.fixture(scope="module")
