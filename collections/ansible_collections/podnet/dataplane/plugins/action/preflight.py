@@ -1,16 +1,22 @@
 # Copyright: podnet contributors
 # Apache License 2.0
-"""podnet.dataplane.preflight's action: where only the node IP check is asked for (what the plan play
-asks of every node before any node changes), one `ip -j -d address show` on the node answers it - no module
-run, which costs ~0.3 CPU-s of Python and Ansible imports on the node and was a third of a no-op
-converge of a large cluster. Anything else asked, or a node whose `ip` gives no JSON, runs the module."""
+"""podnet.dataplane.preflight's action: where only the node IP and kernel checks are asked for (what the plan
+play asks of every node before any node changes), one shell line on the node answers them - `ip -j -d address
+show` and the kernel probe of kernel/features.py - with no module run, which costs ~0.3 CPU-s of Python and
+Ansible imports on the node and was a third of a no-op converge of a large cluster. Anything else asked, or a
+node whose `ip` gives no JSON, runs the module, which answers the same."""
 from __future__ import annotations
 
 from ansible.plugins.action import ActionBase
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.features import (
+    kernel_report,
+    missing_message,
+)
 from ansible_collections.podnet.dataplane.plugins.module_utils.plan.underlay import (
-    ADDRESS_DUMP_COMMAND,
     ADDRESS_ONLY,
+    LOOK_COMMAND,
     PREFLIGHT_SPEC,
+    PROBE_SEPARATOR,
     UnderlayProblem,
     interfaces_from_ip_json,
     look,
@@ -27,11 +33,12 @@ class ActionModule(ActionBase):
         asked = {name for name, value in args.items() if value and value != PREFLIGHT_SPEC[name].get("default")}
         if asked - set(ADDRESS_ONLY):
             return {**result, **self._execute_module(task_vars=task_vars)}
-        dump = self._low_level_execute_command(ADDRESS_DUMP_COMMAND)
+        dump = self._low_level_execute_command(LOOK_COMMAND)
         try:
-            if dump["rc"] != 0:
+            if dump["rc"] != 0 or PROBE_SEPARATOR not in dump["stdout"]:
                 raise ValueError(f"rc {dump['rc']}")
-            interfaces = interfaces_from_ip_json(dump["stdout"])
+            addresses, probe = dump["stdout"].split(PROBE_SEPARATOR, 1)
+            interfaces = interfaces_from_ip_json(addresses)
         except (ValueError, KeyError, TypeError):
             # no iproute2 with JSON output there: the module reads the same over netlink
             return {**result, **self._execute_module(task_vars=task_vars)}
@@ -39,4 +46,8 @@ class ActionModule(ActionBase):
             facts = look(interfaces, args["node_ip"], args["underlay_interface"])
         except UnderlayProblem as exc:
             return {**result, "failed": True, "msg": str(exc)}
-        return {**result, "changed": False, **facts, "paths": {}, "persisted": [], "iptables_prefix_present": None}
+        kernel, missing = kernel_report(probe, args["kernel_features"])
+        if missing:
+            return {**result, "failed": True, "msg": missing_message(missing, kernel["release"]), "kernel": kernel}
+        return {**result, "changed": False, **facts, "kernel": kernel, "paths": {}, "persisted": [],
+                "iptables_prefix_present": None}

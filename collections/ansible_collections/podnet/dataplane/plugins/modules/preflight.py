@@ -13,9 +13,12 @@ description:
     configured on one of its interfaces (and on I(underlay_interface) when that is given) - and reports
     the underlay device and its MTU, so a play can check that all nodes agree before any of them is
     touched.
-  - Given only I(node_ip) and I(underlay_interface), its action plugin answers from one
-    C(ip -j -d address show) on the node (no Python run there, so no module process is needed); with any
-    other option, or where C(ip) gives no JSON, the module runs.
+  - Checks that the node's kernel has the pieces its transport needs (I(kernel_features)) and refuses,
+    naming them, before anything changes.
+  - Given only I(node_ip), I(underlay_interface) and I(kernel_features), its action plugin answers from one
+    shell line on the node (C(ip -j -d address show) and a read of C(/sys/module), the kernel configuration
+    and C(/lib/modules)), so no Python runs there; with any other option, or where C(ip) gives no JSON, the
+    module runs.
     The answers are the same either way.
   - Also reports what the cleanup tasks of the roles need to know (which devices exist, which of
     them podnet owns, which files and recorded states exist, whether podnet's iptables chains are
@@ -59,6 +62,18 @@ options:
     description: The table searched for I(iptables_prefix).
     type: str
     default: filter
+  kernel_features:
+    description:
+      - Kernel pieces the node must have (the plan's C(kernel_features) for its transport). Each is there
+        when its module is loaded, built in or installed under C(/lib/modules/<release>); C(fou) also needs
+        C(CONFIG_NET_FOU_IP_TUNNELS).
+      - The run fails, naming what is missing, when the node shows for certain that one is not there (its
+        kernel configuration has it unset, or its module directory lacks it). A node that can tell neither
+        (a container with no C(/lib/modules) and no kernel configuration) is reported, not refused.
+    type: list
+    elements: str
+    choices: [vxlan, ipip, fou, wireguard]
+    default: []
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 """
@@ -107,6 +122,13 @@ persisted:
   type: list
   elements: str
   sample: [pod_route, vxlan_fdb-flannel.1]
+kernel:
+  description:
+    - The node's kernel release and, for each of I(kernel_features), whether it is there (C(available) true,
+      false, or null when the node cannot tell) and how (C(loaded), C(built in), C(loadable module), or why not).
+  returned: always
+  type: dict
+  sample: {"release": "6.1.0-28-amd64", "features": {"ipip": {"available": true, "how": "loadable module"}}}
 iptables_prefix_present:
   description:
     - Whether I(iptables_prefix) occurs in the I(iptables_table) table; null when I(iptables_prefix) is
@@ -121,6 +143,11 @@ import os
 import stat
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.features import (
+    FEATURE_PROBE_COMMAND,
+    kernel_report,
+    missing_message,
+)
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink import (
     Engine,
 )
@@ -188,7 +215,11 @@ def main() -> None:
         facts = look(interfaces, p["node_ip"], p["underlay_interface"])
     except UnderlayProblem as exc:
         module.fail_json(msg=str(exc))
-    module.exit_json(changed=False, **facts,
+    _rc, probe, _err = module.run_command(["sh", "-c", FEATURE_PROBE_COMMAND])
+    kernel, missing = kernel_report(probe, p["kernel_features"])
+    if missing:
+        module.fail_json(msg=missing_message(missing, kernel["release"]), kernel=kernel)
+    module.exit_json(changed=False, **facts, kernel=kernel,
                      paths={path: describe_path(path) for path in p["paths"]},
                      persisted=persisted_records(p["persist_dir"]),
                      iptables_prefix_present=iptables_prefix_present(module, p["iptables_prefix"],

@@ -21,6 +21,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders i
     host_veth_name,
     normalize_mac,
 )
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.features import TRANSPORT_FEATURES
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.ownership import (
     TAKE_OVER_VAR,
     take_over_problems,
@@ -583,6 +584,8 @@ def _node_state(host: str, hosts: list[str], hostvars: dict[str, dict], settings
         "name": host,
         "backend": backend,
         "transport": profile.transport,
+        # what the node's kernel must offer; the preflight checks it on every node before any changes
+        "kernel_features": list(TRANSPORT_FEATURES.get(profile.transport, ())),
         "pod_mode": profile.pod_mode,
         "node_ip": node_ips[host],
         "subnet": str(subnet),

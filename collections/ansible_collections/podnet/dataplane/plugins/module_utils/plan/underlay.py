@@ -8,6 +8,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.features import (
+    FEATURE_PROBE_COMMAND,
+    FEATURES,
+)
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import is_owned_alias
 
 PREFLIGHT_SPEC = {
@@ -17,11 +21,15 @@ PREFLIGHT_SPEC = {
     "persist_dir": {"type": "path"},
     "iptables_prefix": {"type": "str"},
     "iptables_table": {"type": "str", "default": "filter"},
+    "kernel_features": {"type": "list", "elements": "str", "default": [], "choices": list(FEATURES)},
 }
-# What the action plugin can answer from one address dump; anything else needs the module.
-ADDRESS_ONLY = ("node_ip", "underlay_interface")
+# What the action plugin can answer from one shell line (LOOK_COMMAND); anything else needs the module.
+ADDRESS_ONLY = ("node_ip", "underlay_interface", "kernel_features")
 # /usr/sbin is not on a plain user's PATH on some systems; `ip` lives there on others.
 ADDRESS_DUMP_COMMAND = 'PATH="$PATH:/usr/sbin:/sbin" ip -j -d address show'  # -d: the alias too
+PROBE_SEPARATOR = "--- podnet kernel features ---"
+# The address dump, then (only when it worked) the kernel probe: both fixed text.
+LOOK_COMMAND = f"{ADDRESS_DUMP_COMMAND} && echo '{PROBE_SEPARATOR}' && {{ {FEATURE_PROBE_COMMAND}; }}"
 
 
 class UnderlayProblem(Exception):
