@@ -5,6 +5,9 @@
   other inventories, several labs, or a lab whose lab_up the test runs itself (``up=False``).
   Every lab it made is torn down after the test, in reverse order.
 For a lab shared by a whole module, use ``with labkit.Lab(...) as lab: yield lab`` in a module fixture.
+- ``guest_lab``: one lab for every test the QEMU guest runs (test_ipip_vm.py), built by the netns_lab module
+  itself (modulekit.ModuleLab): a playbook costs about a minute there. Each module that uses it leaves its nodes
+  reset (modulekit.shared_lab).
 
 Every test in this folder is marked ``integration`` and skipped unless running as root with iproute2.
 """
@@ -19,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.labkit import LAB_INVENTORY, Lab
+from tests.integration.labkit import LAB_INVENTORY, Lab, list_netns
+from tests.integration.modulekit import ModuleLab
 
 HERE = Path(__file__).resolve().parent
 
@@ -72,3 +76,10 @@ def lab_factory() -> Iterator[Callable[..., Lab]]:
 @pytest.fixture
 def lab(lab_factory: Callable[..., Lab]) -> Lab:
     return lab_factory()
+
+
+@pytest.fixture(scope="session")
+def guest_lab() -> Iterator[Lab]:
+    with ModuleLab() as lab:
+        yield lab
+    assert list_netns(lab.prefix) == []

@@ -16,25 +16,32 @@ after a site.yml run.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jinja2
 import yaml
+from ansible_collections.podnet.dataplane.plugins.module_utils.node.render import node_commands
 from ansible_collections.podnet.dataplane.plugins.module_utils.plan.plan import plan_cluster
 
-from .labkit import REPO_ROOT, Lab
+from .labkit import REPO_ROOT, Lab, LabError, remove_netns
 from .node_runner import node_runner
 
 COLLECTION = REPO_ROOT / "collections" / "ansible_collections" / "podnet" / "dataplane"
 MODULE_PACKAGE = "ansible_collections.podnet.dataplane.plugins.modules"
+LAB_MODULE_PACKAGE = "ansible_collections.podnet.lab.plugins.modules"
+LAB_GROUP_VARS = yaml.safe_load((REPO_ROOT / "inventories" / "lab" / "group_vars" / "podnet_nodes.yml").read_text())
 NODE_ROLE = COLLECTION / "roles" / "node"
 LAB_HOSTS = yaml.safe_load((REPO_ROOT / "inventories" / "lab" / "hosts.yml").read_text())["podnet_nodes"]["hosts"]
 # The lab inventory's podnet_cluster_cidr (group_vars), which the planner and reset's `networks` use.
-LAB_CLUSTER_CIDR = "10.244.0.0/16"
+LAB_CLUSTER_CIDR = LAB_GROUP_VARS["podnet_cluster_cidr"]
 MODULE_TIMEOUT = 900  # one module start under software emulation takes seconds; a converge, a minute at most
 
 
@@ -106,21 +113,23 @@ def render_options(lab: Lab, host: str) -> dict[str, Any]:
         "bird": None}
 
 
-def run_module(lab: Lab, host: str, module: str, args: dict[str, Any], check: bool = False) -> dict[str, Any]:
-    """A podnet module run in the node's namespace, as Ansible runs it there (`python <module> args.json`,
-    from the warm node_runner); its result (a failure raises)."""
+def run_module(lab: Lab, host: str | None, module: str, args: dict[str, Any], check: bool = False,
+               package: str = MODULE_PACKAGE) -> dict[str, Any]:
+    """A podnet module run in the node's namespace (host None: on the controller), as Ansible runs it there
+    (`python <module> args.json`, from the warm node_runner); its result (a failure raises)."""
     invocation = dict(args, _ansible_check_mode=check)
     with tempfile.NamedTemporaryFile("w", suffix=".json", prefix=f"{module}-", delete=False) as handle:
         json.dump({"ANSIBLE_MODULE_ARGS": invocation}, handle)
     try:
-        rc, stdout, stderr = node_runner().run(lab.node_ns(host), f"{MODULE_PACKAGE}.{module}", [handle.name],
-                                               MODULE_TIMEOUT)
+        rc, stdout, stderr = node_runner().run(lab.node_ns(host) if host else None, f"{package}.{module}",
+                                               [handle.name], MODULE_TIMEOUT)
     finally:
         os.unlink(handle.name)
     try:
         result = json.loads(stdout)
     except json.JSONDecodeError:
-        raise AssertionError(f"{module} on {host} printed no result (rc {rc}):\n{stdout}\n{stderr}") from None
+        raise AssertionError(f"{module} on {host or 'the controller'} printed no result (rc {rc}):\n{stdout}\n"
+                             f"{stderr}") from None
     assert not result.get("failed"), (host, module, result.get("msg"), result.get("step"))
     return result
 
@@ -128,3 +137,70 @@ def run_module(lab: Lab, host: str, module: str, args: dict[str, Any], check: bo
 def run_node_apply(lab: Lab, host: str, args: dict[str, Any], check: bool = False) -> dict[str, Any]:
     """node_apply run in the node's namespace, as the module runs there; its result (a failure raises)."""
     return run_module(lab, host, "node_apply", args, check)
+
+
+def converge(lab: Lab, variables: dict[str, Any], check: bool = False) -> dict[str, dict[str, Any]]:
+    """Every node's run, as site.yml with these variables gives it; the results by node."""
+    nodes = plan(lab, **variables)
+    return {host: run_node_apply(lab, host, node_args(lab, host, nodes[host]), check=check) for host in LAB_HOSTS}
+
+
+def build_from_scripts(lab: Lab, variables: dict[str, Any], scripts: Path) -> None:
+    """Each node made by its rendered script alone (render.yml's filter, with render.yml's options; the scripts
+    are kept in `scripts`) on a node as fresh as the lab makes it: the pods' namespaces are the script's to make."""
+    nodes = plan(lab, **variables)
+    for host, values in LAB_HOSTS.items():
+        script = scripts / f"{host}.sh"
+        lines = node_commands(nodes[host], os.uname().release, render_options(lab, host))
+        script.write_text("#!/bin/sh\nset -eu\n" + "\n".join(lines) + "\n")
+        for pod in values["podnet_pods"]:
+            if Path(f"/run/netns/{lab.pod_ns(host, pod['name'])}").exists():
+                subprocess.run(["ip", "netns", "del", lab.pod_ns(host, pod["name"])], check=True)
+        built = subprocess.run(["nsenter", f"--net=/run/netns/{lab.node_ns(host)}", "sh", str(script)],
+                               capture_output=True, text=True, timeout=300, check=False)
+        assert built.returncode == 0, (host, built.stderr, script.read_text())
+
+
+def reset_nodes(lab: Lab) -> None:
+    """Every node as reset.yml leaves it: nothing of podnet's left (its routes, checked here, last of all)."""
+    for host in LAB_HOSTS:
+        run_node_apply(lab, host, node_args(lab, host, None, state="deleted"))
+        assert lab.json(host, "route", "show", "table", "all", "proto", "152") == [], host
+
+
+def lab_up_args(lab: Lab) -> dict[str, Any]:
+    """podnet.lab.netns_lab's arguments as lab_up.yml gives them on the lab inventory (a namespaces lab)."""
+    return {"prefix": lab.prefix, "underlay_cidr": LAB_GROUP_VARS["podnet_lab_underlay_cidr"],
+            "gateway": LAB_GROUP_VARS["podnet_lab_gateway"], "state": "present",
+            "nodes": [{"name": lab.node_ns(host), "address": str(values["podnet_node_ip"]),
+                       "pods": [lab.pod_ns(host, pod["name"]) for pod in values.get("podnet_pods") or []]}
+                      for host, values in LAB_HOSTS.items()]}
+
+
+class ModuleLab(Lab):
+    """The lab inventory's namespace lab, built and removed by podnet.lab.netns_lab itself with the arguments
+    lab_up.yml and lab_down.yml give it, from the warm node runner: under the guest's emulation each of the two
+    playbooks costs ~50 s. test_modulekit.py keeps lab_up_args in step with lab_up.yml."""
+
+    def up(self) -> dict[str, Any]:  # type: ignore[override]
+        return run_module(self, None, "netns_lab", lab_up_args(self), package=LAB_MODULE_PACKAGE)
+
+    def down(self) -> dict[str, Any]:  # type: ignore[override]
+        try:
+            removed = run_module(self, None, "netns_lab", {"prefix": self.prefix, "state": "absent"},
+                                 package=LAB_MODULE_PACKAGE)
+            shutil.rmtree(lab_state_dir(self), ignore_errors=True)  # lab_down.yml's last task: the lab's files
+        finally:
+            leftovers = remove_netns(self.prefix)
+        if leftovers:
+            raise LabError(f"netns_lab left namespaces of {self.prefix} behind (removed now): {leftovers}")
+        return removed
+
+
+@contextlib.contextmanager
+def shared_lab(lab: Lab) -> Iterator[Lab]:
+    """A test module's use of the guest's one lab (conftest's guest_lab): given back reset, whatever happened."""
+    try:
+        yield lab
+    finally:
+        reset_nodes(lab)

@@ -89,7 +89,8 @@ def _child(netns: str, target: Any, argv: list[str], out: str, err: str) -> None
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)  # not the server's request pipe
         os.close(null)
-        enter_netns(netns)
+        if netns is not None:  # None: where the runner runs (the machine's own namespaces)
+            enter_netns(netns)
         sys.argv = [target.__file__, *argv]
         try:
             returned = target.main()
@@ -165,8 +166,8 @@ class NodeRunner:
             [sys.executable, "-m", "tests.integration.node_runner", *preload], cwd=REPO_ROOT, env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
 
-    def run(self, netns: str, target: str, argv: list[str], timeout: float) -> tuple[int | None, str, str]:
-        """(exit code or None when killed at the timeout, stdout, stderr) of one run."""
+    def run(self, netns: str | None, target: str, argv: list[str], timeout: float) -> tuple[int | None, str, str]:
+        """(exit code or None when killed at the timeout, stdout, stderr) of one run in `netns` (None: here)."""
         assert self.process.stdin and self.process.stdout
         self.process.stdin.write(json.dumps({"netns": netns, "target": target, "argv": argv,
                                              "timeout": timeout}) + "\n")

@@ -25,7 +25,8 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders i
 from ansible_collections.podnet.dataplane.plugins.module_utils.node.persist import save
 from ansible_collections.podnet.dataplane.plugins.module_utils.plan.plan import plan_cluster
 
-from .labkit import Lab, list_netns
+from .labkit import Lab
+from .modulekit import shared_lab
 from .node_runner import node_runner
 from .test_calico_ipip import (
     FOREIGN_ROUTE,
@@ -76,12 +77,10 @@ def converge(lab: Lab, host: str, check: bool = False) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def engine_lab():
-    lab = Lab(extra_vars={"podnet_backend": "calico-ipip"})
-    with lab:
+def engine_lab(guest_lab):
+    with shared_lab(guest_lab) as lab:
         record_plan(lab)
         yield lab
-    assert list_netns(lab.prefix) == []
 
 
 def test_check_then_converge_then_nothing_to_do(engine_lab):

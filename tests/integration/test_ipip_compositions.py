@@ -13,20 +13,16 @@ to flannel-vxlan (nothing of IPIP left); reset.
 """
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
-from ansible_collections.podnet.dataplane.plugins.module_utils.node.render import node_commands
 
-from .labkit import Lab, list_netns
-from .modulekit import node_args, plan, render_options, run_module, run_node_apply
+from .labkit import Lab
+from .modulekit import build_from_scripts, converge, reset_nodes, run_module, shared_lab
 from .test_calico_ipip import (
     GUEST_ONLY,
     NODES,
-    PODNET_PROTO,
-    PODS,
     TUNNEL,
     assert_ipip_state,
     assert_pods_reach_each_other,
@@ -41,38 +37,9 @@ CANAL_IPIP = {"podnet_backend": "canal", "podnet_transport": "ipip"}
 
 
 @pytest.fixture(scope="module")
-def lab():
-    with Lab(extra_vars=CALICO_IPIP) as built:
-        yield built
-    assert list_netns(built.prefix) == []
-
-
-def converge(lab: Lab, variables: dict[str, str], check: bool = False) -> dict[str, dict]:
-    """Every node's run, as site.yml with these variables gives it; the results."""
-    nodes = plan(lab, **variables)
-    return {host: run_node_apply(lab, host, node_args(lab, host, nodes[host]), check=check) for host in NODES}
-
-
-def reset(lab: Lab) -> None:
-    for host in NODES:
-        run_node_apply(lab, host, node_args(lab, host, None, state="deleted"))
-        assert lab.json(host, "route", "show", "table", "all", "proto", PODNET_PROTO) == []
-
-
-def build_from_scripts(lab: Lab, variables: dict[str, str], tmp_path: Path) -> None:
-    """Each node made by its rendered script alone (render.yml's filter, with render.yml's options) on a node
-    as fresh as the lab makes it: the pods' namespaces are the script's to make."""
-    nodes = plan(lab, **variables)
-    for host in NODES:
-        script = tmp_path / f"{host}.sh"
-        lines = node_commands(nodes[host], os.uname().release, render_options(lab, host))
-        script.write_text("#!/bin/sh\nset -eu\n" + "\n".join(lines) + "\n")
-        for pod in PODS:
-            if Path(f"/run/netns/{lab.pod_ns(host, pod)}").exists():
-                subprocess.run(["ip", "netns", "del", lab.pod_ns(host, pod)], check=True)
-        built = subprocess.run(["nsenter", f"--net=/run/netns/{lab.node_ns(host)}", "sh", str(script)],
-                               capture_output=True, text=True, timeout=300, check=False)
-        assert built.returncode == 0, (host, built.stderr, script.read_text())
+def lab(guest_lab):
+    with shared_lab(guest_lab) as shared:
+        yield shared
 
 
 def assert_rendered_is_converged(lab: Lab, variables: dict[str, str], tmp_path: Path) -> None:
@@ -97,7 +64,7 @@ def test_a_run_on_a_kernel_without_ipip_loaded_loads_it_and_configures_its_tunl0
     assert IPIP_MODULE.exists()
     assert_ipip_state(lab)
     assert_pods_reach_each_other(lab)
-    reset(lab)  # the render-exact test below starts from a node podnet has not configured
+    reset_nodes(lab)  # the render-exact test below starts from a node podnet has not configured
 
 
 def test_calico_ipip_built_from_its_rendered_scripts_is_what_a_run_converges_to(lab, tmp_path):
@@ -125,7 +92,7 @@ def test_canal_over_ipip_replaces_calico_ipip_and_carries_pod_traffic(lab):
 
 
 def test_canal_over_ipip_built_from_its_rendered_scripts_is_what_a_run_converges_to(lab, tmp_path):
-    reset(lab)
+    reset_nodes(lab)
     assert_rendered_is_converged(lab, CANAL_IPIP, tmp_path)
 
 
@@ -141,4 +108,4 @@ def test_a_switch_from_canal_over_ipip_to_flannel_vxlan_leaves_nothing_of_it(lab
         assert not [link for link in lab.json(host, "link", "show") if link["ifname"].startswith("cali")]
         assert [link for link in lab.json(host, "link", "show") if link["ifname"] == "cni0"]
     assert_pods_reach_each_other(lab, through="flannel.1")
-    reset(lab)
+    reset_nodes(lab)

@@ -1,9 +1,10 @@
-"""calico-ipip against a kernel that has the ipip module: one QEMU guest runs test_calico_ipip.py.
+"""The transports this machine's kernel lacks (IPIP, and UDP: foo-over-UDP), in one QEMU guest with a kernel that
+has them.
 
-This machine's kernel has no ipip module, so this test boots a stock Debian kernel under QEMU's
+This machine's kernel has no ipip or fou module, so this test boots a stock Debian kernel under QEMU's
 software emulation with virtme-ng (DESIGN.md section 6; helpers in tests/vm/vmkit.py), loads ipip
-there and runs ``pytest -m ipip`` on test_calico_ipip.py inside, with the repo and its .venv shared
-read-only. Where QEMU, virtme-ng or the kernel package cannot be had, the test fails with the reason:
+there and runs ``pytest -m ipip`` on the guest-only test modules inside (ENGINE_TESTS, in one boot and on one
+lab), with the repo and its .venv shared read-only. Where QEMU, virtme-ng or the kernel package cannot be had, the test fails with the reason:
 `make setup` installs the tools and the kernel comes from the package registry, so a missing guest is a
 broken machine or registry, and skipping would silently drop all IPIP coverage. Only a host that cannot
 run the x86_64 guest at all skips.
@@ -29,7 +30,8 @@ INNER_TESTS = ("tests/integration/test_calico_ipip.py",)
 
 pytestmark = pytest.mark.integration
 # through podnet's engine and node_apply run directly in the nodes, without a controller (modulekit.py)
-ENGINE_TESTS = ("tests/integration/test_calico_ipip_engine.py", "tests/integration/test_ipip_compositions.py")
+ENGINE_TESTS = ("tests/integration/test_calico_ipip_engine.py", "tests/integration/test_ipip_compositions.py",
+                "tests/integration/test_udp_transport.py")
 # ~12 min alone here, 28 min beside a second full test run: room for a slow, shared machine
 ENGINE_TIMEOUT = 2700
 
@@ -61,10 +63,11 @@ def passed(log: str) -> tuple[int, str]:
 
 @pytest.mark.timeout(ENGINE_TIMEOUT + 300)
 def test_calico_ipip_engine_in_a_qemu_guest():
-    """The three-node lab over IPIP converged by podnet's engine and by node_apply run in the nodes (calico-ipip,
-    canal over IPIP, both render-exact): minutes, so always in make test."""
+    """The three-node lab over IPIP and UDP converged by podnet's engine and by node_apply run in the nodes
+    (calico-ipip, canal over IPIP, flannel-udp and canal over udp, render-exact, flanneld's wire format, switches
+    to and from flannel-vxlan): minutes, so always in make test."""
     count, rest = passed(guest_pytest(ENGINE_TESTS, ENGINE_TIMEOUT))
-    assert count >= 5 and "skipped" not in rest, rest  # a pass means the tests ran there
+    assert count >= 13 and "skipped" not in rest, rest  # a pass means the tests ran there
 
 
 @pytest.mark.timeout(GUEST_TIMEOUT + 300)

@@ -7,12 +7,25 @@ down, nothing of it left afterwards.
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
+from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.integration import machinekit
-from tests.integration.machinekit import HOSTS, ansible, lab_cmd, leftovers, playbook
+from tests.integration.machinekit import (
+    HOSTS,
+    NetlinkMonitor,
+    ansible,
+    lab_cmd,
+    leftovers,
+    playbook,
+    snapshot,
+    snapshot_diff,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -44,6 +57,44 @@ def test_reboot_keeps_root_and_empties_run(machines: str) -> None:
     assert after["node1"].split() == ["kept", "run-kept"], after
     status = lab_cmd("status", machines, timeout=120)
     assert status.returncode == 0, status.stdout + status.stderr
+
+
+def failures(stdout: str, host: str) -> list[dict]:
+    """The results of a host's failed tasks, from the default callback's YAML result format (ansible.cfg):
+    `fatal: [host]: FAILED! => ` and the result indented below it."""
+    found, lines = [], stdout.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(f"fatal: [{host}]: FAILED! =>"):
+            block = itertools.takewhile(lambda text: text.startswith(" ") or not text, lines[i + 1:])
+            found.append(yaml.safe_load("\n".join(block)))
+    return found
+
+
+@pytest.mark.skipif(Path("/sys/module/ipip").exists(), reason="this kernel has ipip (the QEMU guest's tests run it)")
+def test_a_transport_the_kernel_lacks_is_refused_before_any_machine_changes(machines: str) -> None:
+    """The machines share this host's kernel, which has no ipip (DESIGN.md): calico-ipip stops at the
+    preflight, which read the kernel's pieces from files on each machine (its /sys/module, /proc/config.gz,
+    /lib/modules) over SSH, naming the machine's kernel release. Before the converge tests below, on the
+    unconverged lab: no netlink write and no difference in podnet's whole state on any machine."""
+    release = os.uname().release
+    assert set(ansible(machines, "uname -r").values()) == {release}
+    before = snapshot(machines)
+    with NetlinkMonitor(machines) as monitor:
+        result = playbook(machines, "site.yml", "-e", "podnet_backend=calico-ipip")
+        writes = monitor.stop()
+    print(f"\nsite.yml calico-ipip refused in {result.seconds:.1f}s")
+    assert result.rc != 0, result.output
+    refusal = f"this node's kernel {release} lacks what the chosen transport needs: ipip"
+    for host in HOSTS:
+        assert result.failed(host) == 1, result.output  # the preflight, on every node
+        fatal = failures(result.stdout, host)
+        assert len(fatal) == 1 and refusal in fatal[0]["msg"], result.output
+        assert fatal[0]["kernel"]["features"]["ipip"]["available"] is False, fatal
+    assert writes == {host: [] for host in HOSTS}, writes
+    after = snapshot(machines)
+    # The subnet leases on the controller are the plan's (written before the preflight, the same for every
+    # backend: the inventory's podnet_cluster_cidr and /24 per node); every machine is as it was.
+    assert snapshot_diff({h: before[h] for h in HOSTS}, {h: after[h] for h in HOSTS}) == []
 
 
 @pytest.mark.parametrize("backend", [

@@ -205,6 +205,30 @@ def test_canal_over_ipip_gets_calicos_tunnel_and_crosssubnet():
     assert crossed["nodes"]["a"]["routes"][0]["dev"] is None  # same subnet: plain route
 
 
+def test_the_udp_transport_is_flannels_udp_on_the_wire_with_every_wiring():
+    """flannel-udp (the bridge), canal and weave-style over udp (routed): podnet's own flannel0 with foo-over-UDP
+    on podnet_udp_port, MTU underlay - 28, onlink routes through it; the kernel must have ipip and fou."""
+    for variables in ({"podnet_backend": "flannel-udp"}, {"podnet_backend": "canal", "podnet_transport": "udp"},
+                      {"podnet_backend": "weave-style", "podnet_transport": "udp", "podnet_udp_port": 9000}):
+        node = plan(with_vars(**variables))["nodes"]["a"]
+        port = variables.get("podnet_udp_port", 8285)
+        assert node["tunnel"] == {"name": "flannel0", "mtu": None, "address": node["subnet"].replace("/24", "/32"),
+                                  "fou_port": port, "local": node["node_ip"], "underlay_interface": None}, variables
+        assert node["vtep"] is None and node["render_mtu"] == 1472 and node["kernel_features"] == ["ipip", "fou"]
+        assert all(r["dev"] == "flannel0" and r["onlink"] for r in node["routes"]), node["routes"]
+    assert plan(with_vars(podnet_backend="flannel-udp"))["nodes"]["a"]["subnet_env"]["FLANNEL_MTU"] == 1472
+    found = problems_of(with_vars(podnet_backend="flannel-udp", podnet_udp_port=70000))
+    assert any(p.startswith("host a: podnet_udp_port: 70000 is not a UDP port") for p in found), found
+
+
+def test_kernel_features_follow_the_transport():
+    for variables, features in (({"podnet_backend": "flannel-vxlan"}, ["vxlan"]),
+                                ({"podnet_backend": "calico-ipip"}, ["ipip"]),
+                                ({"podnet_backend": "calico-bgp"}, []),
+                                ({"podnet_backend": "flannel-host-gw"}, [])):
+        assert plan(with_vars(**variables))["nodes"]["a"]["kernel_features"] == features, variables
+
+
 def test_calico_over_vxlan_keeps_calicos_device_and_flannel_over_host_gw_its_bridge():
     node = plan(with_vars(podnet_backend="calico-bgp", podnet_transport="vxlan"))["nodes"]["a"]
     assert (node["vtep"]["name"], node["vtep"]["vni"], node["vtep"]["port"]) == ("vxlan.calico", 4096, 4789)
@@ -215,8 +239,8 @@ def test_calico_over_vxlan_keeps_calicos_device_and_flannel_over_host_gw_its_bri
 
 @pytest.mark.parametrize(("backend", "transport", "words"), [
     ("flannel-vxlan", "bgp", "flannel-vxlan wires pods to a bridge"),
-    ("flannel-host-gw", "ipip", "vxlan or host-gw only"),
-    ("canal", "udp", "'udp' is not a transport"),
+    ("flannel-host-gw", "ipip", "vxlan, host-gw or udp only"),
+    ("canal", "UDP", "'UDP' is not a transport"),
     ("calico-bgp", "VXLAN", "'VXLAN' is not a transport"),
 ])
 def test_combinations_podnet_does_not_build_are_refused_in_the_planner(backend, transport, words):
@@ -248,7 +272,7 @@ def test_the_pod_wiring_is_a_variable_too():
 @pytest.mark.parametrize(("settings", "words"), [
     ({"podnet_backend": "calico-bgp", "podnet_pod_wiring": "bridge"},
      "podnet_pod_wiring: calico-bgp with podnet_pod_wiring: bridge wires pods to a bridge"),
-    ({"podnet_backend": "calico-ipip", "podnet_pod_wiring": "bridge"}, "vxlan or host-gw only"),
+    ({"podnet_backend": "calico-ipip", "podnet_pod_wiring": "bridge"}, "vxlan, host-gw or udp only"),
     ({"podnet_backend": "flannel-vxlan", "podnet_pod_wiring": "bridge", "podnet_transport": "bgp"},
      "podnet_pod_wiring: flannel-vxlan with podnet_pod_wiring: bridge"),
     ({"podnet_backend": "canal", "podnet_pod_wiring": "ptp"}, "podnet_pod_wiring: 'ptp' is not a pod wiring"),

@@ -142,6 +142,26 @@ def test_host_gw_lines(tmp_path):
     assert not any("flannel.1" in line for line in lines)
 
 
+def test_udp_lines_load_fou_before_the_device_and_add_the_port_after_it(tmp_path):
+    """render.yml needs no node, so flannel-udp renders on any machine (the preflight is a run's)."""
+    result = run_render(tmp_path, "-e", "podnet_backend=flannel-udp")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = (tmp_path / "192.168.0.4.sh").read_text().splitlines()
+    assert in_order(lines, [
+        "modprobe fou",
+        # no podnet_underlay_interface in the inventory: the kernel picks the device towards each peer, on a
+        # run as in the script
+        "ip link add flannel0 type ipip remote any local 192.168.0.4 encap fou encap-sport 8285 encap-dport 8285 "
+        "encap-csum",
+        "ip link set flannel0 mtu 1472 alias podnet:tunnel up",
+        "ip fou add port 8285 ipproto 4",
+        "ip addr add 10.244.0.0/32 dev flannel0",
+        "ip route add 10.244.2.0/24 via 192.168.0.16 dev flannel0 onlink proto 152",
+    ]), lines
+    assert "FLANNEL_MTU=1472" in (tmp_path / "192.168.0.4.sh").read_text()
+    assert not any("flannel.1" in line or "tunl0" in line for line in lines)
+
+
 def test_render_touches_no_host_and_rejects_bad_input(tmp_path):
     # The seed hosts are documentation addresses no one can reach; a bad VNI must fail in planning,
     # and nothing may be written.

@@ -6,7 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: ipip_tunnel
-short_description: Manage calico's IPIP tunnel device (tunl0)
+short_description: Manage calico's IPIP tunnel device (tunl0), or a UDP tunnel (foo-over-UDP)
 version_added: "0.1.0"
 description:
   - Configures the IPIP device calico uses, C(tunl0) - the fallback tunnel the kernel creates in every
@@ -16,11 +16,18 @@ description:
     C(modprobe ipip)).
   - Sets its MTU (default - the underlay MTU minus the 20 bytes of the outer IPv4 header), brings it
     up and gives it its C(/32) tunnel address from the node's pod block.
+  - With I(fou_port), the UDP transport instead (flannel's C(udp) backend without its daemon) - an IPIP device of
+    podnet's own (I(name), not C(tunl0)) with foo-over-UDP encapsulation, whose every packet leaves as a UDP
+    datagram from and to I(fou_port) with the inner IPv4 packet as its payload (the bytes flanneld's udp
+    backend sends from its socket), and the FOU receive port (C(ip fou add port P ipproto 4)) that gives such
+    datagrams to it. MTU default - the underlay MTU minus 28.
+  - A FOU port has no place for an owner's mark; podnet takes one as its own only when podnet's device here
+    sends to it, and refuses to create its tunnel over a port someone else made.
   - One netlink dump, a diff, and only the difference written; check mode and diff are exact.
 author:
   - podnet maintainers (@podnet)
 requirements:
-  - the ipip kernel module on the managed node (not needed for I(state=rendered))
+  - the ipip kernel module on the managed node, and fou for I(fou_port) (not needed for I(state=rendered))
   - Linux with rtnetlink; the module uses only the Python standard library on the node (no pyroute2)
 attributes:
   check_mode:
@@ -35,11 +42,23 @@ options:
     type: str
     default: tunl0
   mtu:
-    description: Tunnel MTU. Defaults to the MTU of the interface holding I(local) minus 20.
+    description: Tunnel MTU. Defaults to the MTU of the interface holding I(local) minus 20 (minus 28 with
+      I(fou_port)).
     type: int
   local:
-    description: This node's underlay address; used to find the underlay MTU when I(mtu) is not given.
+    description:
+      - This node's underlay address; used to find the underlay MTU when I(mtu) is not given.
+      - With I(fou_port), also the device's local address (required), by which the kernel gives it the
+        datagrams the peers send.
     type: str
+  underlay_interface:
+    description: With I(fou_port), the device the tunnel's packets leave by (C(ip link add ... dev)).
+    type: str
+  fou_port:
+    description:
+      - The UDP port of the UDP transport (flannel's udp backend uses 8285), on both ends. Needs a I(name)
+        other than C(tunl0) and I(local).
+    type: int
   address:
     description: Tunnel address in CIDR form, e.g. C(10.244.0.0/32).
     type: str
@@ -48,7 +67,8 @@ options:
       - C(merged), C(replaced) and C(overridden) configure the device (the latter two also remove other
         addresses from it).
       - C(deleted) removes its address, takes it down and drops podnet's mark; the fallback C(tunl0)
-        itself cannot be deleted while the ipip module is loaded.
+        itself cannot be deleted while the ipip module is loaded. A device of podnet's own (a UDP tunnel) is
+        deleted, with the FOU port it sends to.
       - C(gathered) returns the device as this module's options (valid input again); C(rendered) the commands,
         touching nothing.
     type: str
@@ -65,6 +85,15 @@ EXAMPLES = r"""
   podnet.dataplane.ipip_tunnel:
     local: 192.168.0.4
     address: 10.244.0.0/32
+
+- name: A UDP tunnel as flannel's udp backend sends (port 8285) on node 192.168.0.4
+  podnet.dataplane.ipip_tunnel:
+    name: flannel0
+    local: 192.168.0.4
+    underlay_interface: eth0
+    fou_port: 8285
+    address: 10.244.0.0/32
+    state: overridden
 """
 
 RETURN = r"""
@@ -85,7 +114,8 @@ rendered:
   elements: str
 gathered:
   description:
-    - The device as this module's options (name, mtu, and its one address); C({}) when there is no such device.
+    - The device as this module's options (name, mtu, and its one address; for a UDP tunnel also fou_port,
+      local and underlay_interface); C({}) when there is no such device.
     - Valid input again - given back as this module's options (state merged or overridden), it changes nothing.
   returned: when state is gathered
   type: dict

@@ -16,12 +16,14 @@ description:
     error messages are that module's.
   - "flannel backends: M(podnet.dataplane.vxlan_fdb) (the VTEP and static peers, flannel-vxlan),
     M(podnet.dataplane.vxlan_fdb) C(deleted) for every other VTEP in I(other_vteps),
-    M(podnet.dataplane.ipip_tunnel) C(deleted), podnet's BIRD of a calico-bgp run stopped (see
+    M(podnet.dataplane.ipip_tunnel) for the UDP tunnel C(flannel0) (flannel-udp; C(deleted) otherwise) and
+    C(deleted) for C(tunl0), podnet's BIRD of a calico-bgp run stopped (see
     I(bird_dir)), M(podnet.dataplane.pod_route) C(overridden),
     M(podnet.dataplane.proxy_arp) C(deleted) on C(cali*), M(podnet.dataplane.pod_network) (bridge)
     C(overridden), M(podnet.dataplane.iptables_rules) C(overridden), then C(subnet.env)."
   - "calico and the other routed backends: M(podnet.dataplane.vxlan_fdb) C(deleted) for the other
-    VTEPs, the VTEP (calico-vxlan) or M(podnet.dataplane.ipip_tunnel) (calico-ipip; C(deleted) without an IPIP transport),
+    VTEPs, the VTEP (calico-vxlan) or M(podnet.dataplane.ipip_tunnel) for C(tunl0) (calico-ipip) or C(flannel0)
+    (the UDP transport), each C(deleted) where the transport is not its own,
     M(podnet.dataplane.pod_network) (routed) C(overridden), M(podnet.dataplane.proxy_arp) on the pods'
     host interfaces, M(podnet.dataplane.pod_route) C(overridden),
     M(podnet.dataplane.iptables_rules) C(overridden), then C(subnet.env) for canal (removed otherwise),
@@ -59,7 +61,8 @@ options:
         its module's C(deleted) state (only what carries podnet's marker) - podnet's BIRD shut down (I(bird_dir)),
         the proxy-ARP values podnet changed on C(cali*) given back (I(proxy_arp_state_file)), podnet's pod
         veths and the pod bridge I(bridge), podnet's routes to I(networks), the VXLAN devices in
-        I(other_vteps), podnet's iptables rules, the IPIP tunnel's configuration, the network policy chains,
+        I(other_vteps), podnet's iptables rules, the IPIP tunnel's configuration, the UDP tunnel and its FOU
+        port, the network policy chains,
         I(subnet_env), I(rt_protos_file) when it is podnet's, and podnet's records in I(persist_dir) (the folder
         too once empty). I(node) is not needed. This is what C(reset.yml) runs.
     type: str

@@ -15,6 +15,8 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects im
     PODNET_RTPROTO,
     Address,
     FdbEntry,
+    FouPort,
+    IpipInfo,
     KObject,
     Link,
     Neighbour,
@@ -27,6 +29,10 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.shell impo
 
 VXLAN_OVERHEAD = 50
 IPIP_OVERHEAD = 20
+UDP_OVERHEAD = 28  # foo-over-UDP: the outer IPv4 header and a UDP header, as flannel's udp backend (MTU - 28)
+# The UDP transport's device: flannel's udp backend names its TUN device so (podnet's is an IPIP device with
+# foo-over-UDP encapsulation, but routes and tools show the name flannel users know).
+UDP_DEVICE = "flannel0"
 POD_ALIAS_ROLE = "pod"
 
 
@@ -66,9 +72,21 @@ def vtep_objects(vtep: dict[str, Any]) -> list[KObject]:
 
 def tunnel_objects(tunnel: dict[str, Any]) -> list[KObject]:
     """calico's IPIP device: the fallback tunl0 (created when the ipip module loads), up, with the
-    tunnel MTU and a /32 from the node's block as the source of host-originated tunnel traffic."""
+    tunnel MTU and a /32 from the node's block as the source of host-originated tunnel traffic.
+
+    With `fou_port`, the UDP transport instead: an IPIP device of podnet's own (tunnel["name"]) that puts every
+    packet into a UDP datagram from and to that port (checksummed) - the bytes flannel's udp backend sends
+    from its socket on 8285 - and the FOU receive port that hands such datagrams to it. Its local address
+    (`local`) tells the kernel which device receives them, instead of the fallback tunl0."""
+    ipip = None
+    if tunnel.get("fou_port"):
+        port = int(tunnel["fou_port"])
+        ipip = IpipInfo(local=tunnel.get("local"), underlay=tunnel.get("underlay_interface"), encap_dport=port,
+                        encap_sport=port, encap_csum=True)
     objs: list[KObject] = [Link(name=tunnel["name"], kind="ipip", mtu=tunnel.get("mtu"), up=True,
-                                alias=owner_alias("tunnel"))]
+                                alias=owner_alias("tunnel"), ipip=ipip)]
+    if ipip is not None:
+        objs.append(FouPort(port=ipip.encap_dport or 0))
     if tunnel.get("address"):
         objs.append(Address(dev=tunnel["name"], cidr=str(ipaddress.ip_interface(tunnel["address"]))))
     return objs

@@ -10,7 +10,8 @@ Every object kind (links, addresses, neighbours, fdb entries, routes) is read an
 NETLINK_ROUTE socket per namespace: dumps decoded with `struct`, reading only the fields podnet compares
 (`_parse_links` and `Engine.gather`), writes encoded by one function per kind (`_encode`, `_link_messages`)
 and packed into batches (many messages per sendmsg, one acknowledgement per batch, failures mapped back to
-their change by sequence number).  Sysctls are files under /proc/sys.
+their change by sequence number).  Sysctls are files under /proc/sys.  Foo-over-UDP ports live in the
+generic netlink family "fou" (`_fou_*`), read and written over a NETLINK_GENERIC socket of the namespace.
 
 pyroute2 is not used here: one synchronous pyroute2 call per entry costs ~16x `ip -batch`, its dump parsing
 ~20x `ip -j`, and importing it ~0.3 s per run.  It serves as the reference instead:
@@ -24,8 +25,10 @@ import contextlib
 import ctypes
 import errno
 import os
+import shutil
 import socket
 import struct
+import subprocess
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
@@ -37,6 +40,8 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects im
     RTNH_F_ONLINK,
     Address,
     FdbEntry,
+    FouPort,
+    IpipInfo,
     KObject,
     Link,
     Neighbour,
@@ -76,11 +81,14 @@ _PHASES = {
     ("delete", FdbEntry): 1,
     ("delete", Neighbour): 1,
     ("delete", Address): 2,
+    ("delete", FouPort): 2,  # before its IPIP device: a run stopped between leaves a device, never a port alone
     ("delete", Link): 3,
     ("add", Link): 4,
     ("update", Link): 4,
     ("add", Sysctl): 5,
     ("update", Sysctl): 5,
+    ("add", FouPort): 5,  # after the IPIP device that sends to it, for the same reason
+    ("update", FouPort): 5,
     ("add", Address): 6,
     ("add", Neighbour): 7,
     ("update", Neighbour): 7,
@@ -238,6 +246,15 @@ RTEXT_FILTER_SKIP_STATS = 1 << 3
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 NDA_DST, NDA_LLADDR = 1, 2
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_MULTIPATH, RTA_TABLE = 1, 4, 5, 9, 15
+IFLA_IPTUN_LINK, IFLA_IPTUN_LOCAL = 1, 2
+IFLA_IPTUN_ENCAP_TYPE, IFLA_IPTUN_ENCAP_FLAGS, IFLA_IPTUN_ENCAP_SPORT, IFLA_IPTUN_ENCAP_DPORT = 15, 16, 17, 18
+TUNNEL_ENCAP_FOU, TUNNEL_ENCAP_FLAG_CSUM = 1, 1
+NETLINK_GENERIC = 16
+GENL_ID_CTRL, CTRL_CMD_GETFAMILY, CTRL_ATTR_FAMILY_ID, CTRL_ATTR_FAMILY_NAME = 0x10, 3, 1, 2
+FOU_GENL_NAME, FOU_GENL_VERSION = "fou", 1
+FOU_CMD_ADD, FOU_CMD_DEL, FOU_CMD_GET = 1, 2, 3
+FOU_ATTR_PORT, FOU_ATTR_AF, FOU_ATTR_IPPROTO, FOU_ATTR_TYPE = 1, 2, 3, 4
+FOU_ENCAP_DIRECT = 1
 NLA_TYPE_MASK = 0x3FFF
 NETNS_DIR = "/run/netns"
 
@@ -246,6 +263,8 @@ _NLA = struct.Struct("=HH")
 _U32 = struct.Struct("=I")
 _I32 = struct.Struct("=i")
 _BE16 = struct.Struct("!H")
+_U16 = struct.Struct("=H")
+_GENLMSGHDR = struct.Struct("=BBxx")  # cmd, version
 _IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
 _IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 _NDMSG = struct.Struct("=BxxxiHBB")  # family, ifindex, state, flags, type
@@ -327,13 +346,14 @@ def netns_path(netns: str) -> str:
     return netns if "/" in netns else os.path.join(NETNS_DIR, netns)
 
 
-def _netlink_socket(netns: str | None) -> socket.socket:
-    """A NETLINK_ROUTE socket bound to `netns` (a name under /run/netns or a path; None = ours).
+def _netlink_socket(netns: str | None, protocol: int = NETLINK_ROUTE) -> socket.socket:
+    """A netlink socket (NETLINK_ROUTE unless `protocol` says) bound to `netns` (a name under /run/netns or a
+    path; None = ours).
 
     A socket keeps the namespace it was created in, so this thread enters the namespace just long
     enough to create it and returns at once (setns only changes the calling thread)."""
     if netns is None:
-        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
     target = os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
     try:
         home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -343,7 +363,7 @@ def _netlink_socket(netns: str | None) -> socket.socket:
                 # Never let a silent failure leave the socket in the caller's namespace.
                 if os.stat("/proc/thread-self/ns/net").st_ino != os.fstat(target).st_ino:
                     raise OSError(errno.EINVAL, f"could not enter network namespace {netns}")
-                return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+                return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
             finally:
                 try:
                     _setns(home)
@@ -357,10 +377,11 @@ def _netlink_socket(netns: str | None) -> socket.socket:
 
 
 class _Netlink:
-    """A bare rtnetlink socket: dumps decoded by the caller, batched writes with failures mapped back."""
+    """A bare rtnetlink (or generic netlink) socket: dumps decoded by the caller, batched writes with failures
+    mapped back."""
 
-    def __init__(self, netns: str | None):
-        self.sock = _netlink_socket(netns)
+    def __init__(self, netns: str | None, protocol: int = NETLINK_ROUTE):
+        self.sock = _netlink_socket(netns, protocol)
         try:
             self.sock.bind((0, 0))
             for option, value in ((NETLINK_CAP_ACK, 1), (NETLINK_EXT_ACK, 1)):
@@ -515,7 +536,7 @@ def _parse_links(nl: _Netlink, netns: str | None) -> tuple[dict[tuple, KObject],
     link_index: dict[str, int] = {}
     for index, flags, attrs in rows:
         kind = None
-        vxlan = None
+        vxlan = ipip = None
         info = attrs.get(IFLA_LINKINFO)
         if info is not None:
             info_attrs = _attrs(info, 0, len(info))
@@ -533,6 +554,8 @@ def _parse_links(nl: _Netlink, netns: str | None) -> tuple[dict[tuple, KObject],
                     underlay=names.get(_u32(v.get(IFLA_VXLAN_LINK)) or 0),
                     learning=bool(learning and learning[0]),
                 )
+            elif kind == "ipip" and data is not None:
+                ipip = _ipip_info(_attrs(data, 0, len(data)), names)
         master = _u32(attrs.get(IFLA_MASTER))
         mac = attrs.get(IFLA_ADDRESS)
         link = Link(
@@ -544,11 +567,29 @@ def _parse_links(nl: _Netlink, netns: str | None) -> tuple[dict[tuple, KObject],
             master=names.get(master) if master else None,
             alias=read_alias(_text(attrs.get(IFLA_IFALIAS)), _u32(attrs.get(IFLA_GROUP))),
             vxlan=vxlan,
+            ipip=ipip,
             netns=netns,
         )
         objects[link.key()] = link
         link_index[link.name] = index
     return objects, link_index
+
+
+def _ipip_info(data: dict[int, bytes], names: dict[int, str | None]) -> IpipInfo:
+    """An IPIP device's tunnel settings as podnet sets them (0.0.0.0 / index 0 / port 0: not set)."""
+    local = data.get(IFLA_IPTUN_LOCAL)
+    encap = data.get(IFLA_IPTUN_ENCAP_TYPE)
+    fou = encap is not None and _U16.unpack_from(encap)[0] == TUNNEL_ENCAP_FOU
+    sport = data.get(IFLA_IPTUN_ENCAP_SPORT)
+    dport = data.get(IFLA_IPTUN_ENCAP_DPORT)
+    flags = data.get(IFLA_IPTUN_ENCAP_FLAGS)
+    return IpipInfo(
+        local=_ip_text(local) if local and local != b"\0\0\0\0" else None,
+        underlay=names.get(_u32(data.get(IFLA_IPTUN_LINK)) or 0),
+        encap_dport=(_BE16.unpack_from(dport)[0] or None) if fou and dport else None,
+        encap_sport=(_BE16.unpack_from(sport)[0] or None) if fou and sport else None,
+        encap_csum=bool(fou and flags and _U16.unpack_from(flags)[0] & TUNNEL_ENCAP_FLAG_CSUM),
+    )
 
 
 RTM_GETNSID = 90
@@ -693,6 +734,16 @@ def _link_messages(change: Change, link: Link, index: int, index_of: Callable[[s
             if v.underlay:
                 data += _nla_u32(IFLA_VXLAN_LINK, index_of(v.underlay))
             data += _nla(IFLA_VXLAN_LEARNING, bytes([int(v.learning)])) + _nla(IFLA_VXLAN_PORT, _BE16.pack(v.port))
+        elif link.kind == "ipip" and link.ipip is not None:
+            t = link.ipip
+            data = _nla_ip4(IFLA_IPTUN_LOCAL, t.local) if t.local else b""
+            if t.underlay:
+                data += _nla_u32(IFLA_IPTUN_LINK, index_of(t.underlay))
+            if t.encap_dport:
+                data += (_nla(IFLA_IPTUN_ENCAP_TYPE, _U16.pack(TUNNEL_ENCAP_FOU))
+                         + _nla(IFLA_IPTUN_ENCAP_FLAGS, _U16.pack(TUNNEL_ENCAP_FLAG_CSUM if t.encap_csum else 0))
+                         + _nla(IFLA_IPTUN_ENCAP_SPORT, _BE16.pack(t.encap_sport or 0))
+                         + _nla(IFLA_IPTUN_ENCAP_DPORT, _BE16.pack(t.encap_dport)))
         elif link.kind == "veth" and link.peer:
             peer = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _nla_text(IFLA_IFNAME, link.peer)
             if link.mtu:
@@ -722,7 +773,90 @@ def _link_messages(change: Change, link: Link, index: int, index_of: Callable[[s
     return [(RTM_NEWLINK, NLM_F_REQUEST, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, flags, change_mask) + attrs)]
 
 
-ALL_KINDS = frozenset({Address, Neighbour, FdbEntry, Route})
+ALL_KINDS = frozenset({Address, Neighbour, FdbEntry, Route, FouPort})
+
+
+def _fou_family(nl: _Netlink) -> int | None:
+    """The generic netlink id of the fou family, read from the list of families (a request by name would make
+    the kernel try to load a module); None when the fou module is not loaded."""
+    for buf, off, end in nl.dump(GENL_ID_CTRL, _GENLMSGHDR.pack(CTRL_CMD_GETFAMILY, 1)):
+        attrs = _attrs(buf, off + _GENLMSGHDR.size, end)
+        if _text(attrs.get(CTRL_ATTR_FAMILY_NAME)) == FOU_GENL_NAME and CTRL_ATTR_FAMILY_ID in attrs:
+            return _U16.unpack_from(attrs[CTRL_ATTR_FAMILY_ID])[0]
+    return None
+
+
+def _fou_ports(netns: str | None) -> dict[tuple, KObject]:
+    """The namespace's IPv4 FOU receive ports of the direct kind (GUE ports are not podnet's kind)."""
+    nl = _Netlink(netns, NETLINK_GENERIC)
+    try:
+        family = _fou_family(nl)
+        if family is None:
+            return {}
+        found: dict[tuple, KObject] = {}
+        for buf, off, end in nl.dump(family, _GENLMSGHDR.pack(FOU_CMD_GET, FOU_GENL_VERSION)):
+            attrs = _attrs(buf, off + _GENLMSGHDR.size, end)
+            port, af, proto = attrs.get(FOU_ATTR_PORT), attrs.get(FOU_ATTR_AF), attrs.get(FOU_ATTR_IPPROTO)
+            kind = attrs.get(FOU_ATTR_TYPE)
+            if port is None or (af and af[0] != socket.AF_INET) or (kind and kind[0] != FOU_ENCAP_DIRECT):
+                continue
+            obj = FouPort(port=_BE16.unpack_from(port)[0], ipproto=proto[0] if proto else 0, netns=netns)
+            found[obj.key()] = obj
+        return found
+    finally:
+        nl.close()
+
+
+def _fou_write(netns: str | None, change: Change) -> None:
+    """A FOU port added or removed (an update: removed, then added with its new settings)."""
+    port: FouPort = change.obj  # type: ignore[assignment]
+    nl = _Netlink(netns, NETLINK_GENERIC)
+    try:
+        if change.op != "delete":
+            load_fou(netns)
+        family = _fou_family(nl)
+        if family is None:
+            if change.op == "delete":
+                return  # no fou module, so no port
+            raise NetlinkError(errno.EOPNOTSUPP, "this kernel has no fou module")
+        key = _nla(FOU_ATTR_PORT, _BE16.pack(port.port)) + _nla(FOU_ATTR_AF, bytes([socket.AF_INET]))
+        messages = []
+        if change.op != "add":
+            messages.append((family, NLM_F_REQUEST, _GENLMSGHDR.pack(FOU_CMD_DEL, FOU_GENL_VERSION) + key, change))
+        if change.op != "delete":
+            messages.append((family, NLM_F_REQUEST, _GENLMSGHDR.pack(FOU_CMD_ADD, FOU_GENL_VERSION) + key
+                             + _nla(FOU_ATTR_IPPROTO, bytes([port.ipproto]))
+                             + _nla(FOU_ATTR_TYPE, bytes([FOU_ENCAP_DIRECT])), change))
+        for _unused, exc in nl.write(messages, _fatal):
+            if _fatal(change, exc.code):
+                raise exc
+    finally:
+        nl.close()
+
+
+def fou_module_loaded(netns: str | None = None) -> bool:
+    """Whether the kernel has the fou family registered (read; nothing is loaded)."""
+    nl = _Netlink(netns, NETLINK_GENERIC)
+    try:
+        return _fou_family(nl) is not None
+    finally:
+        nl.close()
+
+
+def load_fou(netns: str | None = None) -> None:
+    """`modprobe fou`, as the rendered script does, unless the fou family is there: the kernel refuses an IPIP
+    device with FOU encapsulation (EINVAL) and FOU ports (ENOENT) until the module is loaded, and neither
+    request loads it (the module declares no alias a request could name)."""
+    if fou_module_loaded(netns):
+        return
+    modprobe = shutil.which("modprobe") or next((p for p in ("/usr/sbin/modprobe", "/sbin/modprobe")
+                                                if os.access(p, os.X_OK)), None)
+    if modprobe is None:
+        raise NetlinkError(errno.EOPNOTSUPP, "the fou module is not loaded, and there is no modprobe to load it")
+    done = subprocess.run([modprobe, "fou"], capture_output=True, text=True, check=False, timeout=120)
+    if done.returncode != 0 or not fou_module_loaded(netns):
+        raise NetlinkError(errno.EOPNOTSUPP, f"the fou module is not loaded and `modprobe fou` could not load it "
+                                             f"(exit {done.returncode}: {done.stderr.strip()})")
 
 
 class SharedReads:
@@ -816,7 +950,9 @@ class Engine:
             return self._gather(kinds, sysctls)
         state = self._shared.states.get(self.netns)
         if state is None:
-            state = self._shared.states[self.netns] = self._gather(ALL_KINDS)
+            # FOU ports are the node's (podnet makes none in pods): a pod namespace is not asked
+            state = self._shared.states[self.netns] = self._gather(ALL_KINDS if self.netns is None
+                                                                  else ALL_KINDS - {FouPort})
             key = self.netns or ""
             self._shared.reads[key] = self._shared.reads.get(key, 0) + 1
         mine = _copy(state)
@@ -901,6 +1037,8 @@ class Engine:
                 objects[("route", netns, dst)] = _make(
                     Route, dst=dst, via=gateway, dev=names.get(oif) if oif else None,
                     onlink=bool(flags & RTNH_F_ONLINK), proto=proto, netns=netns)
+        if FouPort in kinds:
+            objects.update(_fou_ports(netns))
         state.objects = objects
         objects.update(read_sysctls(sysctls, netns))
         return state
@@ -988,6 +1126,8 @@ class Engine:
         obj = change.obj
         if isinstance(obj, Link):
             self._apply_link(change, obj, state)
+        elif isinstance(obj, FouPort):
+            _fou_write(self.netns, change)
         elif isinstance(obj, Sysctl):
             write_sysctl(obj)
         else:
@@ -1005,6 +1145,8 @@ class Engine:
             state.link_index.pop(link.name, None)
             return
         if change.op == "add":
+            if link.ipip is not None and link.ipip.encap_dport:
+                load_fou(self.netns)
             peer_fd = None
             if link.kind == "veth" and link.peer_netns:
                 peer_fd = os.open(netns_path(link.peer_netns), os.O_RDONLY | os.O_CLOEXEC)

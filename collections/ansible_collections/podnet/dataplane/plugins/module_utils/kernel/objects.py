@@ -145,15 +145,42 @@ class VxlanInfo(KObject):
 
 
 @dataclass(frozen=True)
+class IpipInfo(KObject):
+    """The tunnel settings of an IPIP device podnet creates (the fallback tunl0 has none podnet sets). With
+    encap_dport the device puts each packet into UDP to that port (foo-over-UDP): the inner IPv4 packet is
+    the datagram's payload, as flannel's udp backend sends it."""
+
+    local: str | None = None
+    underlay: str | None = None
+    encap_dport: int | None = None
+    encap_sport: int | None = None  # None: chosen per flow by the kernel
+    encap_csum: bool = False
+
+    def key(self) -> tuple:
+        return ("ipip",)
+
+    def argv(self) -> list[str]:
+        """The words after `ip link add <name> type ipip`."""
+        words = ["remote", "any", "local", self.local or "any"]
+        if self.underlay:
+            words += ["dev", self.underlay]
+        if self.encap_dport:
+            words += ["encap", "fou", "encap-sport", str(self.encap_sport or "auto"),
+                      "encap-dport", str(self.encap_dport), "encap-csum" if self.encap_csum else "noencap-csum"]
+        return words
+
+
+@dataclass(frozen=True)
 class Link(KObject):
     name: str = ""
-    kind: str = ""  # vxlan | bridge | veth
+    kind: str = ""  # vxlan | bridge | veth | ipip
     mtu: int | None = None
     mac: str | None = None
     up: bool | None = True
     master: str | None = None
     alias: str | None = None
     vxlan: VxlanInfo | None = None
+    ipip: IpipInfo | None = None  # an IPIP device of podnet's own (not the fallback tunl0)
     peer: str | None = None  # veth only: the peer's name
     peer_netns: str | None = None  # veth only: where the peer is created
     netns: str | None = None
@@ -163,14 +190,18 @@ class Link(KObject):
         return ("link", self.netns, self.name)
 
     def needs_recreate(self, have: Link) -> bool:
-        """VNI, port, local address and underlay device cannot be changed on a live VXLAN device."""
+        """VNI, port, local address and underlay device cannot be changed on a live VXLAN device; an IPIP
+        device's tunnel settings are replaced with the device too (one step, as they were created)."""
         if self.kind != have.kind:
             return True
         if self.vxlan is not None and have.vxlan is not None:
             return self.vxlan != have.vxlan
+        if self.ipip is not None:
+            return self.ipip != have.ipip
         return False
 
     def add_argvs(self) -> list[list[str]]:
+        prefix: list[list[str]] = []
         if self.kind == "vxlan" and self.vxlan is not None:
             v = self.vxlan
             argv = ["ip", "link", "add", self.name, "type", "vxlan", "id", str(v.vni)]
@@ -185,6 +216,10 @@ class Link(KObject):
             # loading ipip creates tunl0 in every namespace, so `ip tunnel add tunl0` (seed 003's command)
             # answers "File exists" on a real kernel: the module is loaded and its tunl0 configured
             argv = ["modprobe", "ipip"]
+        elif self.kind == "ipip" and self.ipip is not None:
+            # the kernel refuses a device with FOU encapsulation while the fou module is not loaded
+            prefix = [["modprobe", "fou"]] if self.ipip.encap_dport else []
+            argv = ["ip", "link", "add", self.name, "type", "ipip", *self.ipip.argv()]
         elif self.kind == "ipip":
             argv = ["ip", "tunnel", "add", self.name, "mode", "ipip"]
         elif self.kind == "veth":
@@ -195,14 +230,14 @@ class Link(KObject):
                 argv += ["netns", self.peer_netns]
         else:
             argv = ["ip", "link", "add", self.name, "type", self.kind]
-        return [netns_argv(self.netns, argv)] + self.update_argvs(
+        return prefix + [netns_argv(self.netns, argv)] + self.update_argvs(
             [f for f in ("mac", "mtu", "master", "alias", "up") if getattr(self, f) is not None])
 
     def delete_argvs(self) -> list[list[str]]:
         return [netns_argv(self.netns, ["ip", "link", "del", self.name])]
 
     def update_argvs(self, changed: list[str]) -> list[list[str]]:
-        if "vxlan" in changed or "kind" in changed:
+        if "vxlan" in changed or "ipip" in changed or "kind" in changed:
             return self.delete_argvs() + self.add_argvs()
         words: list[str] = []
         if "mac" in changed and self.mac:
@@ -333,6 +368,27 @@ class Route(KObject):
 
 
 @dataclass(frozen=True)
+class FouPort(KObject):
+    """A foo-over-UDP receive port (`ip fou add port P ipproto 4`): UDP datagrams to it carry an IPv4 packet
+    as their whole payload, which the kernel hands to the IPIP device of the outer addresses. A FOU port has
+    no field for an owner's mark: it is podnet's when podnet's IPIP device sends to it (see ipip_tunnel)."""
+
+    port: int = 0
+    ipproto: int = 4
+    netns: str | None = None
+    identity_fields = ("port",)
+
+    def key(self) -> tuple:
+        return ("fou", self.netns, self.port)
+
+    def add_argvs(self) -> list[list[str]]:
+        return [netns_argv(self.netns, ["ip", "fou", "add", "port", str(self.port), "ipproto", str(self.ipproto)])]
+
+    def delete_argvs(self) -> list[list[str]]:
+        return [netns_argv(self.netns, ["ip", "fou", "del", "port", str(self.port)])]
+
+
+@dataclass(frozen=True)
 class Sysctl(KObject):
     name: str = ""  # dotted, e.g. "net.ipv4.ip_forward"
     value: str = ""
@@ -367,6 +423,7 @@ class Sysctl(KObject):
 
 def from_dict(data: dict[str, Any]) -> KObject:
     """The inverse of KObject.as_dict (used to re-apply persisted state at boot)."""
-    classes = {cls.__name__.lower(): cls for cls in (VxlanInfo, Link, Address, Neighbour, FdbEntry, Route, Sysctl)}
+    classes = {cls.__name__.lower(): cls
+               for cls in (VxlanInfo, IpipInfo, Link, Address, Neighbour, FdbEntry, Route, FouPort, Sysctl)}
     values = {k: (from_dict(v) if isinstance(v, dict) else v) for k, v in data.items() if k != "object"}
     return classes[data["object"]](**values)

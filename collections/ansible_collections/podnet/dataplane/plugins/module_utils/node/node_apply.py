@@ -22,10 +22,12 @@ from typing import Any
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders import (
     CALICO_HOST_SYSCTLS,
+    UDP_DEVICE,
     subnet_env_text,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink import Engine, written_elsewhere
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import (
+    IPIP_FALLBACK,
     PODNET_RTPROTO,
     Link,
     Route,
@@ -293,6 +295,27 @@ def _other_vteps(run: NodeRun, node: dict[str, Any]) -> None:
             run.resource(f"no VXLAN endpoint {name}", "vxlan_fdb", name=name, state="deleted")
 
 
+# The tunnel devices a node may have: calico's IPIP (the fallback tunl0) and the UDP transport's own device.
+TUNNELS = ((IPIP_FALLBACK, "IPIP tunnel"), (UDP_DEVICE, "UDP tunnel (foo-over-UDP)"))
+
+
+def tunnel_steps(run: NodeRun, node: dict[str, Any]) -> dict[str, Any] | None:
+    """Nothing left of a tunnel device the node's transport does not use, then the node's IPIP or UDP tunnel
+    (its result; None without one)."""
+    t = node.get("tunnel") or {}
+    for name, what in TUNNELS:
+        if name != t.get("name"):
+            run.resource(f"no {what}", "ipip_tunnel", name=name, state="deleted")
+    if not t:
+        return None
+    # a run derives the MTU from the node's underlay device; a render takes the planner's
+    return run.resource("UDP tunnel (foo-over-UDP)" if t.get("fou_port") else "IPIP tunnel", "ipip_tunnel",
+                        name=t["name"], local=node["node_ip"],
+                        mtu=t.get("mtu") or (node["render_mtu"] if run.rendering else None),
+                        address=t.get("address"), fou_port=t.get("fou_port"),
+                        underlay_interface=t.get("underlay_interface"), state="overridden")
+
+
 def wanted_devices(node: dict[str, Any]) -> list[str]:
     """The devices of the node's namespace that the node's backend creates or configures."""
     names = [(node.get(key) or {}).get("name") for key in ("vtep", "tunnel", "bridge")]
@@ -355,14 +378,14 @@ def apply_flannel(run: NodeRun, node: dict[str, Any]) -> None:
     if node.get("vtep"):
         vtep = run.resource("VXLAN endpoint and static peers", "vxlan_fdb", **_vtep_params(node["vtep"]))
     _other_vteps(run, node)
-    run.resource("no IPIP tunnel of calico-ipip", "ipip_tunnel", state="deleted")
+    tunnel = tunnel_steps(run, node)
     # before the routes: podnet's BIRD of a calico-bgp run withdraws its routes as it goes
     no_bird(run, p["bird_dir"], p["birdc"])
     run.resource("routes to every peer's pod subnet", "pod_route", routes=node["routes"], state="overridden",
                  networks=_route_networks(node))
     run.resource("no proxy-ARP settings of a routed backend", "proxy_arp", interfaces=["cali*"],
                  state_file=p["proxy_arp_state_file"], state="deleted")
-    mtu = _pod_mtu(node, vtep)
+    mtu = _pod_mtu(node, vtep, tunnel)
     run.resource("pod bridge, pods and forwarding", "pod_network", bridge=node["bridge"], mtu=mtu,
                  pods=node["pods"], state="overridden")
     run.resource("masquerade and forward rules", "iptables_rules", rules=node["iptables"], state="overridden")
@@ -376,17 +399,10 @@ def apply_calico(run: NodeRun, node: dict[str, Any]) -> None:
     wired the routed way with proxy ARP, routes, masquerade, subnet.env only for canal."""
     p = run.module.params
     _other_vteps(run, node)
-    vtep = tunnel = None
+    vtep = None
     if node.get("vtep"):
         vtep = run.resource("VXLAN endpoint and static peers", "vxlan_fdb", **_vtep_params(node["vtep"]))
-    if node.get("tunnel"):
-        t = node["tunnel"]
-        # a run derives the MTU from the node's underlay device; a render takes the planner's
-        tunnel = run.resource("IPIP tunnel", "ipip_tunnel", name=t["name"], local=node["node_ip"],
-                              mtu=t.get("mtu") or (node["render_mtu"] if run.rendering else None),
-                              address=t.get("address"), state="overridden")
-    else:  # canal and calico over another transport than IPIP: nothing left of an IPIP one
-        run.resource("no IPIP tunnel", "ipip_tunnel", state="deleted")
+    tunnel = tunnel_steps(run, node)
     mtu = _pod_mtu(node, vtep, tunnel)
     run.resource("pods wired the routed way", "pod_network", mode="routed", mtu=mtu, pods=node["pods"],
                  state="overridden")
@@ -607,7 +623,8 @@ def reset_steps(run: NodeRun) -> None:
     for name in p["other_vteps"]:
         run.resource(f"no VXLAN endpoint {name}", "vxlan_fdb", name=name, state="deleted")
     run.resource("no masquerade or forward rules", "iptables_rules", state="deleted")
-    run.resource("no IPIP tunnel", "ipip_tunnel", state="deleted")
+    for name, what in TUNNELS:
+        run.resource(f"no {what}", "ipip_tunnel", name=name, state="deleted")
     apply_policy(run, {})
     run.file("no subnet.env", p["subnet_env"], None)
     if p["rt_protos_file"]:

@@ -13,10 +13,11 @@ from typing import Any
 
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders import (
     IPIP_OVERHEAD,
+    UDP_OVERHEAD,
     VXLAN_OVERHEAD,
 )
 
-FLANNEL_BACKENDS = ("flannel-vxlan", "flannel-host-gw")
+FLANNEL_BACKENDS = ("flannel-vxlan", "flannel-host-gw", "flannel-udp")
 CALICO_BACKENDS = ("calico-bgp", "calico-ipip", "calico-vxlan")
 # The seed table's other rows: canal (flannel's VXLAN between nodes, calico's pod wiring and policy),
 # romana (host-gw routing + policy) and weave (a VXLAN mesh + policy) — as kernel state, no daemons.
@@ -32,7 +33,9 @@ class Profile:
     podnet_pod_wiring its pod wiring."""
 
     pod_mode: str  # "bridge": cni0 + veths (flannel); "routed": /32 routes + proxy ARP (calico)
-    transport: str  # "vxlan", "ipip", "host-gw" (plain routes via the peers) or "bgp" (static or BIRD)
+    # "vxlan", "ipip", "udp" (foo-over-UDP, flannel's udp wire format), "host-gw" (plain routes via the peers)
+    # or "bgp" (static or BIRD)
+    transport: str
     vtep: str = ""  # VXLAN device name; "{vni}" is filled in
     vni: int = 1
     port: int = 8472
@@ -41,12 +44,12 @@ class Profile:
 
     @property
     def encap(self) -> str | None:
-        return self.transport if self.transport in ("vxlan", "ipip") else None
+        return self.transport if self.transport in ("vxlan", "ipip", "udp") else None
 
     @property
     def overhead(self) -> int:
         """Bytes the encapsulation costs, taken off the underlay MTU."""
-        return {"vxlan": VXLAN_OVERHEAD, "ipip": IPIP_OVERHEAD}.get(self.transport, 0)
+        return {"vxlan": VXLAN_OVERHEAD, "ipip": IPIP_OVERHEAD, "udp": UDP_OVERHEAD}.get(self.transport, 0)
 
 
 FLANNEL_VXLAN = {"vtep": "flannel.{vni}", "vni": 1, "port": 8472}
@@ -55,6 +58,9 @@ PROFILES = {
     "flannel-vxlan": Profile("bridge", "vxlan", **FLANNEL_VXLAN, direct_var="podnet_flannel_directrouting",
                              flannel_env=True),
     "flannel-host-gw": Profile("bridge", "host-gw", flannel_env=True),
+    # flannel's udp backend on the wire (UDP 8285, the inner IPv4 packet as payload), made by the kernel's
+    # foo-over-UDP instead of flanneld's TUN device and userspace copy
+    "flannel-udp": Profile("bridge", "udp", flannel_env=True),
     "calico-bgp": Profile("routed", "bgp"),
     "calico-ipip": Profile("routed", "ipip", direct_var="podnet_calico_crosssubnet"),
     "calico-vxlan": Profile("routed", "vxlan", **CALICO_VXLAN, direct_var="podnet_calico_crosssubnet"),
@@ -63,10 +69,10 @@ PROFILES = {
     # weave's fast datapath is a VXLAN mesh on UDP 6784 (device vxlan-6784).
     "weave-style": Profile("routed", "vxlan", vtep="vxlan-6784", vni=6784, port=6784),
 }
-TRANSPORTS = ("vxlan", "host-gw", "ipip", "bgp")
+TRANSPORTS = ("vxlan", "host-gw", "ipip", "bgp", "udp")
 WIRINGS = ("bridge", "routed")
-# Bridge wiring is flannel's, whose backends are VXLAN and host-gw; IPIP and BGP come with calico's wiring.
-WIRING_TRANSPORTS = {"bridge": ("vxlan", "host-gw"), "routed": TRANSPORTS}
+# Bridge wiring is flannel's, whose backends are VXLAN, host-gw and UDP; IPIP and BGP come with calico's wiring.
+WIRING_TRANSPORTS = {"bridge": ("vxlan", "host-gw", "udp"), "routed": TRANSPORTS}
 
 
 def profile_for(backend: str, transport: Any = None, wiring: Any = None) -> Profile:
@@ -81,9 +87,10 @@ def profile_for(backend: str, transport: Any = None, wiring: Any = None) -> Prof
     transport = transport or preset.transport
     wiring = wiring or preset.pod_mode
     if transport not in WIRING_TRANSPORTS[wiring]:
+        *others, last = WIRING_TRANSPORTS["bridge"]
         raise ValueError(f"{backend}{asked} wires pods to a bridge (flannel's way), which podnet combines with "
-                         f"{' or '.join(WIRING_TRANSPORTS['bridge'])} only; {transport} comes with the routed "
-                         "wiring of calico, canal and the other routed backends (podnet_pod_wiring: routed)")
+                         f"{', '.join(others)} or {last} only; {transport} comes with the routed wiring of calico, "
+                         "canal and the other routed backends (podnet_pod_wiring: routed)")
     if transport == preset.transport:
         return Profile(wiring, transport, preset.vtep, preset.vni, preset.port, preset.direct_var, preset.flannel_env)
     vxlan = (FLANNEL_VXLAN if preset.flannel_env else CALICO_VXLAN) if transport == "vxlan" else {}

@@ -16,6 +16,7 @@ from typing import Any
 
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders import (
     CALICO_GATEWAY,
+    UDP_DEVICE,
     VXLAN_OVERHEAD,
     calico_veth_name,
     host_veth_name,
@@ -60,6 +61,7 @@ DEFAULTS: dict[str, Any] = {
     "podnet_subnet_prefix": 24,
     "podnet_vxlan_vni": None,  # per backend: flannel 1, calico 4096
     "podnet_vxlan_port": None,  # per backend: flannel 8472, calico 4789
+    "podnet_udp_port": 8285,  # flannel's udp backend's port
     "podnet_mtu": None,
     "podnet_underlay_mtu": 1500,
     "podnet_ipmasq": True,
@@ -72,7 +74,7 @@ DEFAULTS: dict[str, Any] = {
     "podnet_network_policies": [],
 }
 CLUSTER_KEYS = ("podnet_backend", "podnet_transport", "podnet_pod_wiring", "podnet_cluster_cidr", "podnet_subnet_prefix", "podnet_vxlan_vni",
-                "podnet_vxlan_port", "podnet_mtu", "podnet_underlay_mtu", "podnet_ipmasq", "podnet_bridge",
+                "podnet_vxlan_port", "podnet_udp_port", "podnet_mtu", "podnet_underlay_mtu", "podnet_ipmasq", "podnet_bridge",
                 "podnet_calico_bgp", "podnet_bgp_as", "podnet_flannel_directrouting", "podnet_calico_crosssubnet",
                 "podnet_network_policies")
 NODE_KEYS = ("podnet_node_ip", "podnet_pod_subnet", "podnet_vtep_mac", "podnet_underlay_interface",
@@ -141,10 +143,10 @@ def _check_device_names(host: str, node: dict[str, Any], problems: _Problems) ->
     if node.get("vtep"):
         backend_devices.append(("podnet_vxlan_vni", node["vtep"]["name"]))  # the VTEP's name follows the VNI
     if node.get("tunnel"):
-        backend_devices.append(("the IPIP tunnel", node["tunnel"]["name"]))
+        backend_devices.append(("the IPIP or UDP tunnel", node["tunnel"]["name"]))
     # what the other backends make: every run's cleanup (and a switch of backend) removes those
     mine = {(node.get("vtep") or {}).get("name"), (node.get("tunnel") or {}).get("name")}
-    for other in (IPIP_DEVICE, "flannel.1", *(p.vtep for p in PROFILES.values() if p.vtep and "{" not in p.vtep)):
+    for other in (IPIP_DEVICE, UDP_DEVICE, "flannel.1", *(p.vtep for p in PROFILES.values() if p.vtep and "{" not in p.vtep)):
         if other not in mine:
             taken.setdefault(other, "the name of another backend's device, which podnet removes")
     own = backend_devices + [(f"podnet_pods[{pod['name']}].host_interface", pod["host_interface"])
@@ -300,6 +302,10 @@ def _cluster_settings(hosts: list[str], hostvars: dict[str, dict], problems: _Pr
         problems.add(first, "podnet_vxlan_port", f"{settings['podnet_vxlan_port']!r} is not a UDP port "
                                                  "(1..65535)")
     settings["podnet_vxlan_port"] = port
+    udp_port = _int(settings["podnet_udp_port"])
+    if udp_port is None or not 1 <= udp_port <= 65535:
+        problems.add(first, "podnet_udp_port", f"{settings['podnet_udp_port']!r} is not a UDP port (1..65535)")
+    settings["podnet_udp_port"] = udp_port
     for key, low in (("podnet_mtu", 576), ("podnet_underlay_mtu", 576 + VXLAN_OVERHEAD)):
         if settings[key] is None:
             continue
@@ -625,11 +631,16 @@ def _node_state(host: str, hosts: list[str], hostvars: dict[str, dict], settings
         # calico configures the fallback tunl0 that loading ipip creates, with a /32 from the block.
         state["tunnel"] = {"name": IPIP_DEVICE, "mtu": settings["podnet_mtu"],
                            "address": f"{subnet.network_address}/32"}
+    elif profile.encap == "udp":
+        # an IPIP device of podnet's own with foo-over-UDP, whose local address receives the peers' datagrams
+        state["tunnel"] = {"name": UDP_DEVICE, "mtu": settings["podnet_mtu"],
+                           "address": f"{subnet.network_address}/32", "fou_port": settings["podnet_udp_port"],
+                           "local": node_ips[host], "underlay_interface": underlay}
     for peer in peers:
         if peer["encapsulated"] and profile.encap == "vxlan":
             route = {"dst": peer["subnet"], "via": peer["vtep_ip"], "dev": vtep_name, "onlink": True}
         elif peer["encapsulated"]:
-            route = {"dst": peer["subnet"], "via": peer["node_ip"], "dev": IPIP_DEVICE, "onlink": True}
+            route = {"dst": peer["subnet"], "via": peer["node_ip"], "dev": state["tunnel"]["name"], "onlink": True}
         elif profile.transport == "bgp":
             route = {"dst": peer["subnet"], "via": peer["node_ip"], "dev": None, "onlink": False}
         else:  # host-gw, DirectRouting, CrossSubnet: plain route; the peer must share the L2 segment
