@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from .labkit import Lab, netns_exec, netns_json
-from .modulekit import build_from_scripts, converge, reset_nodes, run_module, shared_lab
+from .modulekit import build_from_scripts, converge, node_args, plan, reset_nodes, run_module, shared_lab
 from .test_calico_ipip import (
     GUEST_ONLY,
     NODES,
@@ -91,6 +91,20 @@ def test_the_kernel_probe_finds_every_transport_here(lab):
     assert result["kernel"]["release"] == os.uname().release
     assert all(f["available"] for f in features.values()), features
     assert features["ipip"]["how"] == "loaded" and features["fou"]["how"] in ("loaded", "loadable module"), features
+
+
+def test_a_fou_port_that_is_not_podnets_is_refused_before_any_change(lab):
+    """A FOU port carries no owner's mark: one on podnet_udp_port that no device of podnet's sends to is someone
+    else's, and the node's run stops before its first change, naming it."""
+    subprocess.run(["modprobe", "fou"], check=True)
+    lab.exec("node1", ["ip", "fou", "add", "port", str(PORT), "ipproto", "4"], check=True)
+    before = snapshot(lab)
+    node = plan(lab, **FLANNEL_UDP)["node1"]
+    refused = run_module(lab, "node1", "node_apply", node_args(lab, "node1", node), may_fail=True)
+    assert refused.get("failed") and refused["step"] == "only what podnet owns", refused
+    assert f"FOU port {PORT} exists and is not podnet's" in refused["msg"], refused["msg"]
+    assert differences(before, snapshot(lab)) == [] and len(fou_ports(lab, "node1")) == 1
+    lab.exec("node1", ["ip", "fou", "del", "port", str(PORT)], check=True)
 
 
 def test_flannel_udp_converges_carries_pod_traffic_and_reruns_unchanged(lab):

@@ -17,9 +17,16 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink im
     KernelState,
     plan,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import Address, Link, Route
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import (
+    Address,
+    FouPort,
+    IpipInfo,
+    Link,
+    Route,
+)
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.ownership import (
     foreign_conflicts,
+    foreign_fou_port,
     is_podnets_rt_protos,
     rt_proto_claims,
     rt_protos_text,
@@ -227,3 +234,17 @@ def test_podnet_jumps_only_to_its_own_chains():
     assert plan_chains(have, {}, jump, "PODNET-", "merged").problems == [
         "jump: target PODNET-MINE is not podnet's (not named like podnet's chains, not listed in chains): podnet "
         "jumps only to its own chains"]
+
+
+def test_a_fou_port_is_podnets_only_while_a_device_of_podnets_sends_to_it():
+    port = FouPort(port=8285)
+    sender = Link(name="flannel0", kind="ipip", alias="podnet:tunnel", ipip=IpipInfo(local="10.0.0.1", encap_dport=8285))
+    have = {port.key(): port}
+    assert foreign_fou_port(8285, {}) is None and foreign_fou_port(None, have) is None  # absent, or not wanted
+    assert "FOU port 8285 exists and is not podnet's" in foreign_fou_port(8285, have)
+    assert foreign_fou_port(8285, have | {sender.key(): sender}) is None
+    for other in (Link(name="fou1", kind="ipip", alias="someone", ipip=IpipInfo(encap_dport=8285)),  # not podnet's
+                  Link(name="flannel0", kind="ipip", alias="podnet:tunnel", ipip=IpipInfo(encap_dport=9000)),
+                  Link(name="flannel0", kind="ipip", alias="podnet:tunnel", ipip=IpipInfo(encap_dport=8285),
+                       netns="pod")):  # sends to it, but from another namespace
+        assert foreign_fou_port(8285, have | {other.key(): other}), other

@@ -29,6 +29,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink im
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import (
     IPIP_FALLBACK,
     PODNET_RTPROTO,
+    FouPort,
     Link,
     Route,
     is_owned_alias,
@@ -37,6 +38,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.ownership 
     RT_PROTOS_FILE,
     RTPROT_BIRD,
     foreign_conflicts,
+    foreign_fou_port,
     is_podnets_rt_protos,
     route_destination,
     rt_proto_claims,
@@ -337,12 +339,15 @@ def owned_or_refuse(run: NodeRun, node: dict[str, Any], rt_protos_file: str | No
     is podnet's. Otherwise the run ends here, having changed nothing, with every problem named."""
     step = "only what podnet owns"
     with Engine() as engine:
-        have = engine.gather({Route})
+        have = engine.gather({Route, FouPort})
     run.aliases = {o.name: o.alias for o in have.of_type(Link) if o.netns is None}
     want = [Link(name=name) for name in wanted_devices(node)] + [Route(dst=dst) for dst in wanted_routes(node)]
     # BIRD's routes are podnet's when podnet's BIRD made them (a node leaving bird mode stops it first)
     bird = (RTPROT_BIRD,) if bird_conf_is_podnets(run.module.params["bird_dir"]) else ()
     problems = foreign_conflicts(want, have.objects, run.take_over, bird)
+    foreign_port = foreign_fou_port((node.get("tunnel") or {}).get("fou_port"), have.objects)
+    if foreign_port:
+        problems.append(foreign_port)
     if rt_protos_file:
         problems += [f"route protocol {PODNET_RTPROTO} is named {name!r} in {where}: something else uses "
                      "podnet's protocol number, so podnet cannot tell its routes from that program's"

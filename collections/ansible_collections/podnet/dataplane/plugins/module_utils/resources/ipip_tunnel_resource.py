@@ -23,6 +23,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects im
     Link,
     is_owned_alias,
 )
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.ownership import foreign_fou_port
 from ansible_collections.podnet.dataplane.plugins.module_utils.node.persist import (
     PERSIST_OPTION,
     persist_result,
@@ -118,10 +119,9 @@ class IpipTunnel(NetlinkResource):
             return [Change("delete", None, a) for a in addresses] + [
                 Change("update", Link(name=name, kind="ipip", up=False, alias=""), existing, ["up", "alias"])]
         port = self.tunnel["fou_port"]
-        if port and ("fou", None, port) in have.objects and port != own_port:
-            self.fail(f"FOU port {port} exists and is not podnet's (no device of podnet's here sends to it): podnet "
-                      f"will not take it over or remove it. Remove it (ip fou del port {port}) or choose another "
-                      "port")
+        foreign = foreign_fou_port(port, have.objects)
+        if foreign:
+            self.fail(foreign)
         if not self.tunnel["mtu"]:
             self.tunnel["mtu"] = self.underlay_mtu(have) - (UDP_OVERHEAD if port else IPIP_OVERHEAD)
         purge = None if self.state == "merged" else (
