@@ -30,12 +30,13 @@ FEATURES: dict[str, tuple[str, tuple[str, ...]]] = {
 # What each transport makes on the node: UDP is an IPIP device with foo-over-UDP encapsulation.
 TRANSPORT_FEATURES = {"vxlan": ("vxlan",), "ipip": ("ipip",), "udp": ("ipip", "fou"), "wireguard": ("wireguard",)}
 
-_MODULES = "|".join(module for module, _ in FEATURES.values())
-_SYMBOLS = "|".join(sorted({symbol for _, symbols in FEATURES.values() for symbol in symbols}))
+_MODULE_NAMES = [module for module, _symbols in FEATURES.values()]
+_MODULES = "|".join(_MODULE_NAMES)
+_SYMBOLS = "|".join(sorted({symbol for _module, symbols in FEATURES.values() for symbol in symbols}))
 # Fixed text: a shell line of its own, sent as it is (nothing from the inventory goes into it).
 FEATURE_PROBE_COMMAND = (
     'r=$(uname -r); echo "release $r"; '
-    f'for m in {" ".join(module for module, _ in FEATURES.values())}; do '
+    f'for m in {" ".join(_MODULE_NAMES)}; do '
     '[ -e "/sys/module/$m" ] && echo "loaded $m"; done; '
     '{ zcat /proc/config.gz 2>/dev/null || cat "/boot/config-$r" 2>/dev/null; } '
     f"| grep -E '^(# )?CONFIG_({_SYMBOLS})[= ]' | sed 's/^/config /'; "
@@ -62,7 +63,7 @@ def parse_probe(text: str) -> dict:
     facts: dict = {"release": "", "loaded": set(), "builtin": set(), "module": set(), "config": {},
                    "modules_dir": False}
     for line in text.splitlines():
-        key, _, value = line.strip().partition(" ")
+        key, _sep, value = line.strip().partition(" ")
         if key == "release":
             facts["release"] = value
         elif key in ("loaded", "builtin", "module"):
@@ -73,7 +74,7 @@ def parse_probe(text: str) -> dict:
             if value.startswith("# CONFIG_") and value.endswith(" is not set"):
                 facts["config"][value[len("# CONFIG_"):-len(" is not set")]] = "n"
             elif value.startswith("CONFIG_") and "=" in value:
-                symbol, _, setting = value[len("CONFIG_"):].partition("=")
+                symbol, _sep, setting = value[len("CONFIG_"):].partition("=")
                 facts["config"][symbol] = setting
     return facts
 

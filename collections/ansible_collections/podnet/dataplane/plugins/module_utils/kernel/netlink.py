@@ -951,8 +951,8 @@ class Engine:
         state = self._shared.states.get(self.netns)
         if state is None:
             # FOU ports are the node's (podnet makes none in pods): a pod namespace is not asked
-            state = self._shared.states[self.netns] = self._gather(ALL_KINDS if self.netns is None
-                                                                  else ALL_KINDS - {FouPort})
+            every = ALL_KINDS if self.netns is None else ALL_KINDS - {FouPort}
+            state = self._shared.states[self.netns] = self._gather(every)
             key = self.netns or ""
             self._shared.reads[key] = self._shared.reads.get(key, 0) + 1
         mine = _copy(state)
