@@ -63,8 +63,9 @@ def test_the_lab_module_gets_the_arguments_lab_up_yml_gives():
 
 
 def netns_state(ns: str) -> tuple:
-    """A lab namespace's devices, addresses and routes, without what differs between two labs (ifindex, MACs)."""
-    links = sorted((link["ifname"], link["operstate"], link.get("link_type")) for link in netns_json(ns, "link", "show"))
+    """A lab namespace's devices, addresses and routes, without what differs between two labs (ifindex, MACs) or
+    with time (a bridge's operstate turns UP once a port forwards: set up or not is the flag)."""
+    links = sorted((link["ifname"], "UP" in link["flags"], link.get("link_type")) for link in netns_json(ns, "link", "show"))
     addresses = sorted((a["ifname"], i["local"], i["prefixlen"]) for a in netns_json(ns, "addr", "show")
                        for i in a["addr_info"] if i["family"] == "inet")
     routes = sorted(json.dumps(r, sort_keys=True) for r in netns_json(ns, "route", "show"))
