@@ -28,6 +28,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.ownership 
     foreign_conflicts,
     foreign_fou_port,
     is_podnets_rt_protos,
+    podnets_fou_port,
     rt_proto_claims,
     rt_protos_text,
     take_over_problems,
@@ -37,6 +38,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.node.node_apply i
     wanted_routes,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.plan.plan import PlanError, plan_cluster
+from ansible_collections.podnet.dataplane.plugins.module_utils.resources import ipip_tunnel_resource
 from ansible_collections.podnet.dataplane.plugins.module_utils.resources.iptables_rules_resource import (
     RULE_TAG,
 )
@@ -236,15 +238,61 @@ def test_podnet_jumps_only_to_its_own_chains():
         "jumps only to its own chains"]
 
 
+SENDER = Link(name="flannel0", kind="ipip", alias="podnet:tunnel", ipip=IpipInfo(local="10.0.0.1", encap_dport=8285))
+
+
 def test_a_fou_port_is_podnets_only_while_a_device_of_podnets_sends_to_it():
     port = FouPort(port=8285)
-    sender = Link(name="flannel0", kind="ipip", alias="podnet:tunnel", ipip=IpipInfo(local="10.0.0.1", encap_dport=8285))
     have = {port.key(): port}
     assert foreign_fou_port(8285, {}) is None and foreign_fou_port(None, have) is None  # absent, or not wanted
     assert "FOU port 8285 exists and is not podnet's" in foreign_fou_port(8285, have)
-    assert foreign_fou_port(8285, have | {sender.key(): sender}) is None
+    assert foreign_fou_port(8285, have | {SENDER.key(): SENDER}) is None
     for other in (Link(name="fou1", kind="ipip", alias="someone", ipip=IpipInfo(encap_dport=8285)),  # not podnet's
                   Link(name="flannel0", kind="ipip", alias="podnet:tunnel", ipip=IpipInfo(encap_dport=9000)),
                   Link(name="flannel0", kind="ipip", alias="podnet:tunnel", ipip=IpipInfo(encap_dport=8285),
                        netns="pod")):  # sends to it, but from another namespace
         assert foreign_fou_port(8285, have | {other.key(): other}), other
+
+
+@pytest.mark.parametrize("obj, port", [
+    (SENDER, 8285),
+    (Link(name="flannel0", kind="ipip", alias="podnet:tunnel", ipip=IpipInfo(local="10.0.0.1")), None),
+    (Link(name="tunl0", kind="ipip", alias="podnet:tunnel"), None),  # the fallback: no ipip info
+    (Link(name="fou1", kind="ipip", alias="someone", ipip=IpipInfo(encap_dport=8285)), None),
+    (Link(name="flannel0", kind="ipip", alias="podnet:tunnel", ipip=IpipInfo(encap_dport=8285), netns="pod"), None),
+    (FouPort(port=8285), None),
+    (None, None),  # no device of that name
+])
+def test_the_fou_port_a_device_makes_podnets(obj, port):
+    assert podnets_fou_port(obj) == port
+
+
+class FailJson(Exception):
+    pass
+
+
+class StubModule:
+    check_mode = False
+
+    def __init__(self, **params):
+        self.params = {key: spec.get("default") for key, spec in ipip_tunnel_resource.ARGUMENT_SPEC.items()} | params
+
+    def fail_json(self, msg, **extra):
+        raise FailJson(msg)
+
+
+def ipip_tunnel(**params) -> ipip_tunnel_resource.IpipTunnel:
+    resource = ipip_tunnel_resource.IpipTunnel(StubModule(**params))
+    assert resource.problems() == []
+    return resource
+
+
+def test_ipip_tunnel_takes_back_the_fou_port_by_the_same_rule():
+    mine, other = FouPort(port=8285), FouPort(port=9000)
+    have = state(SENDER, mine, other)
+    planned = ipip_tunnel(name="flannel0", state="deleted").plan(have)
+    assert [(c.op, c.have) for c in planned] == [("delete", mine), ("delete", SENDER)]
+    foreign = Link(name="flannel0", kind="ipip", alias=None, ipip=IpipInfo(local="10.0.0.1", encap_dport=8285))
+    assert ipip_tunnel(name="flannel0", state="deleted").plan(state(foreign, mine)) == []
+    with pytest.raises(FailJson, match="FOU port 9000 exists and is not podnet's"):
+        ipip_tunnel(name="flannel0", fou_port=9000, local="10.0.0.1", mtu=1472).plan(have)

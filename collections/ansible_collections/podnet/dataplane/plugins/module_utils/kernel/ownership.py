@@ -110,15 +110,22 @@ def foreign_conflicts(want: Iterable[KObject], have: Mapping[tuple, KObject],
     return problems
 
 
+def podnets_fou_port(obj: KObject | None) -> int | None:
+    """The FOU port `obj` makes podnet's: the one it sends to (its encap_dport) when it is a device of podnet's
+    in the node's namespace; None for anything else. A FOU port carries no owner's mark, so the device that
+    sends to it is the only sign of whose it is."""
+    if isinstance(obj, Link) and obj.netns is None and is_owned_alias(obj.alias) and obj.ipip is not None:
+        return obj.ipip.encap_dport
+    return None
+
+
 def foreign_fou_port(port: int | None, have: Mapping[tuple, KObject]) -> str | None:
-    """A FOU port carries no owner's mark: it is podnet's when a device of podnet's in the node's namespace sends
-    to it. The problem with a port that exists and is not podnet's; None when it is absent or podnet's."""
+    """The problem with a FOU port that exists and is not podnet's (podnets_fou_port of no device here);
+    None when it is absent or podnet's."""
     if not port or ("fou", None, port) not in have:
         return None
-    for obj in have.values():
-        if isinstance(obj, Link) and obj.netns is None and is_owned_alias(obj.alias) and obj.ipip is not None \
-                and obj.ipip.encap_dport == port:
-            return None
+    if any(podnets_fou_port(obj) == port for obj in have.values()):
+        return None
     return (f"FOU port {port} exists and is not podnet's (no device of podnet's here sends to it): podnet will not "
             f"take it over or remove it. Remove it (ip fou del port {port}) or choose another port "
             "(podnet_udp_port)")

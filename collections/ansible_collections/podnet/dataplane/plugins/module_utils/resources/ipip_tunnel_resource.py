@@ -23,7 +23,10 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects im
     Link,
     is_owned_alias,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.ownership import foreign_fou_port
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.ownership import (
+    foreign_fou_port,
+    podnets_fou_port,
+)
 from ansible_collections.podnet.dataplane.plugins.module_utils.node.persist import (
     PERSIST_OPTION,
     persist_result,
@@ -106,8 +109,7 @@ class IpipTunnel(NetlinkResource):
         if existing is not None and existing.kind != "ipip":
             self.fail(f"device {name} exists but is a {existing.kind} device")
         owned = existing is not None and is_owned_alias(existing.alias)
-        # a FOU port carries no owner's mark: it is podnet's when podnet's device here sends to it
-        own_port = existing.ipip.encap_dport if owned and existing.ipip is not None else None
+        own_port = podnets_fou_port(existing)
         self.extra: dict[str, Any] = {}
         if self.state == "deleted":
             # Only a tunnel podnet configured (alias podnet:tunnel) is taken back; anyone else's stays.
