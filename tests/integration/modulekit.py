@@ -145,6 +145,11 @@ def converge(lab: Lab, variables: dict[str, Any], check: bool = False) -> dict[s
     return {host: run_node_apply(lab, host, node_args(lab, host, nodes[host]), check=check) for host in LAB_HOSTS}
 
 
+def changed(results: dict[str, dict[str, Any]]) -> dict[str, bool]:
+    """Whether each node's run changed anything, by node (`converge`'s results)."""
+    return {host: result["changed"] for host, result in results.items()}
+
+
 def build_from_scripts(lab: Lab, variables: dict[str, Any], scripts: Path) -> None:
     """Each node made by its rendered script alone (render.yml's filter, with render.yml's options; the scripts
     are kept in `scripts`) on a node as fresh as the lab makes it: the pods' namespaces are the script's to make."""

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from .labkit import Lab
-from .modulekit import build_from_scripts, converge, reset_nodes, run_module, shared_lab
+from .modulekit import build_from_scripts, changed, converge, reset_nodes, run_module, shared_lab
 from .test_calico_ipip import (
     GUEST_ONLY,
     NODES,
@@ -48,7 +48,7 @@ def assert_rendered_is_converged(lab: Lab, variables: dict[str, str], tmp_path: 
     assert_ipip_state(lab)
     assert_pods_reach_each_other(lab)
     results = converge(lab, variables)
-    assert {host: result["changed"] for host, result in results.items()} == {host: False for host in NODES}, \
+    assert changed(results) == {host: False for host in NODES}, \
         {host: [r["step"] for r in result["results"] if r.get("changed")] for host, result in results.items()}
     after = snapshot(lab)
     assert differences(before, after) == [], "\n".join(differences(before, after))
@@ -73,7 +73,7 @@ def test_calico_ipip_built_from_its_rendered_scripts_is_what_a_run_converges_to(
 
 def test_canal_over_ipip_replaces_calico_ipip_and_carries_pod_traffic(lab):
     preview = converge(lab, CANAL_IPIP, check=True)
-    assert all(result["changed"] for result in preview.values()), preview
+    assert all(changed(preview).values()), preview
     converge(lab, CANAL_IPIP)
     assert_ipip_state(lab)  # calico's pod wiring and IPIP peer routes, now canal's
     for host in NODES:
@@ -82,8 +82,7 @@ def test_canal_over_ipip_replaces_calico_ipip_and_carries_pod_traffic(lab):
         nat = lab.exec(host, ["iptables-save", "-t", "nat"], check=True).stdout
         assert "-A POSTROUTING -s 10.244.0.0/16 ! -d 224.0.0.0/4" in nat, nat
     assert_pods_reach_each_other(lab)
-    again = converge(lab, CANAL_IPIP)
-    assert {host: result["changed"] for host, result in again.items()} == {host: False for host in NODES}
+    assert changed(converge(lab, CANAL_IPIP)) == {host: False for host in NODES}
     # ipip_tunnel's `gathered` is valid input again (test_gathered.py does the other resources on this machine)
     gathered = run_module(lab, "node2", "ipip_tunnel", {"state": "gathered"})["gathered"]
     assert gathered["mtu"] == 1480 and gathered["address"].endswith("/32"), gathered

@@ -24,7 +24,16 @@ from pathlib import Path
 import pytest
 
 from .labkit import Lab, netns_exec, netns_json
-from .modulekit import build_from_scripts, converge, node_args, plan, reset_nodes, run_module, shared_lab
+from .modulekit import (
+    build_from_scripts,
+    changed,
+    converge,
+    node_args,
+    plan,
+    reset_nodes,
+    run_module,
+    shared_lab,
+)
 from .test_calico_ipip import (
     GUEST_ONLY,
     NODES,
@@ -49,10 +58,6 @@ WIRE = Path(__file__).with_name("udp_wire.py")
 def lab(guest_lab):
     with shared_lab(guest_lab) as shared:
         yield shared
-
-
-def changed(results: dict[str, dict]) -> dict[str, bool]:
-    return {host: result["changed"] for host, result in results.items()}
 
 
 def fou_ports(lab: Lab, host: str) -> list[dict]:
