@@ -239,7 +239,7 @@ def test_calico_over_vxlan_keeps_calicos_device_and_flannel_over_host_gw_its_bri
 
 @pytest.mark.parametrize(("backend", "transport", "words"), [
     ("flannel-vxlan", "bgp", "flannel-vxlan wires pods to a bridge"),
-    ("flannel-host-gw", "ipip", "vxlan, host-gw or udp only"),
+    ("flannel-host-gw", "ipip", "vxlan, host-gw, udp or wireguard only"),
     ("canal", "UDP", "'UDP' is not a transport"),
     ("calico-bgp", "VXLAN", "'VXLAN' is not a transport"),
 ])
@@ -272,7 +272,7 @@ def test_the_pod_wiring_is_a_variable_too():
 @pytest.mark.parametrize(("settings", "words"), [
     ({"podnet_backend": "calico-bgp", "podnet_pod_wiring": "bridge"},
      "podnet_pod_wiring: calico-bgp with podnet_pod_wiring: bridge wires pods to a bridge"),
-    ({"podnet_backend": "calico-ipip", "podnet_pod_wiring": "bridge"}, "vxlan, host-gw or udp only"),
+    ({"podnet_backend": "calico-ipip", "podnet_pod_wiring": "bridge"}, "vxlan, host-gw, udp or wireguard only"),
     ({"podnet_backend": "flannel-vxlan", "podnet_pod_wiring": "bridge", "podnet_transport": "bgp"},
      "podnet_pod_wiring: flannel-vxlan with podnet_pod_wiring: bridge"),
     ({"podnet_backend": "canal", "podnet_pod_wiring": "ptp"}, "podnet_pod_wiring: 'ptp' is not a pod wiring"),

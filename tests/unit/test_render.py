@@ -2,6 +2,7 @@
 (routes with podnet's marker `proto 152` added, as a run installs them), written without contacting any host."""
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -160,6 +161,37 @@ def test_udp_lines_load_fou_before_the_device_and_add_the_port_after_it(tmp_path
     ]), lines
     assert "FLANNEL_MTU=1472" in (tmp_path / "192.168.0.4.sh").read_text()
     assert not any("flannel.1" in line or "tunl0" in line for line in lines)
+
+
+# RFC 7748's two public keys: any valid keys do for a render
+WG_KEYS = {"192.168.0.4": "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=",
+           "192.168.0.16": "3p7bfXt9wbTTW2HC7OQ1Nz+DQ8hbeGdNrfx+FG+IK08="}
+
+
+def test_wireguard_lines_name_the_key_file_and_the_peers_public_keys(tmp_path):
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps(WG_KEYS))
+    result = run_render(tmp_path / "out", "-e", "podnet_backend=calico-wireguard",
+                        "-e", f"podnet_wireguard_keys_file={keys}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = (tmp_path / "out" / "192.168.0.4.sh").read_text().splitlines()
+    assert in_order(lines, [
+        "ip link add wireguard.cali type wireguard",
+        "ip link set wireguard.cali mtu 1440 alias podnet:wireguard up",
+        "wg set wireguard.cali listen-port 51820 private-key /etc/podnet/wireguard/wireguard.cali.key",
+        "ip addr add 10.244.0.0/32 dev wireguard.cali",
+        f"wg set wireguard.cali peer {WG_KEYS['192.168.0.16']} endpoint 192.168.0.16:51820 allowed-ips 10.244.2.0/24",
+        "ip route add 10.244.2.0/24 dev wireguard.cali proto 152",
+    ]), lines
+    assert not any(WG_KEYS["192.168.0.4"] in line for line in lines)  # a node is not its own peer
+
+
+def test_wireguard_needs_the_nodes_public_keys_to_render(tmp_path):
+    result = run_render(tmp_path / "out", "-e", "podnet_backend=flannel-wireguard",
+                        "-e", f"podnet_wireguard_keys_file={tmp_path / 'none.json'}")
+    assert result.returncode != 0
+    assert "no WireGuard public key for 192.168.0.16" in result.stdout, result.stdout
+    assert not list((tmp_path / "out").glob("*.sh"))
 
 
 def test_render_touches_no_host_and_rejects_bad_input(tmp_path):

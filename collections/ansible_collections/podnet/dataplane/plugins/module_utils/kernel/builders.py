@@ -23,6 +23,8 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects im
     Route,
     Sysctl,
     VxlanInfo,
+    WireguardDevice,
+    WireguardPeer,
     owner_alias,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.shell import shell_line
@@ -33,6 +35,10 @@ UDP_OVERHEAD = 28  # foo-over-UDP: the outer IPv4 header and a UDP header, as fl
 # The UDP transport's device: flannel's udp backend names its TUN device so (podnet's is an IPIP device with
 # foo-over-UDP encapsulation, but routes and tools show the name flannel users know).
 UDP_DEVICE = "flannel0"
+# WireGuard over an IPv4 underlay: outer IPv4 (20) + UDP (8) + WireGuard's data header (16) + its
+# authentication tag (16), as flannel's and calico's WireGuard MTUs
+WIREGUARD_OVERHEAD = 60
+WIREGUARD_PORT = 51820
 POD_ALIAS_ROLE = "pod"
 
 
@@ -89,6 +95,25 @@ def tunnel_objects(tunnel: dict[str, Any]) -> list[KObject]:
         objs.append(FouPort(port=ipip.encap_dport or 0))
     if tunnel.get("address"):
         objs.append(Address(dev=tunnel["name"], cidr=str(ipaddress.ip_interface(tunnel["address"]))))
+    return objs
+
+
+def wireguard_objects(tunnel: dict[str, Any]) -> list[KObject]:
+    """A WireGuard device of podnet's own: up, its MTU, the node's /32, its listen port and private key (a file
+    on the node: the objects name it and hold only the public key it gives, `public_key`, None where not
+    known, as when rendering), and one peer per other node - its public key, `endpoint` (address:port) and
+    `allowed_ips` (the peer's pod subnet: what may come from it and is sent to it)."""
+    name = tunnel["name"]
+    objs: list[KObject] = [
+        Link(name=name, kind="wireguard", mtu=tunnel.get("mtu"), up=True, alias=owner_alias("wireguard")),
+        WireguardDevice(dev=name, listen_port=int(tunnel.get("listen_port") or WIREGUARD_PORT),
+                        public_key=tunnel.get("public_key"), private_key_file=tunnel["private_key_file"]),
+    ]
+    if tunnel.get("address"):
+        objs.append(Address(dev=name, cidr=str(ipaddress.ip_interface(tunnel["address"]))))
+    objs += [WireguardPeer(dev=name, public_key=peer["public_key"], endpoint=peer.get("endpoint"),
+                           allowed_ips=tuple(peer.get("allowed_ips") or ()))
+             for peer in tunnel.get("peers") or []]
     return objs
 
 

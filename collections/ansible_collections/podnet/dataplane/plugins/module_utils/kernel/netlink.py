@@ -11,7 +11,8 @@ NETLINK_ROUTE socket per namespace: dumps decoded with `struct`, reading only th
 (`_parse_links` and `Engine.gather`), writes encoded by one function per kind (`_encode`, `_link_messages`)
 and packed into batches (many messages per sendmsg, one acknowledgement per batch, failures mapped back to
 their change by sequence number).  Sysctls are files under /proc/sys.  Foo-over-UDP ports live in the
-generic netlink family "fou" (`_fou_*`), read and written over a NETLINK_GENERIC socket of the namespace.
+generic netlink family "fou" (`_fou_*`), WireGuard settings and peers in the family "wireguard" (`_wg_*`), read
+and written over one NETLINK_GENERIC socket of the namespace (`_Generic`).
 
 pyroute2 is not used here: one synchronous pyroute2 call per entry costs ~16x `ip -batch`, its dump parsing
 ~20x `ip -j`, and importing it ~0.3 s per run.  It serves as the reference instead:
@@ -21,6 +22,7 @@ pyroute2.
 """
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
 import errno
@@ -48,6 +50,8 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects im
     Route,
     Sysctl,
     VxlanInfo,
+    WireguardDevice,
+    WireguardPeer,
     read_alias,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.ownership import (
@@ -82,6 +86,8 @@ _PHASES = {
     ("delete", Neighbour): 1,
     ("delete", Address): 2,
     ("delete", FouPort): 2,  # before its IPIP device: a run stopped between leaves a device, never a port alone
+    ("delete", WireguardPeer): 1,
+    ("delete", WireguardDevice): 2,  # nothing to send: the settings go with the device
     ("delete", Link): 3,
     ("add", Link): 4,
     ("update", Link): 4,
@@ -89,6 +95,10 @@ _PHASES = {
     ("update", Sysctl): 5,
     ("add", FouPort): 5,  # after the IPIP device that sends to it, for the same reason
     ("update", FouPort): 5,
+    ("add", WireguardDevice): 5,  # the key and port first: a peer's handshake needs them
+    ("update", WireguardDevice): 5,
+    ("add", WireguardPeer): 6,
+    ("update", WireguardPeer): 6,
     ("add", Address): 6,
     ("add", Neighbour): 7,
     ("update", Neighbour): 7,
@@ -255,6 +265,14 @@ FOU_GENL_NAME, FOU_GENL_VERSION = "fou", 1
 FOU_CMD_ADD, FOU_CMD_DEL, FOU_CMD_GET = 1, 2, 3
 FOU_ATTR_PORT, FOU_ATTR_AF, FOU_ATTR_IPPROTO, FOU_ATTR_TYPE = 1, 2, 3, 4
 FOU_ENCAP_DIRECT = 1
+WG_GENL_NAME, WG_GENL_VERSION = "wireguard", 1
+WG_CMD_GET_DEVICE, WG_CMD_SET_DEVICE = 0, 1
+WGDEVICE_A_IFINDEX, WGDEVICE_A_PRIVATE_KEY, WGDEVICE_A_PUBLIC_KEY, WGDEVICE_A_LISTEN_PORT, WGDEVICE_A_PEERS = (
+    1, 3, 4, 6, 8)
+WGPEER_A_PUBLIC_KEY, WGPEER_A_FLAGS, WGPEER_A_ENDPOINT, WGPEER_A_ALLOWEDIPS = 1, 3, 4, 9
+WGPEER_F_REMOVE_ME, WGPEER_F_REPLACE_ALLOWEDIPS = 1, 2
+WGALLOWEDIP_A_FAMILY, WGALLOWEDIP_A_IPADDR, WGALLOWEDIP_A_CIDR_MASK = 1, 2, 3
+NLA_F_NESTED = 0x8000
 NLA_TYPE_MASK = 0x3FFF
 NETNS_DIR = "/run/netns"
 
@@ -773,90 +791,214 @@ def _link_messages(change: Change, link: Link, index: int, index_of: Callable[[s
     return [(RTM_NEWLINK, NLM_F_REQUEST, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, flags, change_mask) + attrs)]
 
 
-ALL_KINDS = frozenset({Address, Neighbour, FdbEntry, Route, FouPort})
+ALL_KINDS = frozenset({Address, Neighbour, FdbEntry, Route, FouPort, WireguardDevice, WireguardPeer})
+# read over generic netlink, in the node's own namespace only: podnet makes none of them in pods
+GENERIC_KINDS = frozenset({FouPort, WireguardDevice, WireguardPeer})
 
 
-def _fou_family(nl: _Netlink) -> int | None:
-    """The generic netlink id of the fou family, read from the list of families (a request by name would make
-    the kernel try to load a module); None when the fou module is not loaded."""
-    for buf, off, end in nl.dump(GENL_ID_CTRL, _GENLMSGHDR.pack(CTRL_CMD_GETFAMILY, 1)):
-        attrs = _attrs(buf, off + _GENLMSGHDR.size, end)
-        if _text(attrs.get(CTRL_ATTR_FAMILY_NAME)) == FOU_GENL_NAME and CTRL_ATTR_FAMILY_ID in attrs:
-            return _U16.unpack_from(attrs[CTRL_ATTR_FAMILY_ID])[0]
-    return None
+class _Generic:
+    """A NETLINK_GENERIC socket of one namespace and the ids of the families it has looked up, read from the
+    list of families (one dump per socket; asking for one family by name would make the kernel try to load
+    a module)."""
+
+    def __init__(self, netns: str | None):
+        self.netns = netns
+        self.nl = _Netlink(netns, NETLINK_GENERIC)
+        self.families: dict[str, int] | None = None
+
+    def family(self, name: str, fresh: bool = False) -> int | None:
+        """The family's id; None when its module is not loaded."""
+        if self.families is None or fresh:
+            self.families = {}
+            for buf, off, end in self.nl.dump(GENL_ID_CTRL, _GENLMSGHDR.pack(CTRL_CMD_GETFAMILY, 1)):
+                attrs = _attrs(buf, off + _GENLMSGHDR.size, end)
+                name_of, id_of = _text(attrs.get(CTRL_ATTR_FAMILY_NAME)), attrs.get(CTRL_ATTR_FAMILY_ID)
+                if name_of and id_of is not None:
+                    self.families[name_of] = _U16.unpack_from(id_of)[0]
+        return self.families.get(name)
+
+    def loaded(self, module: str, name: str) -> int:
+        """The family's id, once `modprobe <module>` (as the rendered script does) has loaded it where it was
+        missing: the kernel refuses an IPIP device with FOU encapsulation (EINVAL) and FOU ports (ENOENT) until
+        fou is loaded, and no request loads it (the module declares no alias a request could name)."""
+        family = self.family(name)
+        if family is not None:
+            return family
+        modprobe = shutil.which("modprobe") or next((p for p in ("/usr/sbin/modprobe", "/sbin/modprobe")
+                                                    if os.access(p, os.X_OK)), None)
+        if modprobe is None:
+            raise NetlinkError(errno.EOPNOTSUPP, f"the {module} module is not loaded, and there is no modprobe to "
+                                                 f"load it")
+        done = subprocess.run([modprobe, module], capture_output=True, text=True, check=False, timeout=120)
+        family = self.family(name, fresh=True)
+        if done.returncode != 0 or family is None:
+            raise NetlinkError(errno.EOPNOTSUPP, f"the {module} module is not loaded and `modprobe {module}` could "
+                                                 f"not load it (exit {done.returncode}: {done.stderr.strip()})")
+        return family
+
+    def close(self) -> None:
+        self.nl.close()
 
 
-def _fou_ports(netns: str | None) -> dict[tuple, KObject]:
+def _fou_ports(genl: _Generic) -> dict[tuple, KObject]:
     """The namespace's IPv4 FOU receive ports of the direct kind (GUE ports are not podnet's kind)."""
-    nl = _Netlink(netns, NETLINK_GENERIC)
-    try:
-        family = _fou_family(nl)
-        if family is None:
-            return {}
-        found: dict[tuple, KObject] = {}
-        for buf, off, end in nl.dump(family, _GENLMSGHDR.pack(FOU_CMD_GET, FOU_GENL_VERSION)):
-            attrs = _attrs(buf, off + _GENLMSGHDR.size, end)
-            port, af, proto = attrs.get(FOU_ATTR_PORT), attrs.get(FOU_ATTR_AF), attrs.get(FOU_ATTR_IPPROTO)
-            kind = attrs.get(FOU_ATTR_TYPE)
-            if port is None or (af and af[0] != socket.AF_INET) or (kind and kind[0] != FOU_ENCAP_DIRECT):
-                continue
-            obj = FouPort(port=_BE16.unpack_from(port)[0], ipproto=proto[0] if proto else 0, netns=netns)
-            found[obj.key()] = obj
-        return found
-    finally:
-        nl.close()
+    family = genl.family(FOU_GENL_NAME)
+    if family is None:
+        return {}
+    found: dict[tuple, KObject] = {}
+    for buf, off, end in genl.nl.dump(family, _GENLMSGHDR.pack(FOU_CMD_GET, FOU_GENL_VERSION)):
+        attrs = _attrs(buf, off + _GENLMSGHDR.size, end)
+        port, af, proto = attrs.get(FOU_ATTR_PORT), attrs.get(FOU_ATTR_AF), attrs.get(FOU_ATTR_IPPROTO)
+        kind = attrs.get(FOU_ATTR_TYPE)
+        if port is None or (af and af[0] != socket.AF_INET) or (kind and kind[0] != FOU_ENCAP_DIRECT):
+            continue
+        obj = FouPort(port=_BE16.unpack_from(port)[0], ipproto=proto[0] if proto else 0, netns=genl.netns)
+        found[obj.key()] = obj
+    return found
 
 
-def _fou_write(netns: str | None, change: Change) -> None:
+def _fou_write(genl: _Generic, change: Change) -> None:
     """A FOU port added or removed (an update: removed, then added with its new settings)."""
     port: FouPort = change.obj  # type: ignore[assignment]
-    nl = _Netlink(netns, NETLINK_GENERIC)
-    try:
-        if change.op != "delete":
-            load_fou(netns)
-        family = _fou_family(nl)
+    if change.op == "delete":
+        family = genl.family(FOU_GENL_NAME)
         if family is None:
-            if change.op == "delete":
-                return  # no fou module, so no port
-            raise NetlinkError(errno.EOPNOTSUPP, "this kernel has no fou module")
-        key = _nla(FOU_ATTR_PORT, _BE16.pack(port.port)) + _nla(FOU_ATTR_AF, bytes([socket.AF_INET]))
-        messages = []
-        if change.op != "add":
-            messages.append((family, NLM_F_REQUEST, _GENLMSGHDR.pack(FOU_CMD_DEL, FOU_GENL_VERSION) + key, change))
-        if change.op != "delete":
-            messages.append((family, NLM_F_REQUEST, _GENLMSGHDR.pack(FOU_CMD_ADD, FOU_GENL_VERSION) + key
-                             + _nla(FOU_ATTR_IPPROTO, bytes([port.ipproto]))
-                             + _nla(FOU_ATTR_TYPE, bytes([FOU_ENCAP_DIRECT])), change))
-        for _unused, exc in nl.write(messages, _fatal):
-            if _fatal(change, exc.code):
-                raise exc
-    finally:
-        nl.close()
+            return  # no fou module, so no port
+    else:
+        family = genl.loaded("fou", FOU_GENL_NAME)
+    key = _nla(FOU_ATTR_PORT, _BE16.pack(port.port)) + _nla(FOU_ATTR_AF, bytes([socket.AF_INET]))
+    messages = []
+    if change.op != "add":
+        messages.append((family, NLM_F_REQUEST, _GENLMSGHDR.pack(FOU_CMD_DEL, FOU_GENL_VERSION) + key, change))
+    if change.op != "delete":
+        messages.append((family, NLM_F_REQUEST, _GENLMSGHDR.pack(FOU_CMD_ADD, FOU_GENL_VERSION) + key
+                         + _nla(FOU_ATTR_IPPROTO, bytes([port.ipproto]))
+                         + _nla(FOU_ATTR_TYPE, bytes([FOU_ENCAP_DIRECT])), change))
+    for _unused, exc in genl.nl.write(messages, _fatal):
+        if _fatal(change, exc.code):
+            raise exc
 
 
-def fou_module_loaded(netns: str | None = None) -> bool:
-    """Whether the kernel has the fou family registered (read; nothing is loaded)."""
-    nl = _Netlink(netns, NETLINK_GENERIC)
+def _nested(kind: int, payload: bytes) -> bytes:
+    return _nla(kind | NLA_F_NESTED, payload)
+
+
+def _sockaddr_in(raw: bytes) -> str | None:
+    """"address:port" of an IPv4 struct sockaddr_in (the only endpoints podnet sets)."""
+    if len(raw) < 8 or _U16.unpack_from(raw)[0] != socket.AF_INET:
+        return None
+    return f"{socket.inet_ntoa(raw[4:8])}:{_BE16.unpack_from(raw, 2)[0]}"
+
+
+def _allowed_ip(raw: bytes) -> str | None:
+    attrs = _attrs(raw, 0, len(raw))
+    family, address, mask = (attrs.get(a) for a in (WGALLOWEDIP_A_FAMILY, WGALLOWEDIP_A_IPADDR, WGALLOWEDIP_A_CIDR_MASK))
+    if family is None or address is None or mask is None:
+        return None
+    return f"{_ip_text(address)}/{mask[0]}"
+
+
+def _wg_read(genl: _Generic, dev: str, index: int) -> dict[tuple, KObject]:
+    """A WireGuard device's port, public key and peers. A dump may spread one device over several messages,
+    and one peer's allowed IPs over several of them: the parts are joined by public key. The private key the
+    kernel reports is skipped unread."""
+    # a cached list may predate the device (creating it loaded the module): then it is read again
+    family = genl.family(WG_GENL_NAME) or genl.family(WG_GENL_NAME, fresh=True)
+    if family is None:
+        return {}
+    port = public = None
+    peers: dict[bytes, dict] = {}
+    request = _GENLMSGHDR.pack(WG_CMD_GET_DEVICE, WG_GENL_VERSION) + _nla_u32(WGDEVICE_A_IFINDEX, index)
+    for buf, off, end in genl.nl.dump(family, request):
+        attrs = _attrs(buf, off + _GENLMSGHDR.size, end)
+        if WGDEVICE_A_LISTEN_PORT in attrs:
+            port = _U16.unpack_from(attrs[WGDEVICE_A_LISTEN_PORT])[0]
+        if WGDEVICE_A_PUBLIC_KEY in attrs:
+            public = attrs[WGDEVICE_A_PUBLIC_KEY]
+        raw = attrs.get(WGDEVICE_A_PEERS, b"")
+        for peer_raw in _list_nested(raw):  # every peer is attribute 0
+            peer = _attrs(peer_raw, 0, len(peer_raw))
+            key = peer.get(WGPEER_A_PUBLIC_KEY)
+            if key is None:
+                continue
+            entry = peers.setdefault(key, {"endpoint": None, "allowed": []})
+            if WGPEER_A_ENDPOINT in peer:
+                entry["endpoint"] = _sockaddr_in(peer[WGPEER_A_ENDPOINT])
+            allowed = peer.get(WGPEER_A_ALLOWEDIPS, b"")
+            entry["allowed"] += [ip for ip in map(_allowed_ip, _list_nested(allowed)) if ip]
+    found: dict[tuple, KObject] = {}
+    settings = WireguardDevice(dev=dev, listen_port=port, netns=genl.netns,
+                               public_key=base64.b64encode(public).decode() if public and any(public) else None)
+    found[settings.key()] = settings
+    for key, entry in peers.items():
+        obj = WireguardPeer(dev=dev, public_key=base64.b64encode(key).decode(), endpoint=entry["endpoint"],
+                            allowed_ips=tuple(entry["allowed"]), netns=genl.netns)
+        found[obj.key()] = obj
+    return found
+
+
+def _list_nested(raw: bytes) -> list[bytes]:
+    """The payloads of a nested list (attributes numbered 0, 1, ... that `_attrs` would fold into one key)."""
+    out, at = [], 0
+    while at + 4 <= len(raw):
+        length, _kind = _NLA.unpack_from(raw, at)
+        if length < 4:
+            break
+        out.append(raw[at + 4:at + length])
+        at += (length + 3) & ~3
+    return out
+
+
+def _wg_messages(change: Change, index: int) -> list[tuple[int, bytes]]:
+    """The WG_CMD_SET_DEVICE bodies (flags, body) of one change; a device's private key is read from its file
+    here, the one place it is, and goes nowhere but into the message."""
+    head = _GENLMSGHDR.pack(WG_CMD_SET_DEVICE, WG_GENL_VERSION) + _nla_u32(WGDEVICE_A_IFINDEX, index)
+    obj = change.obj
+    if isinstance(obj, WireguardDevice):
+        if change.op == "delete":
+            return []
+        body = head
+        if obj.private_key_file:
+            body += _nla(WGDEVICE_A_PRIVATE_KEY, read_private_key(obj.private_key_file))
+        if obj.listen_port is not None:
+            body += _nla(WGDEVICE_A_LISTEN_PORT, _U16.pack(obj.listen_port))
+        return [(NLM_F_REQUEST, body)]
+    peer: WireguardPeer = obj  # type: ignore[assignment]
+    attrs = _nla(WGPEER_A_PUBLIC_KEY, _wg_key(peer.public_key))
+    if change.op == "delete":
+        attrs += _nla_u32(WGPEER_A_FLAGS, WGPEER_F_REMOVE_ME)
+    else:
+        attrs += _nla_u32(WGPEER_A_FLAGS, WGPEER_F_REPLACE_ALLOWEDIPS if peer.allowed_ips is not None else 0)
+        if peer.endpoint:
+            address, _unused, port = peer.endpoint.rpartition(":")
+            attrs += _nla(WGPEER_A_ENDPOINT, _U16.pack(socket.AF_INET) + _BE16.pack(int(port))
+                          + socket.inet_aton(address) + bytes(8))
+        if peer.allowed_ips is not None:
+            listed = b""
+            for position, network in enumerate(peer.allowed_ips):
+                address, _unused, length = network.partition("/")
+                listed += _nested(position, _nla(WGALLOWEDIP_A_FAMILY, _U16.pack(socket.AF_INET))
+                                  + _nla(WGALLOWEDIP_A_IPADDR, socket.inet_aton(address))
+                                  + _nla(WGALLOWEDIP_A_CIDR_MASK, bytes([int(length)])))
+            attrs += _nested(WGPEER_A_ALLOWEDIPS, listed)
+    return [(NLM_F_REQUEST, head + _nested(WGDEVICE_A_PEERS, _nested(0, attrs)))]
+
+
+def _wg_key(text: str) -> bytes:
+    raw = base64.b64decode(text, validate=True)
+    if len(raw) != 32:
+        raise ValueError("a WireGuard key is 32 bytes")
+    return raw
+
+
+def read_private_key(path: str) -> bytes:
+    """The 32 bytes of a private key file in `wg genkey`'s format. The message never holds the key."""
     try:
-        return _fou_family(nl) is not None
-    finally:
-        nl.close()
-
-
-def load_fou(netns: str | None = None) -> None:
-    """`modprobe fou`, as the rendered script does, unless the fou family is there: the kernel refuses an IPIP
-    device with FOU encapsulation (EINVAL) and FOU ports (ENOENT) until the module is loaded, and neither
-    request loads it (the module declares no alias a request could name)."""
-    if fou_module_loaded(netns):
-        return
-    modprobe = shutil.which("modprobe") or next((p for p in ("/usr/sbin/modprobe", "/sbin/modprobe")
-                                                if os.access(p, os.X_OK)), None)
-    if modprobe is None:
-        raise NetlinkError(errno.EOPNOTSUPP, "the fou module is not loaded, and there is no modprobe to load it")
-    done = subprocess.run([modprobe, "fou"], capture_output=True, text=True, check=False, timeout=120)
-    if done.returncode != 0 or not fou_module_loaded(netns):
-        raise NetlinkError(errno.EOPNOTSUPP, f"the fou module is not loaded and `modprobe fou` could not load it "
-                                             f"(exit {done.returncode}: {done.stderr.strip()})")
+        with open(path, encoding="ascii") as handle:
+            return _wg_key(handle.read().strip())
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise NetlinkError(errno.EINVAL, f"{path} holds no WireGuard private key podnet can read "
+                                         f"({type(exc).__name__})") from None
 
 
 class SharedReads:
@@ -869,6 +1011,7 @@ class SharedReads:
     def __init__(self) -> None:
         self.states: dict[str | None, KernelState] = {}
         self.sockets: dict[str | None, _Netlink] = {}
+        self.generic: dict[str | None, _Generic] = {}
         self.reads: dict[str, int] = {}  # dumps of every kind, per namespace ("" = the node's own)
 
     def socket(self, netns: str | None) -> _Netlink:
@@ -876,14 +1019,20 @@ class SharedReads:
             self.sockets[netns] = _Netlink(netns)
         return self.sockets[netns]
 
+    def generic_socket(self, netns: str | None) -> _Generic:
+        if netns not in self.generic:
+            self.generic[netns] = _Generic(netns)
+        return self.generic[netns]
+
     def forget(self, *namespaces: str | None) -> None:
         for netns in namespaces:
             self.states.pop(netns, None)
 
     def close(self) -> None:
-        for nl in self.sockets.values():
+        for nl in [*self.sockets.values(), *self.generic.values()]:
             nl.close()
         self.sockets.clear()
+        self.generic.clear()
         self.states.clear()
 
 
@@ -932,9 +1081,22 @@ class Engine:
             where = f"network namespace {netns}" if netns else "this network namespace"
             raise EngineError(f"cannot open a netlink socket in {where}: {exc}") from exc
 
+        self._own_generic: _Generic | None = None
+
+    @property
+    def _genl(self) -> _Generic:
+        """The namespace's generic netlink socket, opened when first needed (most namespaces never need it)."""
+        if self._shared is not None:
+            return self._shared.generic_socket(self.netns)
+        if self._own_generic is None:
+            self._own_generic = _Generic(self.netns)
+        return self._own_generic
+
     def close(self) -> None:
         if self._shared is None:
             self._nl.close()
+        if self._own_generic is not None:
+            self._own_generic.close()
 
     def __enter__(self) -> Engine:
         return self
@@ -950,8 +1112,7 @@ class Engine:
             return self._gather(kinds, sysctls)
         state = self._shared.states.get(self.netns)
         if state is None:
-            # FOU ports are the node's (podnet makes none in pods): a pod namespace is not asked
-            every = ALL_KINDS if self.netns is None else ALL_KINDS - {FouPort}
+            every = ALL_KINDS if self.netns is None else ALL_KINDS - GENERIC_KINDS
             state = self._shared.states[self.netns] = self._gather(every)
             key = self.netns or ""
             self._shared.reads[key] = self._shared.reads.get(key, 0) + 1
@@ -1038,7 +1199,10 @@ class Engine:
                     Route, dst=dst, via=gateway, dev=names.get(oif) if oif else None,
                     onlink=bool(flags & RTNH_F_ONLINK), proto=proto, netns=netns)
         if FouPort in kinds:
-            objects.update(_fou_ports(netns))
+            objects.update(_fou_ports(self._genl))
+        if WireguardDevice in kinds or WireguardPeer in kinds:
+            for link in [o for o in objects.values() if isinstance(o, Link) and o.kind == "wireguard"]:
+                objects.update(_wg_read(self._genl, link.name, state.link_index[link.name]))
         state.objects = objects
         objects.update(read_sysctls(sysctls, netns))
         return state
@@ -1127,7 +1291,16 @@ class Engine:
         if isinstance(obj, Link):
             self._apply_link(change, obj, state)
         elif isinstance(obj, FouPort):
-            _fou_write(self.netns, change)
+            _fou_write(self._genl, change)
+        elif isinstance(obj, (WireguardDevice, WireguardPeer)):
+            if change.op == "delete" and obj.dev not in state.link_index:
+                return  # gone with its device
+            messages = _wg_messages(change, self._index(state, obj.dev))
+            if messages:
+                family = self._genl.loaded("wireguard", WG_GENL_NAME)
+                for _unused, exc in self._genl.nl.write([(family, flags, body, change) for flags, body in messages],
+                                                        _fatal):
+                    raise exc
         elif isinstance(obj, Sysctl):
             write_sysctl(obj)
         else:
@@ -1146,7 +1319,7 @@ class Engine:
             return
         if change.op == "add":
             if link.ipip is not None and link.ipip.encap_dport:
-                load_fou(self.netns)
+                self._genl.loaded("fou", FOU_GENL_NAME)
             peer_fd = None
             if link.kind == "veth" and link.peer_netns:
                 peer_fd = os.open(netns_path(link.peer_netns), os.O_RDONLY | os.O_CLOEXEC)

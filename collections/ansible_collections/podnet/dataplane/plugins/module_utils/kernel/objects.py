@@ -173,7 +173,7 @@ class IpipInfo(KObject):
 @dataclass(frozen=True)
 class Link(KObject):
     name: str = ""
-    kind: str = ""  # vxlan | bridge | veth | ipip
+    kind: str = ""  # vxlan | bridge | veth | ipip | wireguard
     mtu: int | None = None
     mac: str | None = None
     up: bool | None = True
@@ -389,6 +389,70 @@ class FouPort(KObject):
 
 
 @dataclass(frozen=True)
+class WireguardDevice(KObject):
+    """A WireGuard device's own settings (`wg set DEV listen-port P private-key FILE`). The private key is a
+    file on the node, read only while it is written to the kernel: the object names the file and is compared
+    by the public key that key gives (which the kernel reports), so no plan, diff, record or result holds the
+    private key. The device itself is a Link of kind wireguard; these settings go with it."""
+
+    dev: str = ""
+    listen_port: int | None = None
+    public_key: str | None = None
+    private_key_file: str | None = None
+    netns: str | None = None
+    # the file is where the key is read from, not something the kernel holds: never compared
+    identity_fields = ("dev", "private_key_file")
+
+    def key(self) -> tuple:
+        return ("wgdev", self.netns, self.dev)
+
+    def add_argvs(self) -> list[list[str]]:
+        words = ["listen-port", str(self.listen_port)] if self.listen_port is not None else []
+        words += ["private-key", self.private_key_file] if self.private_key_file else []
+        return [netns_argv(self.netns, ["wg", "set", self.dev, *words])] if words else []
+
+    def delete_argvs(self) -> list[list[str]]:
+        return []  # they go with the device
+
+    def update_argvs(self, changed: list[str]) -> list[list[str]]:
+        return self.add_argvs()
+
+
+@dataclass(frozen=True)
+class WireguardPeer(KObject):
+    """A peer of a WireGuard device: its public key, where it is reached (`endpoint`, address:port) and the
+    addresses it may send from and is sent to (`allowed_ips`, sorted: the kernel keeps no order)."""
+
+    dev: str = ""
+    public_key: str = ""
+    endpoint: str | None = None
+    allowed_ips: tuple[str, ...] | None = None
+    netns: str | None = None
+    identity_fields = ("dev", "public_key")
+
+    def __post_init__(self) -> None:
+        if self.allowed_ips is not None:  # a list from a record, in any order: the one form compared
+            networks = sorted({ipaddress.ip_network(n, strict=False) for n in self.allowed_ips},
+                              key=lambda n: (n.version, n.network_address, n.prefixlen))
+            object.__setattr__(self, "allowed_ips", tuple(str(n) for n in networks))
+
+    def key(self) -> tuple:
+        return ("wgpeer", self.netns, self.dev, self.public_key)
+
+    def add_argvs(self) -> list[list[str]]:
+        words = ["endpoint", self.endpoint] if self.endpoint else []
+        if self.allowed_ips is not None:
+            words += ["allowed-ips", ",".join(self.allowed_ips)]
+        return [netns_argv(self.netns, ["wg", "set", self.dev, "peer", self.public_key, *words])]
+
+    def delete_argvs(self) -> list[list[str]]:
+        return [netns_argv(self.netns, ["wg", "set", self.dev, "peer", self.public_key, "remove"])]
+
+    def update_argvs(self, changed: list[str]) -> list[list[str]]:
+        return self.add_argvs()  # `wg set ... allowed-ips` replaces the peer's list
+
+
+@dataclass(frozen=True)
 class Sysctl(KObject):
     name: str = ""  # dotted, e.g. "net.ipv4.ip_forward"
     value: str = ""
@@ -424,6 +488,7 @@ class Sysctl(KObject):
 def from_dict(data: dict[str, Any]) -> KObject:
     """The inverse of KObject.as_dict (used to re-apply persisted state at boot)."""
     classes = {cls.__name__.lower(): cls
-               for cls in (VxlanInfo, IpipInfo, Link, Address, Neighbour, FdbEntry, Route, FouPort, Sysctl)}
+               for cls in (VxlanInfo, IpipInfo, Link, Address, Neighbour, FdbEntry, Route, FouPort, WireguardDevice,
+                            WireguardPeer, Sysctl)}
     values = {k: (from_dict(v) if isinstance(v, dict) else v) for k, v in data.items() if k != "object"}
     return classes[data["object"]](**values)

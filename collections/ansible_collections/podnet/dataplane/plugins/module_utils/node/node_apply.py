@@ -45,6 +45,14 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.ownership 
     rt_protos_text,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.shell import comment_line, shell_line
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.wireguard_keys import (
+    DEFAULT_FOLDER as DEFAULT_KEY_DIR,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.wireguard_keys import (
+    ForeignKeyError,
+    key_paths,
+    remove_key,
+)
 from ansible_collections.podnet.dataplane.plugins.module_utils.node import files, persist
 from ansible_collections.podnet.dataplane.plugins.module_utils.node.boot_apply import (
     SERVICE_START_TIMEOUT,
@@ -61,6 +69,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.resources import 
     pod_route_resource,
     proxy_arp_resource,
     vxlan_fdb_resource,
+    wireguard_tunnel_resource,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.resources.network_policy_resource import (
     JUMP_SPEC,
@@ -74,6 +83,7 @@ RESOURCES = {
     "proxy_arp": proxy_arp_resource,
     "iptables_rules": iptables_rules_resource,
     "network_policy": network_policy_resource,
+    "wireguard_tunnel": wireguard_tunnel_resource,
 }
 # The module's options: also what a render takes (render_node), so both read the same defaults.
 ARGUMENT_SPEC = {
@@ -99,6 +109,9 @@ ARGUMENT_SPEC = {
     }},
     "lock": {"type": "dict", "options": LOCK_SPEC},
     "persist_dir": PERSIST_OPTION,
+    # every node's WireGuard public key by inventory name (made on the nodes: podnet.dataplane.wireguard_key)
+    "wireguard_keys": {"type": "dict", "default": {}},
+    "wireguard_key_dir": {"type": "path", "default": DEFAULT_KEY_DIR},
 }
 SUBNET_ENV_MODE = 0o644
 FILE_MODE = SUBNET_ENV_MODE  # every file node_apply writes
@@ -318,9 +331,64 @@ def tunnel_steps(run: NodeRun, node: dict[str, Any]) -> dict[str, Any] | None:
                         underlay_interface=t.get("underlay_interface"), state="overridden")
 
 
+# The WireGuard devices a node may have: flannel's and calico's names.
+WIREGUARD_DEVICES = ("flannel-wg", "wireguard.cali")
+
+
+def wireguard_steps(run: NodeRun, node: dict[str, Any]) -> dict[str, Any] | None:
+    """Nothing left of a WireGuard device the node's transport does not use, then the node's own (its result;
+    None without one): its key file, port and peers, each peer with the public key its node made. A peer
+    whose key is not known yet is one whose key this very run makes: a check-mode run shows the device
+    without it; any other run stops before changing anything."""
+    w = node.get("wireguard") or {}
+    for name in WIREGUARD_DEVICES:
+        if name != w.get("name"):
+            run.resource(f"no WireGuard device {name}", "wireguard_tunnel", name=name, state="deleted")
+    if not w:
+        return None
+    keys = run.module.params["wireguard_keys"] or {}
+    peers, unknown = [], []
+    for peer in w["peers"]:
+        key = peer.get("public_key") or keys.get(peer["name"])
+        if key:
+            peers.append({"public_key": key, "endpoint": peer["endpoint"], "allowed_ips": peer["allowed_ips"]})
+        else:
+            unknown.append(peer["name"])
+    step = "WireGuard device and peers"
+    if unknown and (run.rendering or not run.module.check_mode):
+        raise StepFailed(step, f"podnet.node_apply: no WireGuard public key for {', '.join(unknown)}: every node "
+                               "makes its key on itself (podnet.dataplane.wireguard_key) and the run hands the public "
+                               "keys round; run site.yml on all nodes (a run limited to some takes the others' "
+                               "keys from what earlier runs recorded)", {"unknown_keys": unknown})
+    result = run.resource(step, "wireguard_tunnel", name=w["name"], local=node["node_ip"],
+                          mtu=w.get("mtu") or (node["render_mtu"] if run.rendering else None),
+                          listen_port=w["listen_port"], private_key_file=key_paths(w["key_dir"], w["name"])[0],
+                          address=w.get("address"), peers=peers, state="overridden")
+    if unknown:
+        result["msg"] = f"peers {', '.join(unknown)} left out: their keys are made by this run"
+    return result
+
+
+def no_wireguard_key(run: NodeRun, folder: str, device: str) -> None:
+    """podnet's key of a WireGuard device and its record gone (reset), the folder too once empty; a key file
+    that is not podnet's stays."""
+    step = f"no WireGuard key of {device}"
+    if run.rendering:
+        return
+    paths = list(key_paths(folder, device))
+    try:
+        removed = remove_key(folder, device, check=run.module.check_mode)
+    except (ForeignKeyError, ValueError) as exc:
+        run.keep(step, "file", {"changed": False, "commands": [], "msg": f"{exc}: left alone"})
+        return
+    run.keep(step, "file", {"changed": removed, "commands": [shell_line(["rm", "-f", *paths])] if removed else [],
+                            "diff": {"before": "".join(f"{path}\n" for path in paths) if removed else "",
+                                     "after": ""}})
+
+
 def wanted_devices(node: dict[str, Any]) -> list[str]:
     """The devices of the node's namespace that the node's backend creates or configures."""
-    names = [(node.get(key) or {}).get("name") for key in ("vtep", "tunnel", "bridge")]
+    names = [(node.get(key) or {}).get("name") for key in ("vtep", "tunnel", "wireguard", "bridge")]
     names += [pod.get("host_interface") for pod in node.get("pods") or []]
     return [name for name in names if name]
 
@@ -384,13 +452,14 @@ def apply_flannel(run: NodeRun, node: dict[str, Any]) -> None:
         vtep = run.resource("VXLAN endpoint and static peers", "vxlan_fdb", **_vtep_params(node["vtep"]))
     _other_vteps(run, node)
     tunnel = tunnel_steps(run, node)
+    wireguard = wireguard_steps(run, node)
     # before the routes: podnet's BIRD of a calico-bgp run withdraws its routes as it goes
     no_bird(run, p["bird_dir"], p["birdc"])
     run.resource("routes to every peer's pod subnet", "pod_route", routes=node["routes"], state="overridden",
                  networks=_route_networks(node))
     run.resource("no proxy-ARP settings of a routed backend", "proxy_arp", interfaces=["cali*"],
                  state_file=p["proxy_arp_state_file"], state="deleted")
-    mtu = _pod_mtu(node, vtep, tunnel)
+    mtu = _pod_mtu(node, vtep, tunnel, wireguard)
     run.resource("pod bridge, pods and forwarding", "pod_network", bridge=node["bridge"], mtu=mtu,
                  pods=node["pods"], state="overridden")
     run.resource("masquerade and forward rules", "iptables_rules", rules=node["iptables"], state="overridden")
@@ -408,7 +477,7 @@ def apply_calico(run: NodeRun, node: dict[str, Any]) -> None:
     if node.get("vtep"):
         vtep = run.resource("VXLAN endpoint and static peers", "vxlan_fdb", **_vtep_params(node["vtep"]))
     tunnel = tunnel_steps(run, node)
-    mtu = _pod_mtu(node, vtep, tunnel)
+    mtu = _pod_mtu(node, vtep, tunnel, wireguard_steps(run, node))
     run.resource("pods wired the routed way", "pod_network", mode="routed", mtu=mtu, pods=node["pods"],
                  state="overridden")
     if node["pods"]:
@@ -630,6 +699,9 @@ def reset_steps(run: NodeRun) -> None:
     run.resource("no masquerade or forward rules", "iptables_rules", state="deleted")
     for name, what in TUNNELS:
         run.resource(f"no {what}", "ipip_tunnel", name=name, state="deleted")
+    for name in WIREGUARD_DEVICES:
+        run.resource(f"no WireGuard device {name}", "wireguard_tunnel", name=name, state="deleted")
+        no_wireguard_key(run, p["wireguard_key_dir"], name)
     apply_policy(run, {})
     run.file("no subnet.env", p["subnet_env"], None)
     if p["rt_protos_file"]:

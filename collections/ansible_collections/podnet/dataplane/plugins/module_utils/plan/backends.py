@@ -15,10 +15,11 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders i
     IPIP_OVERHEAD,
     UDP_OVERHEAD,
     VXLAN_OVERHEAD,
+    WIREGUARD_OVERHEAD,
 )
 
-FLANNEL_BACKENDS = ("flannel-vxlan", "flannel-host-gw", "flannel-udp")
-CALICO_BACKENDS = ("calico-bgp", "calico-ipip", "calico-vxlan")
+FLANNEL_BACKENDS = ("flannel-vxlan", "flannel-host-gw", "flannel-udp", "flannel-wireguard")
+CALICO_BACKENDS = ("calico-bgp", "calico-ipip", "calico-vxlan", "calico-wireguard")
 # The seed table's other rows: canal (flannel's VXLAN between nodes, calico's pod wiring and policy),
 # romana (host-gw routing + policy) and weave (a VXLAN mesh + policy) — as kernel state, no daemons.
 POLICY_STYLE_BACKENDS = ("canal", "romana-style", "weave-style")
@@ -33,8 +34,8 @@ class Profile:
     podnet_pod_wiring its pod wiring."""
 
     pod_mode: str  # "bridge": cni0 + veths (flannel); "routed": /32 routes + proxy ARP (calico)
-    # "vxlan", "ipip", "udp" (foo-over-UDP, flannel's udp wire format), "host-gw" (plain routes via the peers)
-    # or "bgp" (static or BIRD)
+    # "vxlan", "ipip", "udp" (foo-over-UDP, flannel's udp wire format), "wireguard" (encrypted), "host-gw" (plain
+    # routes via the peers) or "bgp" (static or BIRD)
     transport: str
     vtep: str = ""  # VXLAN device name; "{vni}" is filled in
     vni: int = 1
@@ -44,12 +45,18 @@ class Profile:
 
     @property
     def encap(self) -> str | None:
-        return self.transport if self.transport in ("vxlan", "ipip", "udp") else None
+        return self.transport if self.transport in ("vxlan", "ipip", "udp", "wireguard") else None
 
     @property
     def overhead(self) -> int:
         """Bytes the encapsulation costs, taken off the underlay MTU."""
-        return {"vxlan": VXLAN_OVERHEAD, "ipip": IPIP_OVERHEAD, "udp": UDP_OVERHEAD}.get(self.transport, 0)
+        return {"vxlan": VXLAN_OVERHEAD, "ipip": IPIP_OVERHEAD, "udp": UDP_OVERHEAD,
+                "wireguard": WIREGUARD_OVERHEAD}.get(self.transport, 0)
+
+    @property
+    def wireguard_device(self) -> str:
+        """flannel's name for its WireGuard device where flannel runs the network (canal too), else calico's."""
+        return "flannel-wg" if self.flannel_env else "wireguard.cali"
 
 
 FLANNEL_VXLAN = {"vtep": "flannel.{vni}", "vni": 1, "port": 8472}
@@ -61,18 +68,22 @@ PROFILES = {
     # flannel's udp backend on the wire (UDP 8285, the inner IPv4 packet as payload), made by the kernel's
     # foo-over-UDP instead of flanneld's TUN device and userspace copy
     "flannel-udp": Profile("bridge", "udp", flannel_env=True),
+    # flannel's wireguard backend and calico's WireGuard mode: the pods' packets encrypted between the nodes
+    "flannel-wireguard": Profile("bridge", "wireguard", flannel_env=True),
     "calico-bgp": Profile("routed", "bgp"),
     "calico-ipip": Profile("routed", "ipip", direct_var="podnet_calico_crosssubnet"),
     "calico-vxlan": Profile("routed", "vxlan", **CALICO_VXLAN, direct_var="podnet_calico_crosssubnet"),
+    "calico-wireguard": Profile("routed", "wireguard"),
     "canal": Profile("routed", "vxlan", **FLANNEL_VXLAN, flannel_env=True),
     "romana-style": Profile("routed", "host-gw"),
     # weave's fast datapath is a VXLAN mesh on UDP 6784 (device vxlan-6784).
     "weave-style": Profile("routed", "vxlan", vtep="vxlan-6784", vni=6784, port=6784),
 }
-TRANSPORTS = ("vxlan", "host-gw", "ipip", "bgp", "udp")
+TRANSPORTS = ("vxlan", "host-gw", "ipip", "bgp", "udp", "wireguard")
 WIRINGS = ("bridge", "routed")
-# Bridge wiring is flannel's, whose backends are VXLAN, host-gw and UDP; IPIP and BGP come with calico's wiring.
-WIRING_TRANSPORTS = {"bridge": ("vxlan", "host-gw", "udp"), "routed": TRANSPORTS}
+# Bridge wiring is flannel's, whose backends are VXLAN, host-gw, UDP and WireGuard; IPIP and BGP come with
+# calico's wiring.
+WIRING_TRANSPORTS = {"bridge": ("vxlan", "host-gw", "udp", "wireguard"), "routed": TRANSPORTS}
 
 
 def profile_for(backend: str, transport: Any = None, wiring: Any = None) -> Profile:

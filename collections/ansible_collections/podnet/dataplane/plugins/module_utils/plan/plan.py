@@ -18,6 +18,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders i
     CALICO_GATEWAY,
     UDP_DEVICE,
     VXLAN_OVERHEAD,
+    WIREGUARD_PORT,
     calico_veth_name,
     host_veth_name,
     normalize_mac,
@@ -52,6 +53,7 @@ BIRD_SYMBOL_MAX = 64
 POD_NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
 
 IPIP_DEVICE = "tunl0"
+WIREGUARD_DEVICES = ("flannel-wg", "wireguard.cali")
 
 DEFAULTS: dict[str, Any] = {
     "podnet_backend": "flannel-vxlan",
@@ -62,6 +64,10 @@ DEFAULTS: dict[str, Any] = {
     "podnet_vxlan_vni": None,  # per backend: flannel 1, calico 4096
     "podnet_vxlan_port": None,  # per backend: flannel 8472, calico 4789
     "podnet_udp_port": 8285,  # flannel's udp backend's port
+    "podnet_wireguard_port": WIREGUARD_PORT,
+    # each node's private key lives in a file here, made on the node; raising the epoch makes every node a new one
+    "podnet_wireguard_key_dir": "/etc/podnet/wireguard",
+    "podnet_wireguard_key_epoch": 0,
     "podnet_mtu": None,
     "podnet_underlay_mtu": 1500,
     "podnet_ipmasq": True,
@@ -76,14 +82,16 @@ DEFAULTS: dict[str, Any] = {
 CLUSTER_KEYS = ("podnet_backend", "podnet_transport", "podnet_pod_wiring", "podnet_cluster_cidr", "podnet_subnet_prefix", "podnet_vxlan_vni",
                 "podnet_vxlan_port", "podnet_udp_port", "podnet_mtu", "podnet_underlay_mtu", "podnet_ipmasq", "podnet_bridge",
                 "podnet_calico_bgp", "podnet_bgp_as", "podnet_flannel_directrouting", "podnet_calico_crosssubnet",
-                "podnet_network_policies")
+                "podnet_network_policies", "podnet_wireguard_port", "podnet_wireguard_key_dir",
+                "podnet_wireguard_key_epoch")
 NODE_KEYS = ("podnet_node_ip", "podnet_pod_subnet", "podnet_vtep_mac", "podnet_underlay_interface",
              "podnet_pods", "podnet_pod_netns_prefix", "podnet_bgp_route_reflector",
              "podnet_vxlan_tx_checksum_offload", "podnet_pod_sysctls", TAKE_OVER_VAR)
 # Paths on the node that reach a systemd unit, bird.conf or a command line (the roles' defaults are safe;
 # these are checked when the inventory sets them). An empty podnet_persist_dir means "record nothing".
 PATH_KEYS = ("podnet_persist_dir", "podnet_boot_lib", "podnet_boot_python", "podnet_bird_dir", "podnet_lock_file",
-             "podnet_flannel_subnet_env", "podnet_proxy_arp_state_file", "podnet_rt_protos_file")
+             "podnet_flannel_subnet_env", "podnet_proxy_arp_state_file", "podnet_rt_protos_file",
+             "podnet_wireguard_key_dir")
 _PATH_RE = re.compile(r"(/[A-Za-z0-9_.+@-]+)+")
 # Far below PATH_MAX (4096): podnet appends file names, and BIRD's control socket (<bird dir>/bird.ctl)
 # must fit a unix socket address (107 bytes) - a longer path fails on the node, after changes.
@@ -144,9 +152,12 @@ def _check_device_names(host: str, node: dict[str, Any], problems: _Problems) ->
         backend_devices.append(("podnet_vxlan_vni", node["vtep"]["name"]))  # the VTEP's name follows the VNI
     if node.get("tunnel"):
         backend_devices.append(("the IPIP or UDP tunnel", node["tunnel"]["name"]))
+    if node.get("wireguard"):
+        backend_devices.append(("the WireGuard device", node["wireguard"]["name"]))
     # what the other backends make: every run's cleanup (and a switch of backend) removes those
-    mine = {(node.get("vtep") or {}).get("name"), (node.get("tunnel") or {}).get("name")}
-    for other in (IPIP_DEVICE, UDP_DEVICE, "flannel.1", *(p.vtep for p in PROFILES.values() if p.vtep and "{" not in p.vtep)):
+    mine = {(node.get(part) or {}).get("name") for part in ("vtep", "tunnel", "wireguard")}
+    for other in (IPIP_DEVICE, UDP_DEVICE, *WIREGUARD_DEVICES, "flannel.1",
+                  *(p.vtep for p in PROFILES.values() if p.vtep and "{" not in p.vtep)):
         if other not in mine:
             taken.setdefault(other, "the name of another backend's device, which podnet removes")
     own = backend_devices + [(f"podnet_pods[{pod['name']}].host_interface", pod["host_interface"])
@@ -306,6 +317,16 @@ def _cluster_settings(hosts: list[str], hostvars: dict[str, dict], problems: _Pr
     if udp_port is None or not 1 <= udp_port <= 65535:
         problems.add(first, "podnet_udp_port", f"{settings['podnet_udp_port']!r} is not a UDP port (1..65535)")
     settings["podnet_udp_port"] = udp_port
+    wg_port = _int(settings["podnet_wireguard_port"])
+    if wg_port is None or not 1 <= wg_port <= 65535:
+        problems.add(first, "podnet_wireguard_port", f"{settings['podnet_wireguard_port']!r} is not a UDP port "
+                                                     "(1..65535)")
+    settings["podnet_wireguard_port"] = wg_port
+    epoch = _int(settings["podnet_wireguard_key_epoch"])
+    if epoch is None or not 0 <= epoch <= 2**31 - 1:
+        problems.add(first, "podnet_wireguard_key_epoch", f"{settings['podnet_wireguard_key_epoch']!r} must be an "
+                                                          "integer from 0 (raise it to give every node a new key)")
+    settings["podnet_wireguard_key_epoch"] = epoch
     for key, low in (("podnet_mtu", 576), ("podnet_underlay_mtu", 576 + VXLAN_OVERHEAD)):
         if settings[key] is None:
             continue
@@ -608,6 +629,7 @@ def _node_state(host: str, hosts: list[str], hostvars: dict[str, dict], settings
         "peers": peers,
         "vtep": None,
         "tunnel": None,
+        "wireguard": None,
         "bgp": None,
         "routes": [],
     }
@@ -636,8 +658,21 @@ def _node_state(host: str, hosts: list[str], hostvars: dict[str, dict], settings
         state["tunnel"] = {"name": UDP_DEVICE, "mtu": settings["podnet_mtu"],
                            "address": f"{subnet.network_address}/32", "fou_port": settings["podnet_udp_port"],
                            "local": node_ips[host], "underlay_interface": underlay}
+    elif profile.encap == "wireguard":
+        # every peer's public key is made on that peer: the node role fills public_key in (wireguard_key)
+        state["wireguard"] = {
+            "name": profile.wireguard_device, "mtu": settings["podnet_mtu"], "local": node_ips[host],
+            "listen_port": settings["podnet_wireguard_port"], "address": f"{subnet.network_address}/32",
+            "key_dir": settings["podnet_wireguard_key_dir"], "key_epoch": settings["podnet_wireguard_key_epoch"],
+            "peers": [{"name": p["name"], "public_key": None,
+                       "endpoint": f"{p['node_ip']}:{settings['podnet_wireguard_port']}",
+                       "allowed_ips": [p["subnet"]]} for p in encapsulated],
+        }
     for peer in peers:
-        if peer["encapsulated"] and profile.encap == "vxlan":
+        if peer["encapsulated"] and profile.encap == "wireguard":
+            # a route out of the device (scope link): WireGuard picks the peer by the allowed IPs
+            route = {"dst": peer["subnet"], "via": None, "dev": profile.wireguard_device, "onlink": False}
+        elif peer["encapsulated"] and profile.encap == "vxlan":
             route = {"dst": peer["subnet"], "via": peer["vtep_ip"], "dev": vtep_name, "onlink": True}
         elif peer["encapsulated"]:
             route = {"dst": peer["subnet"], "via": peer["node_ip"], "dev": state["tunnel"]["name"], "onlink": True}
