@@ -28,6 +28,7 @@ from typing import Any
 
 import jinja2
 import yaml
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import PODNET_RTPROTO
 from ansible_collections.podnet.dataplane.plugins.module_utils.node.render import node_commands
 from ansible_collections.podnet.dataplane.plugins.module_utils.plan.plan import plan_cluster
 
@@ -170,7 +171,7 @@ def reset_nodes(lab: Lab) -> None:
     """Every node as reset.yml leaves it: nothing of podnet's left (its routes, checked here, last of all)."""
     for host in LAB_HOSTS:
         run_node_apply(lab, host, node_args(lab, host, None, state="deleted"))
-        assert lab.json(host, "route", "show", "table", "all", "proto", "152") == [], host
+        assert lab.json(host, "route", "show", "table", "all", "proto", str(PODNET_RTPROTO)) == [], host
 
 
 def lab_up_args(lab: Lab) -> dict[str, Any]:
