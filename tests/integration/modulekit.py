@@ -50,7 +50,8 @@ def lab_hostvars(lab: Lab, **variables: Any) -> dict[str, dict[str, Any]]:
     """The planner's view of the lab inventory (hosts.yml, group_vars) with these variables set for every
     node, as `-e` gives them."""
     return {host: {**values, "podnet_cluster_cidr": LAB_CLUSTER_CIDR,
-                   "podnet_pod_netns_prefix": f"{lab.prefix}-{host}-", **variables}
+                   "podnet_pod_netns_prefix": f"{lab.prefix}-{host}-",
+                   "podnet_wireguard_key_dir": f"{lab_state_dir(lab, host)}/wireguard", **variables}
             for host, values in LAB_HOSTS.items()}
 
 
@@ -99,7 +100,8 @@ def node_args(lab: Lab, host: str, node: dict[str, Any] | None, state: str = "ov
     }
     if state == "deleted":
         # reset.yml adds flannel.<podnet_vxlan_vni> to the VTEPs it removes: flannel.1, listed already
-        return {**args, "state": "deleted", "bridge": "cni0", "networks": [LAB_CLUSTER_CIDR]}
+        return {**args, "state": "deleted", "bridge": "cni0", "networks": [LAB_CLUSTER_CIDR],
+                "wireguard_key_dir": f"{base}/wireguard"}
     assert node is not None
     if (node.get("bgp") or {}).get("mode") == "bird":
         raise ValueError("BIRD's configuration comes from the node role's template: run site.yml for BIRD")
@@ -110,8 +112,9 @@ def node_args(lab: Lab, host: str, node: dict[str, Any] | None, state: str = "ov
 def render_options(lab: Lab, host: str) -> dict[str, Any]:
     """The node options render.yml gives the render (podnet_render_options), for this lab node."""
     args = node_args(lab, host, {})
+    keys_file = Path(lab_state_dir(lab)) / "wireguard_keys.json"
     return {key: args.get(key) for key in ("subnet_env", "rt_protos_file", "pod_sysctls", "bird_dir")} | {
-        "bird": None}
+        "bird": None, "wireguard_keys": json.loads(keys_file.read_text()) if keys_file.exists() else {}}
 
 
 def run_module(lab: Lab, host: str | None, module: str, args: dict[str, Any], check: bool = False,
@@ -140,10 +143,29 @@ def run_node_apply(lab: Lab, host: str, args: dict[str, Any], check: bool = Fals
     return run_module(lab, host, "node_apply", args, check)
 
 
+def wireguard_keys(lab: Lab, nodes: dict[str, dict[str, Any]], check: bool = False) -> dict[str, Any]:
+    """What the node role does before node_apply where the transport is WireGuard: each node's key made on the
+    node (podnet.dataplane.wireguard_key), and every public key, recorded as the role records them (the lab's
+    wireguard_keys.json, which render_options reads). The module's results by node ({} without WireGuard)."""
+    results = {}
+    for host, node in nodes.items():
+        w = node.get("wireguard")
+        if w:
+            results[host] = run_module(lab, host, "wireguard_key", {
+                "device": w["name"], "key_dir": w["key_dir"], "epoch": w["key_epoch"]}, check=check)
+    keys_file = Path(lab_state_dir(lab)) / "wireguard_keys.json"
+    if results and not check:
+        recorded = json.loads(keys_file.read_text()) if keys_file.exists() else {}
+        keys_file.write_text(json.dumps(recorded | {h: r["public_key"] for h, r in results.items()}))
+    return results
+
+
 def converge(lab: Lab, variables: dict[str, Any], check: bool = False) -> dict[str, dict[str, Any]]:
     """Every node's run, as site.yml with these variables gives it; the results by node."""
     nodes = plan(lab, **variables)
-    return {host: run_node_apply(lab, host, node_args(lab, host, nodes[host]), check=check) for host in LAB_HOSTS}
+    keys = {h: r["public_key"] for h, r in wireguard_keys(lab, nodes, check).items() if r.get("public_key")}
+    return {host: run_node_apply(lab, host, node_args(lab, host, nodes[host]) | {"wireguard_keys": keys}, check=check)
+            for host in LAB_HOSTS}
 
 
 def changed(results: dict[str, dict[str, Any]]) -> dict[str, bool]:

@@ -124,6 +124,9 @@ def topology_dot(cluster: dict) -> str:
                 label, style = ("iBGP session" if b in sessions else "routes via reflector"), "solid"
             elif peer["encapsulated"] and nodes[a].get("vtep"):
                 label, style = f"VXLAN {nodes[a]['vtep']['vni']} udp/{nodes[a]['vtep']['port']}", "bold"
+            elif peer["encapsulated"] and nodes[a].get("wireguard"):
+                wg = nodes[a]["wireguard"]
+                label, style = f"WireGuard udp/{wg['listen_port']} ({wg['name']}, encrypted)", "bold"
             elif peer["encapsulated"] and (nodes[a].get("tunnel") or {}).get("fou_port"):
                 label, style = f"UDP {nodes[a]['tunnel']['fou_port']} ({nodes[a]['tunnel']['name']}, foo-over-UDP)", "bold"
             elif peer["encapsulated"]:

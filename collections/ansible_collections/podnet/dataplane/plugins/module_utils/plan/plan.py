@@ -663,7 +663,9 @@ def _node_state(host: str, hosts: list[str], hostvars: dict[str, dict], settings
         state["wireguard"] = {
             "name": profile.wireguard_device, "mtu": settings["podnet_mtu"], "local": node_ips[host],
             "listen_port": settings["podnet_wireguard_port"], "address": f"{subnet.network_address}/32",
-            "key_dir": settings["podnet_wireguard_key_dir"], "key_epoch": settings["podnet_wireguard_key_epoch"],
+            # a host variable where nodes share a filesystem (the namespace lab), else the group's
+            "key_dir": hv.get("podnet_wireguard_key_dir") or settings["podnet_wireguard_key_dir"],
+            "key_epoch": settings["podnet_wireguard_key_epoch"],
             "peers": [{"name": p["name"], "public_key": None,
                        "endpoint": f"{p['node_ip']}:{settings['podnet_wireguard_port']}",
                        "allowed_ips": [p["subnet"]]} for p in encapsulated],
