@@ -97,16 +97,16 @@ def node_args(lab: Lab, host: str, node: dict[str, Any] | None, state: str = "ov
         "birdc": defaults["podnet_birdc_binary"],
         "other_vteps": ["flannel.1", "vxlan.calico", "vxlan-6784"],  # the plan role's podnet_other_vteps
         "lock": {"owner": {"run": f"modulekit-{os.getpid()}"}, "path": f"{base}/node.lock", "wait_timeout": 600},
+        "wireguard_key_dir": f"{base}/wireguard",
     }
     if state == "deleted":
         # reset.yml adds flannel.<podnet_vxlan_vni> to the VTEPs it removes: flannel.1, listed already
-        return {**args, "state": "deleted", "bridge": "cni0", "networks": [LAB_CLUSTER_CIDR],
-                "wireguard_key_dir": f"{base}/wireguard"}
+        return {**args, "state": "deleted", "bridge": "cni0", "networks": [LAB_CLUSTER_CIDR]}
     assert node is not None
     if (node.get("bgp") or {}).get("mode") == "bird":
         raise ValueError("BIRD's configuration comes from the node role's template: run site.yml for BIRD")
     return {**args, "node": node, "pod_sysctls": defaults["podnet_pod_sysctls"],
-            "policy": node.get("policy") or {}}
+            "policy": node.get("policy") or {}, "wireguard_keys": {}}
 
 
 def render_options(lab: Lab, host: str) -> dict[str, Any]:
@@ -164,7 +164,8 @@ def converge(lab: Lab, variables: dict[str, Any], check: bool = False) -> dict[s
     """Every node's run, as site.yml with these variables gives it; the results by node."""
     nodes = plan(lab, **variables)
     keys = {h: r["public_key"] for h, r in wireguard_keys(lab, nodes, check).items() if r.get("public_key")}
-    return {host: run_node_apply(lab, host, node_args(lab, host, nodes[host]) | {"wireguard_keys": keys}, check=check)
+    return {host: run_node_apply(lab, host, node_args(lab, host, nodes[host]) | {"wireguard_keys": keys},
+                                 check=check)
             for host in LAB_HOSTS}
 
 

@@ -341,9 +341,11 @@ def wireguard_steps(run: NodeRun, node: dict[str, Any]) -> dict[str, Any] | None
     whose key is not known yet is one whose key this very run makes: a check-mode run shows the device
     without it; any other run stops before changing anything."""
     w = node.get("wireguard") or {}
+    folder = w.get("key_dir") or run.module.params["wireguard_key_dir"]
     for name in WIREGUARD_DEVICES:
         if name != w.get("name"):
             run.resource(f"no WireGuard device {name}", "wireguard_tunnel", name=name, state="deleted")
+            no_wireguard_key(run, folder, name)
     if not w:
         return None
     keys = run.module.params["wireguard_keys"] or {}
