@@ -17,13 +17,15 @@ description:
   - "flannel backends: M(podnet.dataplane.vxlan_fdb) (the VTEP and static peers, flannel-vxlan),
     M(podnet.dataplane.vxlan_fdb) C(deleted) for every other VTEP in I(other_vteps),
     M(podnet.dataplane.ipip_tunnel) for the UDP tunnel C(flannel0) (flannel-udp; C(deleted) otherwise) and
-    C(deleted) for C(tunl0), podnet's BIRD of a calico-bgp run stopped (see
+    C(deleted) for C(tunl0), M(podnet.dataplane.wireguard_tunnel) for C(flannel-wg) (flannel-wireguard;
+    C(deleted) otherwise, with its key) and C(deleted) for C(wireguard.cali), podnet's BIRD of a calico-bgp run stopped (see
     I(bird_dir)), M(podnet.dataplane.pod_route) C(overridden),
     M(podnet.dataplane.proxy_arp) C(deleted) on C(cali*), M(podnet.dataplane.pod_network) (bridge)
     C(overridden), M(podnet.dataplane.iptables_rules) C(overridden), then C(subnet.env)."
   - "calico and the other routed backends: M(podnet.dataplane.vxlan_fdb) C(deleted) for the other
     VTEPs, the VTEP (calico-vxlan) or M(podnet.dataplane.ipip_tunnel) for C(tunl0) (calico-ipip) or C(flannel0)
-    (the UDP transport), each C(deleted) where the transport is not its own,
+    (the UDP transport) or M(podnet.dataplane.wireguard_tunnel) for C(wireguard.cali) (calico-wireguard;
+    C(flannel-wg) for canal over WireGuard), each C(deleted) where the transport is not its own,
     M(podnet.dataplane.pod_network) (routed) C(overridden), M(podnet.dataplane.proxy_arp) on the pods'
     host interfaces, M(podnet.dataplane.pod_route) C(overridden),
     M(podnet.dataplane.iptables_rules) C(overridden), then C(subnet.env) for canal (removed otherwise),
@@ -62,7 +64,8 @@ options:
         the proxy-ARP values podnet changed on C(cali*) given back (I(proxy_arp_state_file)), podnet's pod
         veths and the pod bridge I(bridge), podnet's routes to I(networks), the VXLAN devices in
         I(other_vteps), podnet's iptables rules, the IPIP tunnel's configuration, the UDP tunnel and its FOU
-        port, the network policy chains,
+        port, the WireGuard devices (C(flannel-wg), C(wireguard.cali)) and podnet's keys in I(wireguard_key_dir),
+        the network policy chains,
         I(subnet_env), I(rt_protos_file) when it is podnet's, and podnet's records in I(persist_dir) (the folder
         too once empty). I(node) is not needed. This is what C(reset.yml) runs.
     type: str
@@ -196,6 +199,21 @@ options:
         description: The C(bird) binary.
         type: str
         default: bird
+  wireguard_keys:
+    description:
+      - Every node's WireGuard public key, by inventory name (the C(podnet.dataplane.node) role gathers them from
+        M(podnet.dataplane.wireguard_key) on each node, else from C(podnet_wireguard_keys_file)). A peer in
+        I(node)'s C(wireguard.peers) takes its key from here. A peer with no key fails the run before any
+        change - except in check mode, where its key is one this run would make, and the peer is left out.
+    type: dict
+    default: {}
+  wireguard_key_dir:
+    description:
+      - Where podnet keeps the node's WireGuard private keys (C(<device>.key), mode 0600, with podnet's record
+        C(<device>.json)) when I(node) has no WireGuard device - a run removes the keys of the WireGuard
+        devices it removes, and C(deleted) all of podnet's keys (only podnet's).
+    type: path
+    default: /etc/podnet/wireguard
   lock:
     description:
       - Take the node lock before anything else and hold it until the run ends, so no other podnet run

@@ -28,6 +28,9 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.ownership 
     TAKE_OVER_VAR,
     take_over_problems,
 )
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.wireguard_keys import (
+    DEFAULT_FOLDER as WIREGUARD_KEY_DIR,
+)
 from ansible_collections.podnet.dataplane.plugins.module_utils.plan import policy
 from ansible_collections.podnet.dataplane.plugins.module_utils.plan.backends import (
     KNOWN_BACKENDS,
@@ -65,8 +68,7 @@ DEFAULTS: dict[str, Any] = {
     "podnet_vxlan_port": None,  # per backend: flannel 8472, calico 4789
     "podnet_udp_port": 8285,  # flannel's udp backend's port
     "podnet_wireguard_port": WIREGUARD_PORT,
-    # each node's private key lives in a file here, made on the node; raising the epoch makes every node a new one
-    "podnet_wireguard_key_dir": "/etc/podnet/wireguard",
+    # raising the epoch makes every node a new WireGuard key
     "podnet_wireguard_key_epoch": 0,
     "podnet_mtu": None,
     "podnet_underlay_mtu": 1500,
@@ -82,8 +84,7 @@ DEFAULTS: dict[str, Any] = {
 CLUSTER_KEYS = ("podnet_backend", "podnet_transport", "podnet_pod_wiring", "podnet_cluster_cidr", "podnet_subnet_prefix", "podnet_vxlan_vni",
                 "podnet_vxlan_port", "podnet_udp_port", "podnet_mtu", "podnet_underlay_mtu", "podnet_ipmasq", "podnet_bridge",
                 "podnet_calico_bgp", "podnet_bgp_as", "podnet_flannel_directrouting", "podnet_calico_crosssubnet",
-                "podnet_network_policies", "podnet_wireguard_port", "podnet_wireguard_key_dir",
-                "podnet_wireguard_key_epoch")
+                "podnet_network_policies", "podnet_wireguard_port", "podnet_wireguard_key_epoch")
 NODE_KEYS = ("podnet_node_ip", "podnet_pod_subnet", "podnet_vtep_mac", "podnet_underlay_interface",
              "podnet_pods", "podnet_pod_netns_prefix", "podnet_bgp_route_reflector",
              "podnet_vxlan_tx_checksum_offload", "podnet_pod_sysctls", TAKE_OVER_VAR)
@@ -663,8 +664,9 @@ def _node_state(host: str, hosts: list[str], hostvars: dict[str, dict], settings
         state["wireguard"] = {
             "name": profile.wireguard_device, "mtu": settings["podnet_mtu"], "local": node_ips[host],
             "listen_port": settings["podnet_wireguard_port"], "address": f"{subnet.network_address}/32",
-            # a host variable where nodes share a filesystem (the namespace lab), else the group's
-            "key_dir": hv.get("podnet_wireguard_key_dir") or settings["podnet_wireguard_key_dir"],
+            # each node's private key lives in a file there, made on the node (a folder per node where nodes share
+            # a filesystem, as in the namespace lab)
+            "key_dir": hv.get("podnet_wireguard_key_dir") or WIREGUARD_KEY_DIR,
             "key_epoch": settings["podnet_wireguard_key_epoch"],
             "peers": [{"name": p["name"], "public_key": None,
                        "endpoint": f"{p['node_ip']}:{settings['podnet_wireguard_port']}",
