@@ -31,7 +31,8 @@ INNER_TESTS = ("tests/integration/test_calico_ipip.py",)
 pytestmark = pytest.mark.integration
 # through podnet's engine and node_apply run directly in the nodes, without a controller (modulekit.py)
 ENGINE_TESTS = ("tests/integration/test_calico_ipip_engine.py", "tests/integration/test_ipip_compositions.py",
-                "tests/integration/test_udp_transport.py", "tests/integration/test_wireguard_transport.py")
+                "tests/integration/test_udp_transport.py", "tests/integration/test_wireguard_transport.py",
+                "tests/integration/test_wireguard_playbook.py")
 # ~12 min alone here, 28 min beside a second full test run: room for a slow, shared machine
 ENGINE_TIMEOUT = 2700
 
@@ -68,7 +69,7 @@ def test_calico_ipip_engine_in_a_qemu_guest():
     with a key rotation, render-exact, flanneld's wire format, switches to and from flannel-vxlan): minutes, so
     always in make test."""
     count, rest = passed(guest_pytest(ENGINE_TESTS, ENGINE_TIMEOUT))
-    assert count >= 18 and "skipped" not in rest, rest  # a pass means the tests ran there
+    assert count >= 19 and "skipped" not in rest, rest  # a pass means the tests ran there
 
 
 @pytest.mark.timeout(GUEST_TIMEOUT + 300)

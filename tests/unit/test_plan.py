@@ -221,11 +221,41 @@ def test_the_udp_transport_is_flannels_udp_on_the_wire_with_every_wiring():
     assert any(p.startswith("host a: podnet_udp_port: 70000 is not a UDP port") for p in found), found
 
 
+def test_the_wireguard_transport_has_flannels_or_calicos_device_and_one_peer_per_node():
+    """flannel-wireguard (the bridge, flannel-wg), calico-wireguard (routed, wireguard.cali) and canal over
+    wireguard (flannel runs the network: flannel-wg): MTU underlay - 60, port podnet_wireguard_port, peers
+    with their endpoint and pod subnet (public keys are the nodes' to make), a route per peer out of the device;
+    the key folder is each node's own setting."""
+    for variables, device in (({"podnet_backend": "flannel-wireguard"}, "flannel-wg"),
+                              ({"podnet_backend": "calico-wireguard", "podnet_wireguard_port": 51821},
+                               "wireguard.cali"),
+                              ({"podnet_backend": "canal", "podnet_transport": "wireguard"}, "flannel-wg")):
+        hostvars = with_vars(**variables)
+        hostvars["b"]["podnet_wireguard_key_dir"] = "/srv/keys"
+        nodes = plan(hostvars)["nodes"]
+        node, port = nodes["a"], variables.get("podnet_wireguard_port", 51820)
+        wg = node["wireguard"]
+        assert (wg["name"], wg["listen_port"], wg["key_dir"], wg["key_epoch"]) == (
+            device, port, "/etc/podnet/wireguard", 0), variables
+        assert nodes["b"]["wireguard"]["key_dir"] == "/srv/keys"
+        assert wg["peers"] == [{"name": other, "public_key": None, "endpoint": f"{nodes[other]['node_ip']}:{port}",
+                                "allowed_ips": [nodes[other]["subnet"]]} for other in ("b", "c")]
+        assert node["render_mtu"] == 1440 and node["kernel_features"] == ["wireguard"] and node["vtep"] is None
+        assert node["routes"] == [{"dst": nodes[other]["subnet"], "via": None, "dev": device, "onlink": False}
+                                  for other in ("b", "c")]
+    found = problems_of(with_vars(podnet_backend="flannel-wireguard", podnet_wireguard_key_epoch=-1,
+                                  podnet_wireguard_port="x", podnet_wireguard_key_dir="/etc/podnet/../keys"))
+    for words in ("podnet_wireguard_key_epoch: -1 must be an integer from 0",
+                  "podnet_wireguard_port: 'x' is not a UDP port", "podnet_wireguard_key_dir: '/etc/podnet/../keys'"):
+        assert any(words in p for p in found), (words, found)
+
+
 def test_kernel_features_follow_the_transport():
     for variables, features in (({"podnet_backend": "flannel-vxlan"}, ["vxlan"]),
                                 ({"podnet_backend": "calico-ipip"}, ["ipip"]),
                                 ({"podnet_backend": "calico-bgp"}, []),
-                                ({"podnet_backend": "flannel-host-gw"}, [])):
+                                ({"podnet_backend": "flannel-host-gw"}, []),
+                                ({"podnet_backend": "calico-wireguard"}, ["wireguard"])):
         assert plan(with_vars(**variables))["nodes"]["a"]["kernel_features"] == features, variables
 
 
