@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import os
 import re
 from typing import Any
 
@@ -156,7 +157,10 @@ class WireguardTunnel(NetlinkResource):
             # only podnet's device goes (its settings and peers with it); anyone else's stays
             return [Change("delete", None, existing)] if existing is not None and is_owned_alias(existing.alias) else []
         key_file = self.tunnel["private_key_file"]
-        if key_file:
+        if key_file and self.module.check_mode and not os.path.lexists(key_file):
+            # a check-mode run before the key's first run: the key that run makes is not there to read
+            self.extra["msg"] = f"{key_file} does not exist yet: the device is shown without its key"
+        elif key_file:
             try:
                 public = base64.b64encode(x25519_public_key(read_private_key(key_file))).decode()
             except NetlinkError as exc:
