@@ -40,7 +40,6 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.resources.resourc
     TAKE_OVER_OPTION,
     NetlinkResource,
     plan_owned,
-    result_for,
 )
 
 ARGUMENT_SPEC = {
@@ -130,17 +129,6 @@ class IpipTunnel(NetlinkResource):
             lambda o: (isinstance(o, Address) and o.dev == name) or (isinstance(o, FouPort) and o.port == own_port))
         self.extra["mtu"] = self.tunnel["mtu"]
         return plan_owned(self.module, tunnel_objects(self.tunnel), have, purge)
-
-    def underlay_mtu(self, have: KernelState) -> int:
-        if not self.p["local"]:
-            self.fail("give mtu, or local so podnet can derive it from the underlay")
-        lower = have.device_holding(self.p["local"])
-        if lower is None:
-            self.fail(f"local address {self.p['local']} is not on any interface of this node")
-        return lower.mtu
-
-    def result(self, planned: list[Change]) -> dict[str, Any]:
-        return result_for(planned, **self.extra)
 
     def record(self) -> None:
         persist_result(self.module, f"ipip_tunnel-{self.p['name']}", tunnel_objects(self.tunnel))

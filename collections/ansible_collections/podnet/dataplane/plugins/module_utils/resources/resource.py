@@ -146,3 +146,17 @@ class NetlinkResource(Resource):
 
     def write(self, have: KernelState, planned: list[Change]) -> None:
         fail_on_engine_error(self.module, self.engine.apply, planned, have)
+
+    def result(self, planned: list[Any]) -> dict[str, Any]:
+        """The changes, with what the run learned beside them (`extra`: an MTU it derived, a public key)."""
+        return result_for(planned, **getattr(self, "extra", {}))
+
+    def underlay_mtu(self, have: KernelState) -> int:
+        """The MTU of the node's underlay - the device holding the `local` option's address - from which a
+        tunnel device's MTU is derived."""
+        if not self.p["local"]:
+            self.fail("give mtu, or local so podnet can derive it from the underlay")
+        lower = have.device_holding(self.p["local"])
+        if lower is None:
+            self.fail(f"local address {self.p['local']} is not on any interface of this node")
+        return lower.mtu

@@ -42,7 +42,6 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.resources.resourc
     TAKE_OVER_OPTION,
     NetlinkResource,
     plan_owned,
-    result_for,
 )
 
 ARGUMENT_SPEC = {
@@ -174,17 +173,6 @@ class WireguardTunnel(NetlinkResource):
         purge = None if self.state == "merged" else (
             lambda o: isinstance(o, (Address, WireguardPeer)) and o.dev == name)
         return plan_owned(self.module, wireguard_objects(self.tunnel), have, purge)
-
-    def underlay_mtu(self, have: KernelState) -> int:
-        if not self.p["local"]:
-            self.fail("give mtu, or local so podnet can derive it from the underlay")
-        lower = have.device_holding(self.p["local"])
-        if lower is None:
-            self.fail(f"local address {self.p['local']} is not on any interface of this node")
-        return lower.mtu
-
-    def result(self, planned: list[Change]) -> dict[str, Any]:
-        return result_for(planned, **self.extra)
 
     def record(self) -> None:
         persist_result(self.module, f"wireguard_tunnel-{self.p['name']}", wireguard_objects(self.tunnel))
