@@ -123,6 +123,24 @@ def ansible(prefix: str, command: str, timeout: float = 300) -> dict[str, str]:
     return out
 
 
+_MODULE_LINE = re.compile(r"^(?P<host>\S+) \| (?P<status>[A-Z]+) => (?P<result>\{.*\})$")
+
+
+def ansible_module(prefix: str, module: str, args: str, timeout: float = 300) -> tuple[dict[str, dict], str]:
+    """Run a module on every node with ad-hoc Ansible over SSH: (host -> the module's result, everything the run
+    printed), asserting it succeeded on every node."""
+    argv = [str(VENV_BIN / "ansible"), "-i", str(INVENTORY), "podnet_nodes", "-o", "-m", module, "-a", args]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=playbook_env(prefix),
+                          cwd=REPO_ROOT)
+    results = {}
+    for line in proc.stdout.splitlines():
+        match = _MODULE_LINE.match(line)
+        if match:
+            results[match["host"]] = json.loads(match["result"])
+    assert proc.returncode == 0 and set(results) == set(HOSTS), f"{argv}\n{proc.stdout}\n{proc.stderr}"
+    return results, proc.stdout + proc.stderr
+
+
 def playbook_argv(name: str, *extra: str) -> list[str]:
     return [str(VENV_BIN / "ansible-playbook"), "-i", str(INVENTORY), str(REPO_ROOT / "playbooks" / name), *extra]
 

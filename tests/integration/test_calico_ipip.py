@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from .labkit import Lab, list_netns, netns_exec, netns_json
+from .labkit import Lab, list_netns, netns_json
 
 IPIP_LOADED = Path("/sys/module/ipip").exists()
 # The marks of every test that needs the ipip module: they run in the QEMU guest (test_ipip_vm.py).
@@ -121,9 +122,12 @@ def assert_pods_reach_each_other(lab: Lab, through: str = TUNNEL) -> None:
     """Every pod pings every pod on the other nodes, and the traffic left through `through` (tunl0)."""
     before = {h: tx_packets(lab, h, through) for h in NODES}
     addresses = {(h, p): pod_address(lab, h, p) for h in NODES for p in PODS}
-    failures = [f"{h}/{p} -> {target}" for (h, p) in addresses for (o, _), target in addresses.items()
-                if o != h and netns_exec(lab.pod_ns(h, p), ["ping", "-n", "-q", "-c", "1", "-W", "3", target]
-                                         ).returncode != 0]
+    # all pings at once: one after the other, their start-ups alone cost half a minute under the guest's emulation
+    pings = {f"{h}/{p} -> {target}": subprocess.Popen(["ip", "netns", "exec", lab.pod_ns(h, p), "ping", "-n", "-q",
+                                                      "-c", "1", "-W", "5", target], stdout=subprocess.DEVNULL,
+                                                     stderr=subprocess.DEVNULL)
+             for (h, p) in addresses for (o, _), target in addresses.items() if o != h}
+    failures = [pair for pair, ping in pings.items() if ping.wait(timeout=120) != 0]
     assert not failures, failures
     sent = {h: tx_packets(lab, h, through) - before[h] for h in NODES}
     # Each node's 2 pods ping 4 remote pods and answer 8 pings: at least 16 packets into the device.

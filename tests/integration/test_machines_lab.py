@@ -14,12 +14,18 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.wireguard_keys import (
+    decode_key,
+    encode_key,
+    x25519_public_key,
+)
 
 from tests.integration import machinekit
 from tests.integration.machinekit import (
     HOSTS,
     NetlinkMonitor,
     ansible,
+    ansible_module,
     lab_cmd,
     leftovers,
     playbook,
@@ -154,6 +160,31 @@ def test_all_nodes_rebooted_at_once_are_restored_with_their_bird_routes(machines
     assert bird_routes(machines) == before
     verify = playbook(machines, "verify.yml", *backend)
     assert verify.rc == 0, verify.output
+
+
+def test_wireguard_keys_are_made_on_each_machine_and_only_public_keys_come_back(machines: str) -> None:
+    """podnet.dataplane.wireguard_key over SSH on nodes that share nothing with the controller: each machine makes
+    its own key in its own /etc (0600 in a 0700 folder), the run brings back its public key and nothing of the
+    private one; a second run keeps the key; removal takes the key and its record, the folder too."""
+    args = "device=flannel-wg key_dir=/etc/podnet/wireguard"
+    made, printed = ansible_module(machines, "podnet.dataplane.wireguard_key", args)
+    assert {h: (r["changed"], r["action"]) for h, r in made.items()} == {h: (True, "created") for h in HOSTS}
+    assert len({r["public_key"] for r in made.values()}) == len(HOSTS)
+    modes = ansible(machines, "stat -c '%a %n' /etc/podnet/wireguard /etc/podnet/wireguard/flannel-wg.key")
+    assert set(modes.values()) == {"700 /etc/podnet/wireguard\n600 /etc/podnet/wireguard/flannel-wg.key"}, modes
+    private = ansible(machines, "cat /etc/podnet/wireguard/flannel-wg.key")
+    for host, key in private.items():
+        assert encode_key(x25519_public_key(decode_key(key))) == made[host]["public_key"]
+        assert key not in printed and decode_key(key).hex() not in printed
+    assert not Path("/etc/podnet/wireguard/flannel-wg.key").exists() or \
+        Path("/etc/podnet/wireguard/flannel-wg.key").read_text().strip() not in private.values()
+    kept, _printed = ansible_module(machines, "podnet.dataplane.wireguard_key", args)
+    assert {h: (r["changed"], r["public_key"]) for h, r in kept.items()} == {
+        h: (False, r["public_key"]) for h, r in made.items()}
+    gone, _printed = ansible_module(machines, "podnet.dataplane.wireguard_key", args + " state=absent")
+    assert all(r["changed"] for r in gone.values())
+    assert set(ansible(machines, "sh -c 'test -e /etc/podnet/wireguard && echo kept || echo gone'").values()) == {
+        "gone"}
 
 
 def test_down_leaves_nothing(machines: str) -> None:

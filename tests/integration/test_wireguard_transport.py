@@ -8,7 +8,7 @@ podnet.dataplane.wireguard_key on every node, then node_apply with every node's 
 The one run through ansible-playbook is test_wireguard_playbook.py.
 
 One lab for the module, in order: flannel-wireguard (check mode first), its state, pod traffic through
-flannel-wg, a re-run that changes nothing; a key rotation; calico-wireguard from flannel-wireguard; a switch to
+flannel-wg, a re-run that changes nothing; a key rotation; calico-wireguard from flannel-wireguard; its boot restore; a switch to
 flannel-vxlan that leaves nothing of WireGuard (keys included) and back; flannel-wireguard built from its
 rendered scripts; reset. Every result and record is searched for every private key.
 """
@@ -34,6 +34,7 @@ from .modulekit import (
     run_module,
     shared_lab,
 )
+from .node_runner import node_runner
 from .test_calico_ipip import (
     GUEST_ONLY,
     NODES,
@@ -45,6 +46,7 @@ from .test_render_exact import differences, snapshot
 
 pytestmark = GUEST_ONLY
 
+BOOT_APPLY = "ansible_collections.podnet.dataplane.plugins.module_utils.node.boot_apply"
 PORT = 51820
 WIREGUARD_OVERHEAD = 60
 FLANNEL_WG = {"podnet_backend": "flannel-wireguard"}
@@ -172,6 +174,23 @@ def test_calico_wireguard_from_flannel_wireguard(lab):
     for state in ("merged", "overridden"):  # its output is valid input, and changes nothing
         assert not run_module(lab, "node2", "wireguard_tunnel", dict(options, state=state), check=True)["changed"]
     assert_no_private_key_in(lab, results, gathered)
+
+
+def test_the_boot_restore_brings_wireguard_back_from_the_nodes_records_alone(lab):
+    """What a reboot loses - the device, with its key, port and peers, and the routes through it - is made again by
+    boot_apply (the podnet-apply unit's program) from the node's records, which name the key file, not the key."""
+    keys = public_keys(lab, "wireguard.cali")
+    outputs = []
+    for host in NODES:
+        lab.exec(host, ["ip", "link", "del", "wireguard.cali"], check=True)
+        rc, stdout, stderr = node_runner().run(lab.node_ns(host), BOOT_APPLY, [f"{lab_state_dir(lab, host)}/state"],
+                                               600)
+        assert rc == 0, stdout + stderr
+        outputs.append(stdout + stderr)
+    assert_wireguard_state(lab, "wireguard.cali", keys)
+    assert_pods_reach_each_other(lab, through="wireguard.cali")
+    assert changed(converge(lab, CALICO_WG)) == {host: False for host in NODES}
+    assert_no_private_key_in(lab, outputs)
 
 
 def test_a_switch_to_flannel_vxlan_leaves_nothing_of_wireguard_and_back(lab):
