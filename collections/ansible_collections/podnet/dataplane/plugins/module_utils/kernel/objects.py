@@ -489,6 +489,6 @@ def from_dict(data: dict[str, Any]) -> KObject:
     """The inverse of KObject.as_dict (used to re-apply persisted state at boot)."""
     classes = {cls.__name__.lower(): cls
                for cls in (VxlanInfo, IpipInfo, Link, Address, Neighbour, FdbEntry, Route, FouPort, WireguardDevice,
-                            WireguardPeer, Sysctl)}
+                           WireguardPeer, Sysctl)}
     values = {k: (from_dict(v) if isinstance(v, dict) else v) for k, v in data.items() if k != "object"}
     return classes[data["object"]](**values)

@@ -110,7 +110,7 @@ ARGUMENT_SPEC = {
     "lock": {"type": "dict", "options": LOCK_SPEC},
     "persist_dir": PERSIST_OPTION,
     # every node's WireGuard public key by inventory name (made on the nodes: podnet.dataplane.wireguard_key)
-    "wireguard_keys": {"type": "dict", "default": {}},
+    "wireguard_keys": {"type": "dict", "default": {}, "no_log": False},  # public keys: nothing to hide
     "wireguard_key_dir": {"type": "path", "default": DEFAULT_KEY_DIR},
 }
 SUBNET_ENV_MODE = 0o644

@@ -181,4 +181,3 @@ class WireguardTunnel(NetlinkResource):
 def run(module: AnsibleModule) -> None:
     """The module's work: ends in module.exit_json or module.fail_json."""
     WireguardTunnel(module).run()
-
