@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from . import modulekit
 from .labkit import Lab
 from .test_module_runs import NODES, counting_interpreter, runs_per_node
 
@@ -148,3 +149,14 @@ def test_a_transport_the_kernel_lacks_is_refused_before_any_node_changes(lab: La
         assert result.failed(host) == 1  # the preflight; its only changes were the leases, on the controller
         assert [link["ifname"] for link in lab.json(host, "link", "show")] == ["lo", "eth0"], host
         assert not Path(f"/run/podnet-lab/{lab.prefix}/{host}/state").exists()
+
+
+def test_a_wireguard_node_without_its_peers_keys_is_refused_before_any_change(lab: Lab) -> None:
+    """node_apply given a WireGuard node and no public keys for its peers (a run that skipped the key step, or
+    limited to one node with nothing recorded) stops before its first change, naming the peers."""
+    node = modulekit.plan(lab, podnet_backend="calico-wireguard")["node1"]
+    refused = modulekit.run_module(lab, "node1", "node_apply", modulekit.node_args(lab, "node1", node), may_fail=True)
+    assert refused.get("failed") and refused["step"] == "only what podnet owns", refused
+    assert "no WireGuard public key for node2, node3" in refused["msg"], refused["msg"]
+    assert [link["ifname"] for link in lab.json("node1", "link", "show")] == ["lo", "eth0"]
+    assert not Path(modulekit.lab_state_dir(lab, "node1"), "wireguard").exists()

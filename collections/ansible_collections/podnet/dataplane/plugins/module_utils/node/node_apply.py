@@ -335,11 +335,30 @@ def tunnel_steps(run: NodeRun, node: dict[str, Any]) -> dict[str, Any] | None:
 WIREGUARD_DEVICES = ("flannel-wg", "wireguard.cali")
 
 
+def wireguard_peers(node: dict[str, Any], keys: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The node's WireGuard peers as wireguard_tunnel takes them, each with the public key its node made (from
+    `keys`, by inventory name), and the names of the peers whose key is not known."""
+    peers, unknown = [], []
+    for peer in (node.get("wireguard") or {}).get("peers") or []:
+        key = peer.get("public_key") or keys.get(peer["name"])
+        if key:
+            peers.append({"public_key": key, "endpoint": peer["endpoint"], "allowed_ips": peer["allowed_ips"]})
+        else:
+            unknown.append(peer["name"])
+    return peers, unknown
+
+
+def unknown_keys_message(unknown: list[str]) -> str:
+    return (f"no WireGuard public key for {', '.join(unknown)}: every node makes its key on itself "
+            "(podnet.dataplane.wireguard_key) and the run hands the public keys round; run site.yml on all nodes "
+            "(a run limited to some takes the others' keys from what earlier runs recorded)")
+
+
 def wireguard_steps(run: NodeRun, node: dict[str, Any]) -> dict[str, Any] | None:
     """Nothing left of a WireGuard device the node's transport does not use, then the node's own (its result;
     None without one): its key file, port and peers, each peer with the public key its node made. A peer
     whose key is not known yet is one whose key this very run makes: a check-mode run shows the device
-    without it; any other run stops before changing anything."""
+    without it (a run that changes the node has stopped before its first change: owned_or_refuse)."""
     w = node.get("wireguard") or {}
     folder = w.get("key_dir") or run.module.params["wireguard_key_dir"]
     for name in WIREGUARD_DEVICES:
@@ -348,20 +367,10 @@ def wireguard_steps(run: NodeRun, node: dict[str, Any]) -> dict[str, Any] | None
             no_wireguard_key(run, folder, name)
     if not w:
         return None
-    keys = run.module.params["wireguard_keys"] or {}
-    peers, unknown = [], []
-    for peer in w["peers"]:
-        key = peer.get("public_key") or keys.get(peer["name"])
-        if key:
-            peers.append({"public_key": key, "endpoint": peer["endpoint"], "allowed_ips": peer["allowed_ips"]})
-        else:
-            unknown.append(peer["name"])
+    peers, unknown = wireguard_peers(node, run.module.params["wireguard_keys"] or {})
     step = "WireGuard device and peers"
-    if unknown and (run.rendering or not run.module.check_mode):
-        raise StepFailed(step, f"podnet.node_apply: no WireGuard public key for {', '.join(unknown)}: every node "
-                               "makes its key on itself (podnet.dataplane.wireguard_key) and the run hands the public "
-                               "keys round; run site.yml on all nodes (a run limited to some takes the others' "
-                               "keys from what earlier runs recorded)", {"unknown_keys": unknown})
+    if unknown and run.rendering:
+        raise StepFailed(step, f"podnet.node_apply: {unknown_keys_message(unknown)}", {"unknown_keys": unknown})
     result = run.resource(step, "wireguard_tunnel", name=w["name"], local=node["node_ip"],
                           mtu=w.get("mtu") or (node["render_mtu"] if run.rendering else None),
                           listen_port=w["listen_port"], private_key_file=key_paths(w["key_dir"], w["name"])[0],
@@ -428,6 +437,9 @@ def owned_or_refuse(run: NodeRun, node: dict[str, Any], rt_protos_file: str | No
                             f"{rt_protos_text().splitlines()[0]!r}): podnet will not overwrite it")
     if runs_bird(node) and run.module.params["bird"]:
         problems += bird_refusals(run.module.params["bird_dir"], run.module.params["bird"]["config"])
+    unknown = wireguard_peers(node, run.module.params["wireguard_keys"] or {})[1]
+    if unknown and not run.module.check_mode:
+        problems.append(unknown_keys_message(unknown))
     if problems:
         raise StepFailed(step, "podnet.node_apply: nothing changed: " + "; ".join(problems), {"foreign": problems})
     run.keep(step, "ownership", {"changed": False, "commands": []})
