@@ -5,10 +5,11 @@ PY := $(VENV)/bin/python
 # Lab and tests: iproute2..graphviz; the IPIP guest (DESIGN.md section 6): qemu-system-x86 busybox-static;
 # real CNI plugins and SSH-reached lab nodes: containernetworking-plugins openssh-*; iperf3: bench;
 # the machines lab (booted systemd nodes, docs/machines-lab.md): systemd-container mmdebstrap;
-# ethtool: rendered scripts set the VXLAN offload with it (the render-exact tests run them).
+# ethtool: rendered scripts set the VXLAN offload with it (the render-exact tests run them); wireguard-tools: `wg`,
+# which rendered WireGuard scripts use and the guest's WireGuard tests read the devices with.
 APT_PACKAGES := iproute2 iptables iputils-ping python3-venv kmod procps bird2 graphviz \
 	qemu-system-x86 busybox-static containernetworking-plugins openssh-server openssh-client iperf3 \
-	systemd-container mmdebstrap ethtool
+	systemd-container mmdebstrap ethtool wireguard-tools
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
