@@ -49,8 +49,9 @@ test-quick: setup
 	$(PYTEST) tests/unit tests/tooling tests/integration/test_flannel.py \
 		-k "not (test_flannel.py and flannel-host-gw)" $(PYTEST_ARGS)
 
-# calico-ipip's lab inside a QEMU guest with a stock Debian kernel (this kernel has no ipip module);
-# ~50 min under software emulation, so not part of `make test`.
+# The Ansible-driven guest tests inside a QEMU guest with a stock Debian kernel (this kernel has no ipip or
+# wireguard module): calico-ipip's lab, and WireGuard's keys made and handed round by site.yml; ~55 min under
+# software emulation, so not part of `make test`.
 test-ipip-vm: setup
 	PODNET_IPIP_VM=1 $(PY) -m pytest -q tests/integration/test_ipip_vm.py $(PYTEST_ARGS)
 
