@@ -22,7 +22,6 @@ pyroute2.
 """
 from __future__ import annotations
 
-import base64
 import contextlib
 import ctypes
 import errno
@@ -57,6 +56,11 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects im
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.ownership import (
     TakeOver,
     foreign_conflicts,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.wireguard_keys import (
+    decode_key,
+    encode_key,
+    read_private_key,
 )
 
 
@@ -928,10 +932,10 @@ def _wg_read(genl: _Generic, dev: str, index: int) -> dict[tuple, KObject]:
             entry["allowed"] += [ip for ip in map(_allowed_ip, _list_nested(allowed)) if ip]
     found: dict[tuple, KObject] = {}
     settings = WireguardDevice(dev=dev, listen_port=port, netns=genl.netns,
-                               public_key=base64.b64encode(public).decode() if public and any(public) else None)
+                               public_key=encode_key(public) if public and any(public) else None)
     found[settings.key()] = settings
     for key, entry in peers.items():
-        obj = WireguardPeer(dev=dev, public_key=base64.b64encode(key).decode(), endpoint=entry["endpoint"],
+        obj = WireguardPeer(dev=dev, public_key=encode_key(key), endpoint=entry["endpoint"],
                             allowed_ips=tuple(entry["allowed"]), netns=genl.netns)
         found[obj.key()] = obj
     return found
@@ -959,12 +963,12 @@ def _wg_messages(change: Change, index: int) -> list[tuple[int, bytes]]:
             return []
         body = head
         if obj.private_key_file:
-            body += _nla(WGDEVICE_A_PRIVATE_KEY, read_private_key(obj.private_key_file))
+            body += _nla(WGDEVICE_A_PRIVATE_KEY, _private_key(obj.private_key_file))
         if obj.listen_port is not None:
             body += _nla(WGDEVICE_A_LISTEN_PORT, _U16.pack(obj.listen_port))
         return [(NLM_F_REQUEST, body)]
     peer: WireguardPeer = obj  # type: ignore[assignment]
-    attrs = _nla(WGPEER_A_PUBLIC_KEY, _wg_key(peer.public_key))
+    attrs = _nla(WGPEER_A_PUBLIC_KEY, decode_key(peer.public_key))
     if change.op == "delete":
         attrs += _nla_u32(WGPEER_A_FLAGS, WGPEER_F_REMOVE_ME)
     else:
@@ -984,19 +988,11 @@ def _wg_messages(change: Change, index: int) -> list[tuple[int, bytes]]:
     return [(NLM_F_REQUEST, head + _nested(WGDEVICE_A_PEERS, _nested(0, attrs)))]
 
 
-def _wg_key(text: str) -> bytes:
-    raw = base64.b64decode(text, validate=True)
-    if len(raw) != 32:
-        raise ValueError("a WireGuard key is 32 bytes")
-    return raw
-
-
-def read_private_key(path: str) -> bytes:
+def _private_key(path: str) -> bytes:
     """The 32 bytes of a private key file in `wg genkey`'s format. The message never holds the key."""
     try:
-        with open(path, encoding="ascii") as handle:
-            return _wg_key(handle.read().strip())
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        return read_private_key(path)
+    except (OSError, ValueError) as exc:
         raise NetlinkError(errno.EINVAL, f"{path} holds no WireGuard private key podnet can read "
                                          f"({type(exc).__name__})") from None
 

@@ -256,20 +256,37 @@ def _read_record(path: str, device: str) -> KeyRecord:
     return KeyRecord(public_key=public, epoch=epoch)
 
 
+def _private_key_in(content: bytes) -> bytes | None:
+    """The private key a file's bytes hold in `wg genkey`'s form (surrounding whitespace allowed), or None."""
+    try:
+        return decode_key(content.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def read_private_key(path: str) -> bytes:
+    """The 32 bytes of the private key file at `path` (`wg genkey`'s form), read without following a link.
+    ValueError when it holds no key, OSError when it cannot be read; neither message holds the file's text."""
+    try:
+        content = _read(path)[0]
+    except ForeignKeyError as exc:
+        raise ValueError(str(exc)) from None
+    private = _private_key_in(content)
+    if private is None:
+        raise ValueError(f"{path} does not hold a WireGuard private key as `wg genkey` writes it")
+    return private
+
+
+def key_file_public_key(path: str) -> str:
+    """The public key (`wg pubkey`'s form) of the private key file at `path`; read_private_key's errors."""
+    return encode_key(x25519_public_key(read_private_key(path)))
+
+
 def _key_file_public_key(path: str) -> tuple[str | None, int]:
     """The public key derived from the key file (None when it holds no key) and the file's mode."""
     content, mode = _read(path)
-    try:
-        text = content.decode("ascii")
-    except UnicodeDecodeError:
-        return None, mode
-    if text.endswith("\n"):
-        text = text[:-1]
-    try:
-        private = decode_key(text)
-    except ValueError:
-        return None, mode
-    return encode_key(x25519_public_key(private)), mode
+    private = _private_key_in(content)
+    return (None if private is None else encode_key(x25519_public_key(private))), mode
 
 
 def _inspect(folder: str, device: str) -> _Found:

@@ -61,6 +61,7 @@ ENGINE_FILES = (
     "kernel/offload.py",
     "kernel/ownership.py",
     "kernel/shell.py",
+    "kernel/wireguard_keys.py",
     "node/__init__.py",
     "node/boot_apply.py",
     "node/files.py",

@@ -4,7 +4,6 @@
 podnet.dataplane.node_apply can run it in the same process as the node's other resources."""
 from __future__ import annotations
 
-import base64
 import ipaddress
 import os
 import re
@@ -19,8 +18,6 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders i
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink import (
     Change,
     KernelState,
-    NetlinkError,
-    read_private_key,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import (
     Address,
@@ -28,7 +25,10 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects im
     WireguardPeer,
     is_owned_alias,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.wireguard_keys import x25519_public_key
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.wireguard_keys import (
+    decode_key,
+    key_file_public_key,
+)
 from ansible_collections.podnet.dataplane.plugins.module_utils.node.persist import (
     PERSIST_OPTION,
     persist_result,
@@ -61,15 +61,15 @@ ARGUMENT_SPEC = {
     "state": {"type": "str", "choices": STATES, "default": "merged"},
 }
 
-# `wg pubkey`'s form of a key: standard base64 of 32 bytes (the last character carries 4 bits of the key)
-_KEY = re.compile(r"[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=")
 _ENDPOINT = re.compile(r"([0-9.]+):([0-9]{1,5})")
 # a file path that is one word on a rendered `wg set` line and in a record: no control characters
 _PATH = re.compile(r"/[^\x00-\x1f\x7f]*")
 
 
 def check_key(field: str, value: Any) -> list[str]:
-    if not isinstance(value, str) or not _KEY.fullmatch(value):
+    try:
+        decode_key(value)
+    except ValueError:
         return [f"{field}: {str(value)[:60]!r} is not a WireGuard public key (44 characters of base64, as "
                 f"`wg pubkey` prints it)"]
     return []
@@ -161,9 +161,10 @@ class WireguardTunnel(NetlinkResource):
             self.extra["msg"] = f"{key_file} does not exist yet: the device is shown without its key"
         elif key_file:
             try:
-                public = base64.b64encode(x25519_public_key(read_private_key(key_file))).decode()
-            except NetlinkError as exc:
-                self.fail(f"{exc.args[1]}: make it with podnet.dataplane.wireguard_key first")
+                public = key_file_public_key(key_file)
+            except (OSError, ValueError) as exc:
+                self.fail(f"{key_file} holds no WireGuard private key podnet can read ({type(exc).__name__}): make it "
+                          "with podnet.dataplane.wireguard_key first")
             if any(peer["public_key"] == public for peer in self.tunnel["peers"]):
                 self.fail(f"a peer has this node's own public key {public}: each node needs its own key")
             self.tunnel["public_key"] = self.extra["public_key"] = public
