@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from .labkit import REPO_ROOT, Lab, netns_exec, netns_json
+from .labkit import REPO_ROOT, Lab, netns_exec, netns_json, netns_json_batch
 from .test_calico_bird import CONVERGE_TIMEOUT, bird_routes, bird_running
 
 pytestmark = pytest.mark.integration
@@ -50,25 +50,39 @@ def _untimed(value: Any) -> Any:
     return value
 
 
+# The sysctls above, read in the namespace as `sysctl -a` names them (a "." in a device name shown as "/"),
+# after its iptables-save: one process for both, not `sysctl -a`'s walk through every file.
+_RULES_AND_SYSCTLS = ("iptables-save && echo '#podnet-sysctls' && cd /proc/sys && grep -H . net/ipv4/ip_forward "
+                      "net/ipv4/conf/*/proxy_arp net/ipv4/conf/*/forwarding net/ipv4/conf/*/rp_filter "
+                      "net/ipv4/conf/*/route_localnet net/ipv4/neigh/*/proxy_delay")
+
+
+def _sysctl_line(line: str) -> str:
+    """"net/ipv4/conf/flannel.1/forwarding:1" -> "net.ipv4.conf.flannel/1.forwarding = 1" (sysctl's form)."""
+    path, value = line.split(":", 1)
+    return ".".join(part.replace(".", "/") for part in path.split("/")) + " = " + value
+
+
 def _net(ns: str) -> dict[str, Any]:
     """One namespace's state as podnet could change it. Counters and what traffic changes (learned
     neighbours and fdb entries) are left out; ifindex stays in, so a device made again shows."""
-    links = netns_json(ns, "-d", "link", "show")
+    links, addresses, routes, neighbours = netns_json_batch(ns, "link show", "addr show", "route show table all",
+                                                            "neigh show")
     for link in links:
         link.pop("stats", None), link.pop("stats64", None)
-    neigh = [n for n in netns_json(ns, "neigh", "show") if "PERMANENT" in n.get("state", [])]
+    neigh = [n for n in neighbours if "PERMANENT" in n.get("state", [])]
     fdb = [f for f in netns_json(ns, "fdb", "show", tool="bridge") if f.get("state") in ("permanent", "static")]
-    rules = netns_exec(ns, ["iptables-save"], check=True).stdout.splitlines()
-    sysctl = netns_exec(ns, ["sysctl", "-a"], check=True).stdout.splitlines()
+    rules, sysctl = netns_exec(ns, ["sh", "-c", _RULES_AND_SYSCTLS], check=True).stdout.split("#podnet-sysctls\n")
     return _untimed({
         "link": links,
-        "addr": netns_json(ns, "addr", "show"),
-        "route": netns_json(ns, "route", "show", "table", "all"),
+        "addr": addresses,
+        "route": routes,
         "neigh": neigh,
         "fdb": fdb,
         # comment lines carry the time of the dump; counters are [packets:bytes]
-        "iptables": [re.sub(r"\[\d+:\d+\]", "", r) for r in rules if not r.startswith("#")],
-        "sysctl": sorted(line for line in sysctl if SYSCTLS.fullmatch(line.split(" = ")[0])),
+        "iptables": [re.sub(r"\[\d+:\d+\]", "", r) for r in rules.splitlines() if not r.startswith("#")],
+        "sysctl": sorted(line for line in map(_sysctl_line, sysctl.splitlines())
+                         if SYSCTLS.fullmatch(line.split(" = ")[0])),
     })
 
 

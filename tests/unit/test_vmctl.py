@@ -89,4 +89,4 @@ def test_no_guest_fails_the_ipip_test_instead_of_skipping(monkeypatch: pytest.Mo
     reason = "no guest kernel: apt-get download linux-image-6.1.0-99-amd64 failed (rc=100)"
     monkeypatch.setattr(test_ipip_vm, "vm_unavailable_reason", lambda: reason)
     with pytest.raises(pytest.fail.Exception, match="apt-get download"):
-        test_ipip_vm.guest_pytest(test_ipip_vm.ENGINE_TESTS, 60)
+        test_ipip_vm.guest_pytest(test_ipip_vm.GUEST_TESTS, 60)
