@@ -52,9 +52,9 @@ test-quick: setup
 	$(PYTEST) tests/unit tests/tooling tests/integration/test_flannel.py \
 		-k "not (test_flannel.py and flannel-host-gw)" $(PYTEST_ARGS)
 
-# The Ansible-driven guest tests inside a QEMU guest with a stock Debian kernel (this kernel has no ipip or
-# wireguard module): calico-ipip's lab, and WireGuard's keys made and handed round by site.yml; ~55 min under
-# software emulation, so not part of `make test`.
+# The Ansible-driven calico-ipip tests inside a QEMU guest with a stock Debian kernel (this kernel has no ipip
+# module): four site.yml runs, ~40 min under software emulation, so not part of `make test` (which runs the
+# guest's engine tests and its one WireGuard site.yml run; this target runs those too).
 test-ipip-vm: setup
 	PODNET_IPIP_VM=1 $(PY) -m pytest -q tests/integration/test_ipip_vm.py $(PYTEST_ARGS)
 
