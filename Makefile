@@ -53,7 +53,7 @@ test-quick: setup
 		-k "not (test_flannel.py and flannel-host-gw)" $(PYTEST_ARGS)
 
 # The Ansible-driven calico-ipip tests inside a QEMU guest with a stock Debian kernel (this kernel has no ipip
-# module): four site.yml runs, ~40 min under software emulation, so not part of `make test` (which runs the
+# module): four site.yml runs, up to an hour under software emulation, so not part of `make test` (which runs the
 # guest's engine tests and its one WireGuard site.yml run; this target runs those too).
 test-ipip-vm: setup
 	PODNET_IPIP_VM=1 $(PY) -m pytest -q tests/integration/test_ipip_vm.py $(PYTEST_ARGS)

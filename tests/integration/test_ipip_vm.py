@@ -23,7 +23,7 @@ import pytest
 from tests.vm.vmkit import GUEST_ENV, GUEST_HOME, REPO_ROOT, VENV_BIN, run_in_vm, vm_unavailable_reason
 
 # The Ansible-driven calico-ipip tests (site.yml, check mode, drift, reset: four site.yml runs, each minutes under
-# the guest's emulation): opt-in, `make test-ipip-vm` (which sets OPT_IN).
+# the guest's emulation, up to an hour in all): opt-in, `make test-ipip-vm` (which sets OPT_IN).
 GUEST_TIMEOUT = 4500
 OPT_IN = "PODNET_IPIP_VM"
 INNER_TESTS = ("tests/integration/test_calico_ipip.py",)
@@ -101,9 +101,9 @@ def test_calico_ipip_engine_in_a_qemu_guest():
 
 @pytest.mark.timeout(GUEST_TIMEOUT + 300)
 def test_calico_ipip_in_a_qemu_guest():
-    """The Ansible-driven calico-ipip tests (site.yml, check mode, drift, reset): ~40 min, opt-in."""
+    """The Ansible-driven calico-ipip tests (site.yml, check mode, drift, reset): up to an hour, opt-in."""
     if os.environ.get(OPT_IN) != "1":
-        pytest.skip(f"the QEMU guest run takes ~40 min under software emulation here; run `make test-ipip-vm` "
+        pytest.skip(f"the QEMU guest run takes up to an hour under software emulation here; run `make test-ipip-vm` "
                     f"({OPT_IN}=1)")
     count, rest = passed(guest_pytest(INNER_TESTS, GUEST_TIMEOUT))
     assert count >= 4 and "skipped" not in rest, rest
