@@ -13,16 +13,21 @@ description:
     file beside it, flushed to disk, renamed over the old one - so a killed run leaves the old file or the new one,
     never a torn one. A file that already holds exactly this content and mode is not touched.
   - A missing folder is made with I(folder_mode); an existing one keeps its mode.
-  - It runs in the controller's Ansible process (an action plugin): no module is sent anywhere, whatever the
+  - It runs in the controller's Ansible process (an action plugin), and no module is sent anywhere, whatever the
     task's host or C(delegate_to). C(site.yml) keeps the pod subnet leases and the WireGuard public keys with it.
   - A symbolic link or anything but a plain file at I(path) is refused and left alone.
 author:
   - podnet maintainers (@podnet)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.flow
 attributes:
   action:
     support: full
     details: Runs entirely on the controller.
   async:
+    support: none
+  bypass_host_loop:
     support: none
   check_mode:
     support: full
