@@ -50,7 +50,8 @@ options:
     default: 51820
   private_key_file:
     description:
-      - The node's private key file, in C(wg genkey)'s format (made by M(podnet.dataplane.wireguard_key)).
+      - The node's private key file, in C(wg genkey)'s format (made by M(podnet.dataplane.wireguard_key)). It is
+        read without following a symbolic link (a link there is refused), and only into the kernel's request.
       - Omitted, the device's key is left as it is (what C(gathered) gives back, since the kernel does not say
         which file a key came from).
     type: path
