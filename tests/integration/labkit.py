@@ -182,25 +182,26 @@ def netns_json(ns: str, *args: str, tool: str = "ip") -> Any:
     """`ip -n ns -j ARGS` (or `bridge -n ns -j ARGS` with tool="bridge") parsed; [] when it prints nothing."""
     if tool not in ("ip", "bridge"):
         raise ValueError(f"tool must be 'ip' or 'bridge', not {tool!r}")
-    proc = subprocess.run([tool, "-n", ns, "-j", *args], capture_output=True, text=True, timeout=60)
+    out = _checked_output([tool, "-n", ns, "-j", *args])
+    return json.loads(out) if out.strip() else []
+
+
+def _checked_output(argv: Sequence[str], input: str | None = None) -> str:
+    """argv's stdout; CalledProcessError (with its stderr in a note) when it fails."""
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=60, input=input)
     if proc.returncode != 0:
         exc = subprocess.CalledProcessError(proc.returncode, proc.args, proc.stdout, proc.stderr)
         exc.add_note(f"stderr: {proc.stderr.strip()}")  # the exception's own text omits it
         raise exc
-    return json.loads(proc.stdout) if proc.stdout.strip() else []
+    return proc.stdout
 
 
 def netns_json_batch(ns: str, *commands: str) -> list[Any]:
     """`ip -n ns -j -d -batch -` over these commands (each as `ip` takes it, like "route show table all"): one
     `ip` for all of them, their JSON answers in order. Where a process start is dear (the QEMU guest's
     emulation: a quarter of a second each) this is what reading a namespace's state costs."""
-    proc = subprocess.run(["ip", "-n", ns, "-j", "-d", "-batch", "-"], input="".join(f"{c}\n" for c in commands),
-                          capture_output=True, text=True, timeout=60)
-    if proc.returncode != 0:
-        exc = subprocess.CalledProcessError(proc.returncode, proc.args, proc.stdout, proc.stderr)
-        exc.add_note(f"stderr: {proc.stderr.strip()}")
-        raise exc
-    decoder, text, at, answers = json.JSONDecoder(), proc.stdout, 0, []
+    text = _checked_output(["ip", "-n", ns, "-j", "-d", "-batch", "-"], input="".join(f"{c}\n" for c in commands))
+    decoder, at, answers = json.JSONDecoder(), 0, []
     while True:
         while at < len(text) and text[at].isspace():
             at += 1
