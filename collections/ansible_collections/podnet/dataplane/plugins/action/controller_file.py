@@ -65,7 +65,8 @@ class ActionModule(ActionBase):
             return {**result, "failed": True, "msg": refused}
         mode, folder_mode = int(args["mode"], 8), int(args["folder_mode"], 8)
         try:
-            before = files.read_text(path)
+            # the old content only for the diff: converge reads the file itself to compare
+            before = files.read_text(path) if self._task.diff else None
             changed = files.converge(path, args["content"], mode, folder_mode, check=self._task.check_mode)
         except (OSError, UnicodeDecodeError) as exc:
             return {**result, "failed": True, "msg": f"{path}: {getattr(exc, 'strerror', None) or exc}"}
