@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders import subnet_env_text
+from ansible_collections.podnet.dataplane.plugins.module_utils.node.loss_probe import merge
 from ansible_collections.podnet.dataplane.plugins.module_utils.node.render import RenderError, node_commands
 from ansible_collections.podnet.dataplane.plugins.module_utils.plan.plan import (
     CLUSTER_KEYS,
@@ -71,6 +72,12 @@ def ping_matrix(results: list) -> str:
     lost = sum(1 for v in cell.values() if v != "ok")
     lines.append(f"{len(cell)} pairs, {lost} without answer")
     return "\n".join(lines)
+
+
+def probe_loss(results: list) -> list:
+    """Every node's pod_probe reports (its `stopped` results) as one row per pod pair: sent, received, lost,
+    longest_gap_ms."""
+    return merge([report for result in results if result for report in result.get("reports", [])])
 
 
 def subnet_env(values: dict, mtu) -> str:
@@ -141,5 +148,5 @@ def topology_dot(cluster: dict) -> str:
 class FilterModule:
     def filters(self):
         return {"plan": plan, "commands": commands, "pod_sources": pod_sources, "pod_targets": pod_targets,
-                "ping_matrix": ping_matrix, "drift": drift, "subnet_env": subnet_env,
+                "ping_matrix": ping_matrix, "probe_loss": probe_loss, "drift": drift, "subnet_env": subnet_env,
                 "topology_dot": topology_dot, "ping_surprises": ping_surprises}
