@@ -13,8 +13,10 @@ description:
     them on every node before any node's are C(sending), so that no probe goes to a prober not there yet.
   - C(sending) makes this node's probers send, every I(interval_ms), a numbered UDP datagram to each target; each
     records which numbers arrived from which source. A prober runs at most I(bound) seconds, then ends by itself.
-  - C(quiet) makes this node's probers (those of I(sources), when given) stop sending (they keep listening). Quiet every node before any node is
+  - C(quiet) makes this node's probers stop sending (they keep listening). Quiet every node before any node is
     C(stopped), so that a datagram still in flight is not counted lost.
+  - C(sending), C(quiet) and C(stopped) touch only the probers of I(sources) when it is given (nodes that share a
+    I(state_dir), as the namespace lab's do), all of I(state_dir)'s otherwise.
   - C(stopped) ends the probers (after half a second more of listening), returns their reports and removes their
     files. P(podnet.dataplane.probe_loss#filter) turns every node's reports into lost probes per pod pair.
   - The probers are this node's processes under I(state_dir); podnet signals only a process whose PID and start
@@ -214,7 +216,7 @@ def start(module: AnsibleModule, p: dict) -> dict:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True, close_fds=True)
         started = None
-        for _ in range(100):
+        for _attempt in range(100):
             started = start_time(proc.pid)
             if started:
                 break

@@ -8,7 +8,8 @@ prober that is not there yet is not counted lost). Every ``interval`` it then se
 ``"<source name> <tick>"``, with the tick counting from 0; it counts what it sent to each target and records which
 ticks arrived from each source. It stops sending on SIGUSR1 (the quiet phase: every node stops sending before any
 stops listening, so a probe still in flight is not counted lost), and on SIGTERM, or when its time bound runs out,
-it listens for a short grace period more, writes its report (atomically) and ends. The report lists received ticks as ranges, so a report stays small while nothing is lost.
+it listens for a short grace period more, writes its report (atomically) and ends. The report lists received
+ticks as ranges, so a report stays small while nothing is lost.
 
 ``merge(reports)`` turns every pod's report into one row per (source, target) pair: sent, received, lost, and the
 longest run of consecutive lost ticks (times the interval: the longest outage that pair saw).
@@ -109,7 +110,7 @@ class Prober:
                 data, _peer = self.sock.recvfrom(512)
             except (BlockingIOError, InterruptedError):
                 return
-            source, _, tick = data.decode("utf-8", "replace").rpartition(" ")
+            source, _space, tick = data.decode("utf-8", "replace").rpartition(" ")
             if source and tick.isdigit():
                 self.received.setdefault(source, set()).add(int(tick))
 
