@@ -325,6 +325,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.node.node_apply i
     StepFailed,
     node_steps,
     owned_or_refuse,
+    prepare,
     record_for_boot,
     reset_steps,
     summary,
@@ -363,16 +364,21 @@ def main() -> None:
             outcome["lock"] = lock.acquire(p["lock"]["wait_timeout"])
         except (LockTimeout, LockError) as exc:
             module.fail_json(msg=str(exc))
-    run = NodeRun(module, node.get("take_over"))
+    # a check-mode run previews the whole change, whichever phase is asked for
+    phase = "all" if module.check_mode or deleting else p["phase"]
+    run = NodeRun(module, node.get("take_over"), phase)
     try:
         with shared_reads() as reads:  # one kernel read per namespace, again only after a write there
             try:
                 if deleting:
                     reset_steps(run)
+                elif phase == "prepare":
+                    outcome["pending"] = prepare(run, node)
                 else:
                     owned_or_refuse(run, node, p["rt_protos_file"])
                     node_steps(run, node)
                     record_for_boot(run)
+                    outcome["pending"] = phase != "all"
             finally:
                 outcome["kernel_reads"] = dict(sorted(reads.reads.items()))
     except StepFailed as exc:

@@ -112,7 +112,13 @@ ARGUMENT_SPEC = {
     # every node's WireGuard public key by inventory name (made on the nodes: podnet.dataplane.wireguard_key)
     "wireguard_keys": {"type": "dict", "default": {}, "no_log": False},  # public keys: nothing to hide
     "wireguard_key_dir": {"type": "path", "default": DEFAULT_KEY_DIR},
+    "phase": {"type": "str", "choices": ["all", "prepare", "switch"], "default": "all"},
 }
+# A change of path across nodes, made before broken (site.yml runs each phase on every node before the next):
+# "prepare" adds only - the new devices and their peers, routes to destinations not routed yet; "switch"
+# moves the traffic - routes replaced in place, pods, rules, files, BIRD - with every old device kept, so
+# that a peer not switched yet still reaches this node; "all" is the whole run, the old devices removed.
+PHASES = ("prepare", "switch", "all")
 SUBNET_ENV_MODE = 0o644
 FILE_MODE = SUBNET_ENV_MODE  # every file node_apply writes
 # Boot records node_apply keeps beside the resources' (persist.py): its files, and the calico role's BIRD.
@@ -168,19 +174,28 @@ class NodeRun:
 
     rendering = False
 
-    def __init__(self, module, take_over: list[str] | None = None):
+    def __init__(self, module, take_over: list[str] | None = None, phase: str = "all"):
         self.module = module
+        self.phase = phase
         self.results: list[dict[str, Any]] = []
         self.take_over = list(take_over or [])
         # the node's devices as read before the first step (owned_or_refuse): name -> alias
         self.aliases: dict[str, str | None] = {}
+        # the destinations routed in the node's main table before the first step (owned_or_refuse)
+        self.routed: set[str] = set()
         # the files this run wrote (path -> (content, mode)): what the boot restore writes again
         self.files: dict[str, tuple[str, int]] = {}
         # the daemons this run keeps running (BIRD): what the boot restore starts again
         self.services: list[dict[str, Any]] = []
 
+    @property
+    def cleans(self) -> bool:
+        """Whether this run removes what the node's backend does not use (the last phase)."""
+        return self.phase == "all"
+
     def resource(self, step: str, resource: str, **params: Any) -> dict[str, Any]:
-        params["persist_dir"] = self.module.params["persist_dir"]
+        # the boot records describe a finished run: a reboot between phases brings back the earlier state whole
+        params["persist_dir"] = self.module.params["persist_dir"] if self.cleans else None
         if "take_over" in RESOURCES[resource].ARGUMENT_SPEC:
             params.setdefault("take_over", self.take_over)
         sub = StepModule(self.module, step, resource, params)
@@ -302,12 +317,6 @@ def _pod_mtu(node: dict[str, Any], *device_results: dict[str, Any] | None) -> in
     return int(node.get("mtu") or node["render_mtu"])
 
 
-def _other_vteps(run: NodeRun, node: dict[str, Any]) -> None:
-    own = (node.get("vtep") or {}).get("name")
-    for name in run.module.params["other_vteps"]:
-        # a device of that name that is not podnet's is someone else's: left alone, and no run of its own
-        if name != own and (name not in run.aliases or is_owned_alias(run.aliases[name])):
-            run.resource(f"no VXLAN endpoint {name}", "vxlan_fdb", name=name, state="deleted")
 
 
 # The tunnel devices a node may have: calico's IPIP (the fallback tunl0) and the UDP transport's own device.
@@ -315,12 +324,8 @@ TUNNELS = ((IPIP_FALLBACK, "IPIP tunnel"), (UDP_DEVICE, "UDP tunnel (foo-over-UD
 
 
 def tunnel_steps(run: NodeRun, node: dict[str, Any]) -> dict[str, Any] | None:
-    """Nothing left of a tunnel device the node's transport does not use, then the node's IPIP or UDP tunnel
-    (its result; None without one)."""
+    """The node's IPIP or UDP tunnel (its result; None without one)."""
     t = node.get("tunnel") or {}
-    for name, what in TUNNELS:
-        if name != t.get("name"):
-            run.resource(f"no {what}", "ipip_tunnel", name=name, state="deleted")
     if not t:
         return None
     # a run derives the MTU from the node's underlay device; a render takes the planner's
@@ -355,16 +360,10 @@ def unknown_keys_message(unknown: list[str]) -> str:
 
 
 def wireguard_steps(run: NodeRun, node: dict[str, Any]) -> dict[str, Any] | None:
-    """Nothing left of a WireGuard device the node's transport does not use, then the node's own (its result;
-    None without one): its key file, port and peers, each peer with the public key its node made. A peer
+    """The node's WireGuard device (its result; None without one): its key file, port and peers, each peer with the public key its node made. A peer
     whose key is not known yet is one whose key this very run makes: a check-mode run shows the device
     without it (a run that changes the node has stopped before its first change: owned_or_refuse)."""
     w = node.get("wireguard") or {}
-    folder = w.get("key_dir") or run.module.params["wireguard_key_dir"]
-    for name in WIREGUARD_DEVICES:
-        if name != w.get("name"):
-            run.resource(f"no WireGuard device {name}", "wireguard_tunnel", name=name, state="deleted")
-            no_wireguard_key(run, folder, name)
     if not w:
         return None
     peers, unknown = wireguard_peers(node, run.module.params["wireguard_keys"] or {})
@@ -397,6 +396,47 @@ def no_wireguard_key(run: NodeRun, folder: str, device: str) -> None:
                                      "after": ""}})
 
 
+def transport_steps(run: NodeRun, node: dict[str, Any]) -> tuple[dict[str, Any] | None, ...]:
+    """The devices that carry the node's pod traffic to its peers - VTEP and static peers, IPIP or UDP tunnel,
+    WireGuard device - each one's result, None where the transport has none."""
+    vtep = None
+    if node.get("vtep"):
+        vtep = run.resource("VXLAN endpoint and static peers", "vxlan_fdb", **_vtep_params(node["vtep"]))
+    return vtep, tunnel_steps(run, node), wireguard_steps(run, node)
+
+
+def no_other_paths(run: NodeRun, node: dict[str, Any]) -> None:
+    """Nothing left of a VTEP, tunnel or WireGuard device (and its key) that the node's transport does not use.
+    After the routes: every route through them has moved to the node's own path by then, so deleting them
+    (the kernel drops a device's routes with it) loses nothing."""
+    own = (node.get("vtep") or {}).get("name")
+    for name in run.module.params["other_vteps"]:
+        # a device of that name that is not podnet's is someone else's: left alone, and no run of its own
+        if name != own and (name not in run.aliases or is_owned_alias(run.aliases[name])):
+            run.resource(f"no VXLAN endpoint {name}", "vxlan_fdb", name=name, state="deleted")
+    for name, what in TUNNELS:
+        if name != (node.get("tunnel") or {}).get("name"):
+            run.resource(f"no {what}", "ipip_tunnel", name=name, state="deleted")
+    w = node.get("wireguard") or {}
+    folder = w.get("key_dir") or run.module.params["wireguard_key_dir"]
+    for name in WIREGUARD_DEVICES:
+        if name != w.get("name"):
+            run.resource(f"no WireGuard device {name}", "wireguard_tunnel", name=name, state="deleted")
+            no_wireguard_key(run, folder, name)
+
+
+def peer_routes(run: NodeRun, node: dict[str, Any], step: str) -> None:
+    """The routes to the peers' pods. Each is written with NLM_F_REPLACE, so a route that changes its path
+    changes it in one step. The prepare phase adds only the destinations that nothing routes yet: a route
+    that exists keeps its path until the switch."""
+    if run.phase == "prepare":
+        new = [route for route in node["routes"] if route_destination(str(route["dst"])) not in run.routed]
+        if new:
+            run.resource(step + " (new destinations only)", "pod_route", routes=new, state="merged")
+        return
+    run.resource(step, "pod_route", routes=node["routes"], state="overridden", networks=_route_networks(node))
+
+
 def wanted_devices(node: dict[str, Any]) -> list[str]:
     """The devices of the node's namespace that the node's backend creates or configures."""
     names = [(node.get(key) or {}).get("name") for key in ("vtep", "tunnel", "wireguard", "bridge")]
@@ -420,6 +460,7 @@ def owned_or_refuse(run: NodeRun, node: dict[str, Any], rt_protos_file: str | No
     with Engine() as engine:
         have = engine.gather({Route, FouPort})
     run.aliases = {o.name: o.alias for o in have.of_type(Link) if o.netns is None}
+    run.routed = {o.dst for o in have.of_type(Route) if o.netns is None}
     want = [Link(name=name) for name in wanted_devices(node)] + [Route(dst=dst) for dst in wanted_routes(node)]
     # BIRD's routes are podnet's when podnet's BIRD made them (a node leaving bird mode stops it first)
     bird = (RTPROT_BIRD,) if bird_conf_is_podnets(run.module.params["bird_dir"]) else ()
@@ -461,18 +502,17 @@ def apply_flannel(run: NodeRun, node: dict[str, Any]) -> None:
     peers (vxlan), routes, bridge and pods, masquerade, subnet.env; and nothing left of another backend (its
     VTEP, tunl0, BIRD, proxy-ARP settings)."""
     p = run.module.params
-    vtep = None
-    if node.get("vtep"):
-        vtep = run.resource("VXLAN endpoint and static peers", "vxlan_fdb", **_vtep_params(node["vtep"]))
-    _other_vteps(run, node)
-    tunnel = tunnel_steps(run, node)
-    wireguard = wireguard_steps(run, node)
-    # before the routes: podnet's BIRD of a calico-bgp run withdraws its routes as it goes
-    no_bird(run, p["bird_dir"], p["birdc"])
-    run.resource("routes to every peer's pod subnet", "pod_route", routes=node["routes"], state="overridden",
-                 networks=_route_networks(node))
-    run.resource("no proxy-ARP settings of a routed backend", "proxy_arp", interfaces=["cali*"],
-                 state_file=p["proxy_arp_state_file"], state="deleted")
+    vtep, tunnel, wireguard = transport_steps(run, node)
+    if run.cleans:
+        # before the routes: podnet's BIRD of a calico-bgp run withdraws its routes as it goes
+        no_bird(run, p["bird_dir"], p["birdc"])
+    peer_routes(run, node, "routes to every peer's pod subnet")
+    if run.phase == "prepare":
+        return
+    if run.cleans:
+        no_other_paths(run, node)
+        run.resource("no proxy-ARP settings of a routed backend", "proxy_arp", interfaces=["cali*"],
+                     state_file=p["proxy_arp_state_file"], state="deleted")
     mtu = _pod_mtu(node, vtep, tunnel, wireguard)
     run.resource("pod bridge, pods and forwarding", "pod_network", bridge=node["bridge"], mtu=mtu,
                  pods=node["pods"], state="overridden")
@@ -486,24 +526,24 @@ def apply_calico(run: NodeRun, node: dict[str, Any]) -> None:
     """calico-bgp / calico-ipip / calico-vxlan / canal and the routed backends: VTEP or tunnel, pods
     wired the routed way with proxy ARP, routes, masquerade, subnet.env only for canal."""
     p = run.module.params
-    _other_vteps(run, node)
-    vtep = None
-    if node.get("vtep"):
-        vtep = run.resource("VXLAN endpoint and static peers", "vxlan_fdb", **_vtep_params(node["vtep"]))
-    tunnel = tunnel_steps(run, node)
-    mtu = _pod_mtu(node, vtep, tunnel, wireguard_steps(run, node))
+    vtep, tunnel, wireguard = transport_steps(run, node)
+    if run.phase == "prepare":
+        peer_routes(run, node, "routes to every peer's block")
+        return
+    mtu = _pod_mtu(node, vtep, tunnel, wireguard)
     run.resource("pods wired the routed way", "pod_network", mode="routed", mtu=mtu, pods=node["pods"],
                  state="overridden")
     if node["pods"]:
         run.resource("proxy ARP and forwarding on the pods' host interfaces", "proxy_arp",
                      interfaces=[pod["host_interface"] for pod in node["pods"]], settings=p["pod_sysctls"],
                      state_file=p["proxy_arp_state_file"], state="merged")
-    if not runs_bird(node):
+    if not runs_bird(node) and run.cleans:
         # before the static routes: a BIRD of an earlier bird run withdraws its routes, so the static ones
         # take destinations that are free, not BIRD's
         no_bird(run, p["bird_dir"], p["birdc"])
-    run.resource("routes to every peer's block", "pod_route", routes=node["routes"], state="overridden",
-                 networks=_route_networks(node))
+    peer_routes(run, node, "routes to every peer's block")
+    if run.cleans:
+        no_other_paths(run, node)
     run.resource("masquerade rules", "iptables_rules", rules=node["iptables"], state="overridden")
     content = subnet_env_text(node["subnet_env"], mtu) if node.get("subnet_env") else None
     run.file("subnet.env of flannel (canal only)", p["subnet_env"], content)
@@ -643,7 +683,7 @@ def record_for_boot(run: NodeRun) -> None:
     """What the boot restore needs beyond the resources' own records: the files this run wrote (subnet.env
     lives on tmpfs and is gone after a reboot) and the daemons it keeps running (none: the record goes)."""
     directory = run.module.params["persist_dir"]
-    if not directory or run.module.check_mode:
+    if not directory or run.module.check_mode or not run.cleans:
         return
     persist.save(directory, FILES_RECORD, files=[{"path": path, "content": content, "mode": f"{mode:04o}"}
                                                  for path, (content, mode) in sorted(run.files.items())])
@@ -672,11 +712,47 @@ def node_steps(run: NodeRun, node: dict[str, Any]) -> None:
     p = run.module.params
     name_route_protocol(run, p["rt_protos_file"])
     backend_of(node)(run, node)
-    if p["policy"] is not None:
+    if p["policy"] is not None and run.phase != "prepare":
         apply_policy(run, p["policy"])
     if run.rendering and runs_bird(node) and not p["bird"]:
         run.lines.append(comment_line("the routes to the other nodes' pods come from BIRD (podnet_calico_bgp: "
                                       "bird): site.yml writes its bird.conf and starts it"))
+
+
+class CheckView:
+    """The module as a check-mode run sees it: the same options, nothing written."""
+
+    check_mode = True
+
+    def __init__(self, module):
+        self._module = module
+        self.params = module.params
+
+    def get_bin_path(self, *args: Any, **kwargs: Any):
+        return self._module.get_bin_path(*args, **kwargs)
+
+    def run_command(self, *args: Any, **kwargs: Any):
+        return self._module.run_command(*args, **kwargs)
+
+
+def prepare(run: NodeRun, node: dict[str, Any]) -> bool:
+    """The prepare phase (run.phase), then whether the later phases have anything left to do. When they have
+    not - a re-run, a new node's routes and peers, a new pod's route: what adds only - the whole run is
+    finished here (the node's records written), and site.yml skips the node's later phases."""
+    owned_or_refuse(run, node, run.module.params["rt_protos_file"])
+    node_steps(run, node)
+    # what the whole run would still change, read after the prepare's writes
+    preview = NodeRun(CheckView(run.module), run.take_over)
+    preview.aliases, preview.routed = run.aliases, run.routed
+    node_steps(preview, node)
+    if any(result.get("changed") for result in preview.results):
+        return True
+    finish = NodeRun(run.module, run.take_over)
+    finish.aliases, finish.routed = run.aliases, run.routed
+    node_steps(finish, node)
+    record_for_boot(finish)
+    run.results += finish.results
+    return False
 
 
 def render_node(node: dict[str, Any], kernel: str, options: dict[str, Any] | None = None) -> list[str]:
