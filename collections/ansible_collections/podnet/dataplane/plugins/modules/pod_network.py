@@ -39,6 +39,18 @@ options:
     type: str
     choices: [bridge, routed]
     default: bridge
+  host_sysctls:
+    description:
+      - I(mode=routed) only - sysctls set on each pod's host interface in the same batch that creates its veth,
+        before the pod's end gets its address and routes; C({}) in a name stands for the interface
+        (C(net.ipv4.conf.{}.NAME) or C(net.ipv4.neigh.{}.NAME), whole-number values), as in
+        M(podnet.dataplane.proxy_arp)'s I(settings).
+      - Calico's CNI plugin sets proxy ARP and C(proxy_delay=0) on a new veth before the pod runs; set later, the
+        pod's first ARP for C(169.254.1.1) goes unanswered, or is answered after a random delay of up to
+        0.8 s. M(podnet.dataplane.node_apply) passes the pods' sysctls here; M(podnet.dataplane.proxy_arp) still
+        remembers and gives back what it changes.
+    type: dict
+    default: {}
   bridge:
     description: The pod bridge (I(mode=bridge) only).
     type: dict

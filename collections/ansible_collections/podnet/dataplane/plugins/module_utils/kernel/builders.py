@@ -195,14 +195,17 @@ def proxy_arp_objects(interface: str, values: dict[str, Any] | None = None) -> l
 
 
 def pod_network_argvs(bridge: dict[str, Any] | None, pods: list[dict[str, Any]], mtu: int | None,
-                      mode: str = "bridge") -> list[list[str]]:
-    """The bridge and pods as typed on a fresh host, one argument vector per command."""
+                      mode: str = "bridge", host_sysctls: dict[str, Any] | None = None) -> list[list[str]]:
+    """The bridge and pods as typed on a fresh host, one argument vector per command; a routed pod's host-side
+    settings (host_sysctls) right after its veth, before the pod's end is configured."""
     argvs = [a for o in bridge_objects(bridge, mtu) for a in o.add_argvs()] if bridge else []
     for pod in pods:
         host_side, pod_side = pod_objects(pod, bridge["name"] if bridge else None, mtu, mode)
         argvs.append(["ip", "netns", "add", pod["netns"]])
         link, *host_routes = host_side
         argvs += link.add_argvs()
+        if mode == "routed" and host_sysctls:
+            argvs += [a for o in proxy_arp_objects(link.name, host_sysctls) for a in o.add_argvs()]
         for obj in pod_side:  # the pod's end of the veth already exists: only configure it
             argvs += obj.update_argvs(["mtu", "up"]) if isinstance(obj, Link) else obj.add_argvs()
         argvs += [a for o in host_routes for a in o.add_argvs()]
@@ -210,9 +213,9 @@ def pod_network_argvs(bridge: dict[str, Any] | None, pods: list[dict[str, Any]],
 
 
 def pod_network_commands(bridge: dict[str, Any] | None, pods: list[dict[str, Any]], mtu: int | None,
-                         mode: str = "bridge") -> list[str]:
+                         mode: str = "bridge", host_sysctls: dict[str, Any] | None = None) -> list[str]:
     """The bridge and pods as typed on a fresh host."""
-    return [shell_line(argv) for argv in pod_network_argvs(bridge, pods, mtu, mode)]
+    return [shell_line(argv) for argv in pod_network_argvs(bridge, pods, mtu, mode, host_sysctls)]
 
 
 def sysctl_objects(sysctls: dict[str, Any]) -> list[KObject]:

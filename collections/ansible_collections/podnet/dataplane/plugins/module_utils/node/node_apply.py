@@ -532,7 +532,7 @@ def apply_calico(run: NodeRun, node: dict[str, Any]) -> None:
         return
     mtu = _pod_mtu(node, vtep, tunnel, wireguard)
     run.resource("pods wired the routed way", "pod_network", mode="routed", mtu=mtu, pods=node["pods"],
-                 state="overridden")
+                 host_sysctls=p["pod_sysctls"], state="overridden")
     if node["pods"]:
         run.resource("proxy ARP and forwarding on the pods' host interfaces", "proxy_arp",
                      interfaces=[pod["host_interface"] for pod in node["pods"]], settings=p["pod_sysctls"],

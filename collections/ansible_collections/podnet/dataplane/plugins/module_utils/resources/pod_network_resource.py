@@ -18,6 +18,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders i
     host_veth_name,
     pod_network_commands,
     pod_objects,
+    proxy_arp_objects,
     sysctl_objects,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink import (
@@ -43,6 +44,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.node.persist impo
 from ansible_collections.podnet.dataplane.plugins.module_utils.plan.validate import (
     check_interface_name,
     check_ipv4,
+    check_pod_sysctls,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.resources.resource import (
     STATES,
@@ -67,6 +69,7 @@ ARGUMENT_SPEC = {
     "bridge": {"type": "dict", "options": {"name": {"type": "str", "default": "cni0"},
                                            "address": {"type": "str", "required": True}}},
     "mtu": {"type": "int"},
+    "host_sysctls": {"type": "dict", "default": {}},
     "forwarding": {"type": "bool", "default": True},
     "persist_dir": PERSIST_OPTION,
     "take_over": TAKE_OVER_OPTION,
@@ -86,6 +89,7 @@ def input_problems(p: dict[str, Any]) -> list[str]:
             problems.append("bridge: not used with mode=routed")
     elif not routed and p["state"] not in ("deleted", "gathered"):
         problems.append("bridge: required with mode=bridge")
+    problems += check_pod_sysctls("host_sysctls", p["host_sysctls"])
     for i, pod in enumerate(p["pods"]):
         naming = calico_veth_name if routed else host_veth_name
         pod["host_interface"] = pod["host_interface"] or naming(pod["netns"], pod["interface"])
@@ -109,7 +113,16 @@ def node_wants(module: AnsibleModule) -> list:
         want += bridge_objects(p["bridge"], p["mtu"])
     for pod in p["pods"]:
         want += pod_objects(pod, p["bridge"]["name"] if p["bridge"] else None, p["mtu"], p["mode"])[0]
-    return want
+    return want + host_sysctl_objects(p)
+
+
+def host_sysctl_objects(p: dict[str, Any]) -> list:
+    """The routed pods' host-side settings, written in the batch that creates their veths: a pod configured
+    after them gets its first ARP for the gateway answered at once (a proxy ARP switched on later would
+    leave the pod waiting for its retry)."""
+    if p["mode"] != "routed" or not p["host_sysctls"]:
+        return []
+    return [o for pod in p["pods"] for o in proxy_arp_objects(pod["host_interface"], p["host_sysctls"])]
 
 
 def node_purge(module: AnsibleModule, have):
@@ -179,7 +192,7 @@ class PodNetwork(NetlinkResource):
     def rendered(self) -> dict[str, Any]:
         p = self.p
         lines = sysctl_objects({"net.ipv4.ip_forward": 1})[0].add_commands() if p["forwarding"] else []
-        return {"rendered": lines + pod_network_commands(p["bridge"], p["pods"], p["mtu"], p["mode"])}
+        return {"rendered": lines + pod_network_commands(p["bridge"], p["pods"], p["mtu"], p["mode"], p["host_sysctls"])}
 
     @contextmanager
     def reading(self) -> Iterator[KernelState]:
@@ -189,7 +202,8 @@ class PodNetwork(NetlinkResource):
             yield have
 
     def sysctls(self) -> list[str]:
-        return ["net.ipv4.ip_forward"] if self.p["forwarding"] or self.state == "gathered" else []
+        forwarding = ["net.ipv4.ip_forward"] if self.p["forwarding"] or self.state == "gathered" else []
+        return forwarding + [o.name for o in host_sysctl_objects(self.p)]
 
     def gathered(self, have: KernelState) -> dict[str, Any]:
         return gathered(have, self.p["bridge"]["name"] if self.p["bridge"] else "cni0")

@@ -31,7 +31,10 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.node.persist impo
     PERSIST_OPTION,
     persist_result,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.plan.validate import check_interface_name
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.validate import (
+    check_interface_name,
+    check_pod_sysctls,
+)
 from ansible_collections.podnet.dataplane.plugins.module_utils.resources.resource import (
     STATES,
     Resource,
@@ -91,8 +94,8 @@ class ProxyArp(Resource):
 
     def problems(self) -> list[str]:
         self.settings = {name: str(value) for name, value in self.p["settings"].items()}
-        return [m for pat in self.p["interfaces"] if not is_pattern(pat)
-                for m in check_interface_name("interfaces", pat)]
+        names = [m for pat in self.p["interfaces"] if not is_pattern(pat) for m in check_interface_name("interfaces", pat)]
+        return names + check_pod_sysctls("settings", self.p["settings"])
 
     def rendered(self) -> dict[str, Any]:
         names = [pat for pat in self.p["interfaces"] if not is_pattern(pat)]
