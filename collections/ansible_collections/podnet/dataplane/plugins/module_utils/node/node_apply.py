@@ -284,7 +284,10 @@ class RenderRun(NodeRun):
         if params.get("state") == "deleted":
             return self.keep(step, resource, {"changed": False, "commands": []})
         result = super().resource(step, resource, **dict(params, state="rendered"))
-        self.lines += result["rendered"]
+        # a routed pod's settings come with its veth (pod_network) and again from proxy_arp, which then finds
+        # them set and changes nothing: the script sets them once, where the run does
+        self.lines += [line for line in result["rendered"]
+                       if not (line.startswith("sysctl -w ") and line in self.lines)]
         return result
 
     def file(self, step: str, path: str, content: str | None) -> dict[str, Any]:
