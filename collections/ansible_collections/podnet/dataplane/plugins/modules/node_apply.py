@@ -14,23 +14,24 @@ description:
     and C(podnet.dataplane.calico) roles are that role with the pod wiring they apply). Each piece is done by
     the code of its own module, in this order and with these states - so results, check mode, diffs and
     error messages are that module's.
-  - "flannel backends: M(podnet.dataplane.vxlan_fdb) (the VTEP and static peers, flannel-vxlan),
-    M(podnet.dataplane.vxlan_fdb) C(deleted) for every other VTEP in I(other_vteps),
-    M(podnet.dataplane.ipip_tunnel) for the UDP tunnel C(flannel0) (flannel-udp; C(deleted) otherwise) and
-    C(deleted) for C(tunl0), M(podnet.dataplane.wireguard_tunnel) for C(flannel-wg) (flannel-wireguard;
-    C(deleted) otherwise, with its key) and C(deleted) for C(wireguard.cali), podnet's BIRD of a calico-bgp run stopped (see
-    I(bird_dir)), M(podnet.dataplane.pod_route) C(overridden),
-    M(podnet.dataplane.proxy_arp) C(deleted) on C(cali*), M(podnet.dataplane.pod_network) (bridge)
-    C(overridden), M(podnet.dataplane.iptables_rules) C(overridden), then C(subnet.env)."
-  - "calico and the other routed backends: M(podnet.dataplane.vxlan_fdb) C(deleted) for the other
-    VTEPs, the VTEP (calico-vxlan) or M(podnet.dataplane.ipip_tunnel) for C(tunl0) (calico-ipip) or C(flannel0)
-    (the UDP transport) or M(podnet.dataplane.wireguard_tunnel) for C(wireguard.cali) (calico-wireguard;
-    C(flannel-wg) for canal over WireGuard), each C(deleted) where the transport is not its own,
-    M(podnet.dataplane.pod_network) (routed) C(overridden), M(podnet.dataplane.proxy_arp) on the pods'
-    host interfaces, M(podnet.dataplane.pod_route) C(overridden),
-    M(podnet.dataplane.iptables_rules) C(overridden), then C(subnet.env) for canal (removed otherwise),
-    then BIRD (I(bird)) where the node's BGP runs on it - or, where it does not, podnet's BIRD of an
-    earlier run stopped before the routes."
+  - "flannel backends: the node's path - M(podnet.dataplane.vxlan_fdb) (the VTEP and static peers,
+    flannel-vxlan), M(podnet.dataplane.ipip_tunnel) for the UDP tunnel C(flannel0) (flannel-udp),
+    M(podnet.dataplane.wireguard_tunnel) for C(flannel-wg) (flannel-wireguard) -, podnet's BIRD of a calico-bgp
+    run stopped (see I(bird_dir)), M(podnet.dataplane.pod_route) C(overridden), then every other path
+    C(deleted) (the other VTEPs in I(other_vteps), C(tunl0), C(flannel0), C(flannel-wg) and C(wireguard.cali)
+    with their keys), M(podnet.dataplane.proxy_arp) C(deleted) on C(cali*), M(podnet.dataplane.pod_network)
+    (bridge) C(overridden), M(podnet.dataplane.iptables_rules) C(overridden), then C(subnet.env)."
+  - "calico and the other routed backends: the node's path - the VTEP (calico-vxlan, canal) or
+    M(podnet.dataplane.ipip_tunnel) for C(tunl0) (calico-ipip) or C(flannel0) (the UDP transport) or
+    M(podnet.dataplane.wireguard_tunnel) for C(wireguard.cali) (calico-wireguard; C(flannel-wg) for canal over
+    WireGuard) -, M(podnet.dataplane.pod_network) (routed) C(overridden) with the pods' host-side settings
+    (I(pod_sysctls)) set as their veths are made, M(podnet.dataplane.proxy_arp) on the pods' host interfaces,
+    podnet's BIRD of an earlier run stopped where BGP does not run on it, M(podnet.dataplane.pod_route)
+    C(overridden), every other path C(deleted) as above, M(podnet.dataplane.iptables_rules) C(overridden), then
+    C(subnet.env) for canal (removed otherwise), then BIRD (I(bird)) where the node's BGP runs on it."
+  - The other paths go after the routes: every route changes its path in place (C(ip route replace)), and
+    only then are the old devices (and the routes still through them) removed. I(phase) splits a change of
+    path across a cluster into three runs per node, so no node removes a path a peer still sends on."
   - The pods' MTU is the one the VTEP or tunnel got on the node (derived from the real underlay MTU),
     else the node's explicit C(mtu), else the planner's render-time value; C(subnet.env) carries the same.
   - Before the first step, the node is read once to check that every device (VTEP, tunnel, bridge, the pods'
@@ -214,6 +215,23 @@ options:
         devices it removes, and C(deleted) all of podnet's keys (only podnet's).
     type: path
     default: /etc/podnet/wireguard
+  phase:
+    description:
+      - Which part of the run this is, for a change of path made before it is broken across nodes -
+        C(site.yml) runs each phase on every node before any node runs the next.
+      - C(prepare) - only additions - the node's new VTEP and static peers, tunnel or WireGuard device, and
+        the routes to destinations nothing routes yet (a new node's); no route changes its path, nothing is
+        removed, no boot record is written. Then the run reads what the whole run would still change - when
+        nothing (a re-run, a node added or removed elsewhere, a new pod), it finishes the node here and returns
+        C(pending=false).
+      - C(switch) - everything of the node's backend (routes moved to the new path in place, pods, rules,
+        files, BIRD) except removing the other paths, which peers not switched yet still send on.
+      - C(all) - the whole run; after C(switch) on every node, what remains is removing the old paths and
+        writing the boot records.
+      - Check mode always previews the whole run (C(all)), whatever the phase.
+    type: str
+    choices: [all, prepare, switch]
+    default: all
   lock:
     description:
       - Take the node lock before anything else and hold it until the run ends, so no other podnet run
@@ -266,6 +284,24 @@ EXAMPLES = r"""
       owner: "{{ lookup('podnet.dataplane.run_owner') }}"
       path: /run/podnet/node.lock
 
+# A change of path without loss: each phase in its own play (a barrier), on every node (what site.yml does)
+- name: New paths beside the old ones
+  podnet.dataplane.node_apply:
+    node: "{{ podnet_node }}"
+    phase: prepare
+  register: podnet_prepared
+
+- name: Routes moved to the new paths (a later play; old paths kept for the peers not switched yet)
+  podnet.dataplane.node_apply:
+    node: "{{ podnet_node }}"
+    phase: switch
+  when: podnet_prepared.pending
+
+- name: Old paths removed (a later play again, once every node has switched)
+  podnet.dataplane.node_apply:
+    node: "{{ podnet_node }}"
+  when: podnet_prepared.pending
+
 - name: calico-bgp with BIRD - the routes, then BIRD with its configuration, in one run
   podnet.dataplane.node_apply:
     node: "{{ podnet_node }}"
@@ -309,6 +345,13 @@ kernel_reads:
   returned: always
   type: dict
   sample: {"": 1, "pod-a": 1, "pod-b": 1}
+pending:
+  description:
+    - Whether a later phase has work left (I(phase)) - after C(prepare), whether the node's C(switch) and C(all)
+      runs are needed; always true after C(switch), false after C(all) and in check mode.
+  returned: with I(state=overridden)
+  type: bool
+  sample: false
 lock:
   description:
     - With I(lock) (not in check mode) - C(waited) (seconds spent waiting for another run) and, when the
