@@ -29,9 +29,9 @@ description:
     podnet's BIRD of an earlier run stopped where BGP does not run on it, M(podnet.dataplane.pod_route)
     C(overridden), every other path C(deleted) as above, M(podnet.dataplane.iptables_rules) C(overridden), then
     C(subnet.env) for canal (removed otherwise), then BIRD (I(bird)) where the node's BGP runs on it."
-  - The other paths go after the routes: every route changes its path in place (C(ip route replace)), and
+  - The other paths go after the routes - every route changes its path in place (C(ip route replace)), and
     only then are the old devices (and the routes still through them) removed. I(phase) splits a change of
-    path across a cluster into three runs per node, so no node removes a path a peer still sends on."
+    path across a cluster into three runs per node, so no node removes a path a peer still sends on.
   - The pods' MTU is the one the VTEP or tunnel got on the node (derived from the real underlay MTU),
     else the node's explicit C(mtu), else the planner's render-time value; C(subnet.env) carries the same.
   - Before the first step, the node is read once to check that every device (VTEP, tunnel, bridge, the pods'

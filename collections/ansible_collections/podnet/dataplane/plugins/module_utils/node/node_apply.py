@@ -320,8 +320,6 @@ def _pod_mtu(node: dict[str, Any], *device_results: dict[str, Any] | None) -> in
     return int(node.get("mtu") or node["render_mtu"])
 
 
-
-
 # The tunnel devices a node may have: calico's IPIP (the fallback tunl0) and the UDP transport's own device.
 TUNNELS = ((IPIP_FALLBACK, "IPIP tunnel"), (UDP_DEVICE, "UDP tunnel (foo-over-UDP)"))
 
