@@ -122,6 +122,15 @@ def test_changing_flannel_transport_loses_at_most_one_probe_per_pair(lab, invent
     for host in ("node1", "node2", "node3"):
         assert "flannel.1" not in links(lab, host)
         assert {route.get("dev") for route in peer_routes(lab, host).values()} == {"eth0"}
+    # a node that cannot take the change (a VTEP name taken by a device not podnet's) holds every node on the old
+    # path: the others prepared theirs beside it, and nobody switched
+    lab.exec("node3", ["ip", "link", "add", "flannel.1", "type", "dummy"], check=True)
+    refused = lab.run(SITE, inventory=inventories[3], extra_vars={"podnet_backend": "flannel-vxlan"})
+    assert refused.rc != 0 and [refused.failed(h) for h in ("node1", "node2", "node3")] == [0, 0, 1], refused.output
+    for host in ("node1", "node2"):
+        assert links(lab, host)["flannel.1"]["linkinfo"]["info_kind"] == "vxlan"
+        assert {route.get("dev") for route in peer_routes(lab, host).values()} == {"eth0"}
+    lab.exec("node3", ["ip", "link", "del", "flannel.1"], check=True)
     rows = probed(lab, inventories[3], tmp_path / "to-vxlan.json", {"podnet_backend": "flannel-vxlan"})
     assert lost(rows, most=1) == {}
     for host in ("node1", "node2", "node3"):

@@ -33,6 +33,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects im
     Address,
     Link,
     Route,
+    Sysctl,
     is_owned_alias,
     owner_alias,
 )
@@ -196,6 +197,7 @@ class PodNetwork(NetlinkResource):
 
     @contextmanager
     def reading(self) -> Iterator[KernelState]:
+        self.configured: dict[str, list[Change]] = {}  # each pod's end, configured by write() (pod name: changes)
         # the pods' namespaces first: the node side moves each veth's peer into one
         self.missing_netns = ensure_netns(self.module) if self.state not in ("deleted", "gathered") else []
         with super().reading() as have:
@@ -219,11 +221,49 @@ class PodNetwork(NetlinkResource):
                 changes.append(Change("delete", None, bridge))
         return changes
 
+    def grouped(self, planned: list[Change]) -> tuple[list[Change], dict[str, list[Change]], list[Change]]:
+        """The node side's changes in the order they are written: first what belongs to no listed pod, then each
+        pod's own (its old veth deleted, its new one made with its settings and /32 route; its end in the pod is
+        configured right after), and last the deletion of a bridge the bridge wiring left - it takes tens of
+        milliseconds (an RCU grace period) that no pod should spend without a network. So a rewiring leaves each
+        pod unreachable only for its own few milliseconds, however many pods the node has."""
+        owners = {owner_alias(f"{POD_ALIAS_ROLE}:{pod['name']}"): pod["name"] for pod in self.p["pods"]}
+        devices = {pod["host_interface"]: pod["name"] for pod in self.p["pods"]}
+        first: list[Change] = []
+        mine: dict[str, list[Change]] = {pod["name"]: [] for pod in self.p["pods"]}
+        later: list[Change] = []
+        for change in planned:
+            obj = change.obj
+            if isinstance(obj, Link) and change.op == "delete" and obj.alias == owner_alias("bridge"):
+                later.append(change)
+                continue
+            pod = (owners.get(obj.alias or "") if isinstance(obj, Link)
+                   else devices.get(obj.interface or "") if isinstance(obj, Sysctl)
+                   else devices.get(obj.dev or "") if isinstance(obj, Route) and obj.netns is None else None)
+            if self.state == "deleted" or pod is None:
+                first.append(change)
+            else:
+                mine[pod].append(change)
+        return first, mine, later
+
+    def write(self, have: KernelState, planned: list[Change]) -> None:
+        first, mine, later = self.grouped(planned)
+        super().write(have, first)
+        for pod in self.p["pods"] if self.state != "deleted" else []:
+            super().write(have, mine[pod["name"]])
+            self.configured[pod["name"]] = configure_pod(self.module, pod, self.missing_netns)
+        super().write(have, later)
+
     def result(self, planned: list[Change]) -> dict[str, Any]:
-        changes = list(planned)
-        if self.state != "deleted":  # each pod's end, in the pod's namespace, once the node side is in place
-            for pod in self.p["pods"]:
-                changes += configure_pod(self.module, pod, self.missing_netns)
+        first, mine, later = self.grouped(planned)
+        changes = list(first)
+        for pod in self.p["pods"] if self.state != "deleted" else []:
+            # each pod's end, in the pod's namespace, once its node side is in place (configured by write, or
+            # nothing was to write on the node side, or check mode)
+            done = self.configured.get(pod["name"])
+            changes += mine[pod["name"]] + (done if done is not None else
+                                            configure_pod(self.module, pod, self.missing_netns))
+        changes += later
         result = result_for(changes, created_netns=self.missing_netns)
         if self.missing_netns:
             result["changed"] = True
