@@ -28,6 +28,7 @@ SLOW_FIRST = (
     "tests/integration/test_policy.py",
     "tests/integration/test_reliability.py",
     "tests/integration/test_flannel.py",
+    "tests/integration/test_live_changes.py",
     "tests/integration/test_bad_input.py",
     "tests/integration/test_calico_bird.py",
     "tests/integration/test_render_exact.py",

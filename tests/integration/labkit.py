@@ -13,6 +13,7 @@ Typical use (the ``lab`` fixtures in conftest.py wrap this)::
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -23,7 +24,7 @@ import string
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -384,3 +385,12 @@ class Lab:
             self.down()
         except Exception:
             pass  # the safety net in down() has already run
+
+
+@contextlib.contextmanager
+def converged_lab(backend: str, **extra_vars: Any) -> Iterator[Lab]:
+    """A lab converged by site.yml to `backend` (a failed converge fails the test), always torn down."""
+    with Lab(extra_vars={"podnet_backend": backend, **extra_vars}) as lab:
+        result = lab.run("playbooks/site.yml")
+        assert result.rc == 0, result.output
+        yield lab

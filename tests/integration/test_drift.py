@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from .labkit import VXLAN_CHECKSUM_FIXED, Lab, list_netns, set_tx_checksum_argv, tx_checksum
+from .labkit import VXLAN_CHECKSUM_FIXED, Lab, converged_lab, list_netns, set_tx_checksum_argv, tx_checksum
 
 pytestmark = pytest.mark.integration
 
@@ -85,10 +85,7 @@ FLANNEL_DRIFTS = {
 
 @pytest.fixture(scope="module")
 def lab():
-    lab = Lab(extra_vars={"podnet_backend": "flannel-vxlan"})
-    with lab:
-        result = lab.run("playbooks/site.yml")
-        assert result.rc == 0, result.output
+    with converged_lab("flannel-vxlan") as lab:
         foreign_setup(lab)
         lab.foreign = foreign_state(lab)
         yield lab

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .labkit import Lab
+from .labkit import Lab, converged_lab
 
 pytestmark = pytest.mark.integration
 
@@ -19,10 +19,7 @@ HOSTS = ("node1", "node2", "node3")
 
 @pytest.fixture(scope="module")
 def lab():
-    lab = Lab(extra_vars={"podnet_backend": "flannel-vxlan"})
-    with lab:
-        result = lab.run("playbooks/site.yml")
-        assert result.rc == 0, result.output
+    with converged_lab("flannel-vxlan") as lab:
         yield lab
 
 
