@@ -124,7 +124,7 @@ def test_changing_flannel_transport_loses_at_most_one_probe_per_pair(lab, invent
         assert {route.get("dev") for route in peer_routes(lab, host).values()} == {"eth0"}
     # a node that cannot take the change (a VTEP name taken by a device not podnet's) holds every node on the old
     # path: the others prepared theirs beside it, and nobody switched
-    lab.exec("node3", ["ip", "link", "add", "flannel.1", "type", "dummy"], check=True)
+    lab.exec("node3", ["ip", "link", "add", "flannel.1", "type", "bridge"], check=True)
     refused = lab.run(SITE, inventory=inventories[3], extra_vars={"podnet_backend": "flannel-vxlan"})
     assert refused.rc != 0 and [refused.failed(h) for h in ("node1", "node2", "node3")] == [0, 0, 1], refused.output
     for host in ("node1", "node2"):

@@ -352,6 +352,14 @@ pending:
   returned: with I(state=overridden)
   type: bool
   sample: false
+moves_paths:
+  description:
+    - Whether what the later phases have left moves traffic off a path it takes now - a route changed or removed,
+      a device removed (another backend's path, a pod's old veth), podnet's BIRD stopped. C(site.yml) holds
+      such phases back on every node once any node has failed; a node's first converge, which only adds, goes on.
+  returned: with I(state=overridden)
+  type: bool
+  sample: true
 lock:
   description:
     - With I(lock) (not in check mode) - C(waited) (seconds spent waiting for another run) and, when the
@@ -366,10 +374,12 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.node.node_apply i
     ARGUMENT_SPEC,
     NodeRun,
     StepFailed,
+    moves_paths,
     node_steps,
     owned_or_refuse,
     prepare,
     record_for_boot,
+    remaining,
     reset_steps,
     summary,
     with_defaults,
@@ -416,12 +426,14 @@ def main() -> None:
                 if deleting:
                     reset_steps(run)
                 elif phase == "prepare":
-                    outcome["pending"] = prepare(run, node)
+                    outcome.update(prepare(run, node))
                 else:
                     owned_or_refuse(run, node, p["rt_protos_file"])
                     node_steps(run, node)
                     record_for_boot(run)
-                    outcome["pending"] = phase != "all"
+                    # after a switch the last phase always remains: it writes the boot records
+                    outcome.update(pending=phase == "switch", moves_paths=phase == "switch" and moves_paths(
+                        remaining(run, node)))
             finally:
                 outcome["kernel_reads"] = dict(sorted(reads.reads.items()))
     except StepFailed as exc:

@@ -736,24 +736,42 @@ class CheckView:
         return self._module.run_command(*args, **kwargs)
 
 
-def prepare(run: NodeRun, node: dict[str, Any]) -> bool:
-    """The prepare phase (run.phase), then whether the later phases have anything left to do. When they have
-    not - a re-run, a new node's routes and peers, a new pod's route: what adds only - the whole run is
-    finished here (the node's records written), and site.yml skips the node's later phases."""
-    owned_or_refuse(run, node, run.module.params["rt_protos_file"])
-    node_steps(run, node)
-    # what the whole run would still change, read after the prepare's writes
+def remaining(run: NodeRun, node: dict[str, Any]) -> list[dict[str, Any]]:
+    """The steps a whole run would still change, read after this run's writes (check mode: nothing written)."""
     preview = NodeRun(CheckView(run.module), run.take_over)
     preview.aliases, preview.routed = run.aliases, run.routed
     node_steps(preview, node)
-    if any(result.get("changed") for result in preview.results):
-        return True
+    return [result for result in preview.results if result.get("changed")]
+
+
+def moves_paths(results: list[dict[str, Any]]) -> bool:
+    """Whether these steps change where traffic goes now - a route changed or removed, a device removed (another
+    backend's path, a pod's old veth), podnet's BIRD stopped - rather than only add (a node's first converge)."""
+    for result in results:
+        if result["resource"] == "bird" and result["step"].startswith("no BIRD"):
+            return True
+        for change in result.get("changes") or []:
+            if change["op"] == "delete" or (change["op"] == "update" and change["object"]["object"] == "route"):
+                return True
+    return False
+
+
+def prepare(run: NodeRun, node: dict[str, Any]) -> dict[str, bool]:
+    """The prepare phase (run.phase), then what the later phases have left to do: `pending`, and `moves_paths`
+    (whether that moves traffic off a path it takes now). When nothing is left - a re-run, a new node's
+    routes and peers, a new pod's route: what adds only - the whole run is finished here (the node's records
+    written), and site.yml skips the node's later phases."""
+    owned_or_refuse(run, node, run.module.params["rt_protos_file"])
+    node_steps(run, node)
+    left = remaining(run, node)
+    if left:
+        return {"pending": True, "moves_paths": moves_paths(left)}
     finish = NodeRun(run.module, run.take_over)
     finish.aliases, finish.routed = run.aliases, run.routed
     node_steps(finish, node)
     record_for_boot(finish)
     run.results += finish.results
-    return False
+    return {"pending": False, "moves_paths": False}
 
 
 def render_node(node: dict[str, Any], kernel: str, options: dict[str, Any] | None = None) -> list[str]:
