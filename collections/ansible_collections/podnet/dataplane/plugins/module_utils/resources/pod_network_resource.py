@@ -229,6 +229,9 @@ class PodNetwork(NetlinkResource):
         pod unreachable only for its own few milliseconds, however many pods the node has."""
         owners = {owner_alias(f"{POD_ALIAS_ROLE}:{pod['name']}"): pod["name"] for pod in self.p["pods"]}
         devices = {pod["host_interface"]: pod["name"] for pod in self.p["pods"]}
+        # a pod's old veth (another wiring names it otherwise), so its /32 route goes in the pod's turn too
+        devices |= {c.have.name: owners[c.have.alias] for c in planned
+                    if c.op == "delete" and isinstance(c.have, Link) and c.have.alias in owners}
         first: list[Change] = []
         mine: dict[str, list[Change]] = {pod["name"]: [] for pod in self.p["pods"]}
         later: list[Change] = []
