@@ -112,13 +112,12 @@ ARGUMENT_SPEC = {
     # every node's WireGuard public key by inventory name (made on the nodes: podnet.dataplane.wireguard_key)
     "wireguard_keys": {"type": "dict", "default": {}, "no_log": False},  # public keys: nothing to hide
     "wireguard_key_dir": {"type": "path", "default": DEFAULT_KEY_DIR},
+    # A change of path across nodes, made before broken (site.yml runs each phase on every node before the next):
+    # "prepare" adds only - the new devices and their peers, routes to destinations not routed yet; "switch"
+    # moves the traffic - routes replaced in place, pods, rules, files, BIRD - with every old device kept, so
+    # that a peer not switched yet still reaches this node; "all" is the whole run, the old devices removed.
     "phase": {"type": "str", "choices": ["all", "prepare", "switch"], "default": "all"},
 }
-# A change of path across nodes, made before broken (site.yml runs each phase on every node before the next):
-# "prepare" adds only - the new devices and their peers, routes to destinations not routed yet; "switch"
-# moves the traffic - routes replaced in place, pods, rules, files, BIRD - with every old device kept, so
-# that a peer not switched yet still reaches this node; "all" is the whole run, the old devices removed.
-PHASES = ("prepare", "switch", "all")
 SUBNET_ENV_MODE = 0o644
 FILE_MODE = SUBNET_ENV_MODE  # every file node_apply writes
 # Boot records node_apply keeps beside the resources' (persist.py): its files, and the calico role's BIRD.
@@ -361,9 +360,10 @@ def unknown_keys_message(unknown: list[str]) -> str:
 
 
 def wireguard_steps(run: NodeRun, node: dict[str, Any]) -> dict[str, Any] | None:
-    """The node's WireGuard device (its result; None without one): its key file, port and peers, each peer with the public key its node made. A peer
-    whose key is not known yet is one whose key this very run makes: a check-mode run shows the device
-    without it (a run that changes the node has stopped before its first change: owned_or_refuse)."""
+    """The node's WireGuard device (its result; None without one): its key file, port and peers, each peer with
+    the public key its node made. A peer whose key is not known yet is one whose key this very run makes: a
+    check-mode run shows the device without it (a run that changes the node has stopped before its first
+    change: owned_or_refuse)."""
     w = node.get("wireguard") or {}
     if not w:
         return None
