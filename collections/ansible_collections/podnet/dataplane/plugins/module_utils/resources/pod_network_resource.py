@@ -119,8 +119,8 @@ def node_wants(module: AnsibleModule) -> list:
 
 def host_sysctl_objects(p: dict[str, Any]) -> list:
     """The routed pods' host-side settings, written in the batch that creates their veths: a pod configured
-    after them gets its first ARP for the gateway answered at once (a proxy ARP switched on later would
-    leave the pod waiting for its retry)."""
+    after them gets its first ARP for the gateway answered at once (set later, that ARP goes unanswered until
+    the pod retries, or waits out the kernel's default proxy_delay, a random delay of up to 0.8 s)."""
     if p["mode"] != "routed" or not p["host_sysctls"]:
         return []
     return [o for pod in p["pods"] for o in proxy_arp_objects(pod["host_interface"], p["host_sysctls"])]
