@@ -71,7 +71,7 @@ def probed(lab: Lab, inventory: Path, report: Path, *changes: dict) -> dict[tupl
 
 def lost(rows: dict[tuple[str, str], dict], most: int = 0) -> dict[tuple[str, str], dict]:
     """The pairs that lost more than `most` probes."""
-    return {pair: {k: r[k] for k in ("lost", "longest_gap_ms", "lost_ranges")}
+    return {pair: {k: r[k] for k in ("sent", "lost", "longest_gap_ms")}
             for pair, r in rows.items() if r["lost"] > most}
 
 
