@@ -221,9 +221,10 @@ options:
         C(site.yml) runs each phase on every node before any node runs the next.
       - C(prepare) - only additions - the node's new VTEP and static peers, tunnel or WireGuard device, and
         the routes to destinations nothing routes yet (a new node's); no route changes its path, nothing is
-        removed, no boot record is written. Then the run reads what the whole run would still change - when
-        nothing (a re-run, a node added or removed elsewhere, a new pod), it finishes the node here and returns
-        C(pending=false).
+        removed, no boot record is written. Then the run reads what the whole run would still change - unless
+        that moves traffic off a path it takes now (a route changed or removed, a device removed: see
+        C(moves_paths)), as on a re-run, a node's first converge, a node added or removed elsewhere, a new pod,
+        an MTU change, it finishes the node here and returns C(pending=false).
       - C(switch) - everything of the node's backend (routes moved to the new path in place, pods, rules,
         files, BIRD) except removing the other paths, which peers not switched yet still send on.
       - C(all) - the whole run; after C(switch) on every node, what remains is removing the old paths and
@@ -348,7 +349,8 @@ kernel_reads:
 pending:
   description:
     - Whether a later phase has work left (I(phase)) - after C(prepare), whether the node's C(switch) and C(all)
-      runs are needed; always true after C(switch), false after C(all) and in check mode.
+      runs are needed (only when they move traffic off a path); always true after C(switch), false after C(all)
+      and in check mode.
   returned: with I(state=overridden)
   type: bool
   sample: false

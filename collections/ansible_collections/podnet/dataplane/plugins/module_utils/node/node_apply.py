@@ -757,15 +757,15 @@ def moves_paths(results: list[dict[str, Any]]) -> bool:
 
 
 def prepare(run: NodeRun, node: dict[str, Any]) -> dict[str, bool]:
-    """The prepare phase (run.phase), then what the later phases have left to do: `pending`, and `moves_paths`
-    (whether that moves traffic off a path it takes now). When nothing is left - a re-run, a new node's
-    routes and peers, a new pod's route: what adds only - the whole run is finished here (the node's records
-    written), and site.yml skips the node's later phases."""
+    """The prepare phase (run.phase), then whether later phases are needed (`pending`, `moves_paths`): only when
+    what is left moves traffic off a path it takes now. Otherwise - a re-run, a node's first converge, a new
+    node's routes and peers, a new pod, an MTU or policy change - the whole run is finished here (the node's
+    records written), and site.yml skips the node's later phases: one module run, as before phases existed."""
     owned_or_refuse(run, node, run.module.params["rt_protos_file"])
     node_steps(run, node)
     left = remaining(run, node)
-    if left:
-        return {"pending": True, "moves_paths": moves_paths(left)}
+    if moves_paths(left):
+        return {"pending": True, "moves_paths": True}
     finish = NodeRun(run.module, run.take_over)
     finish.aliases, finish.routed = run.aliases, run.routed
     node_steps(finish, node)
