@@ -356,9 +356,12 @@ pending:
   sample: false
 moves_paths:
   description:
-    - Whether what the later phases have left moves traffic off a path it takes now - a route changed or removed,
-      a device removed (another backend's path, a pod's old veth), podnet's BIRD stopped. C(site.yml) holds
-      such phases back on every node once any node has failed; a node's first converge, which only adds, goes on.
+    - Whether what the later phases have left moves traffic off a path it takes now - a route, fdb or neighbour
+      entry changed, a route removed where another of the node's routes takes its traffic, a device removed
+      (another backend's path, the old veth of a pod being rewired), podnet's BIRD stopped. Adding, and removing
+      what leads nowhere any more (a removed node's route and entries, a removed pod), do not.
+    - Only such work makes C(prepare) leave the node C(pending); C(site.yml) holds it back on every node once any
+      node has failed.
   returned: with I(state=overridden)
   type: bool
   sample: true
@@ -435,7 +438,7 @@ def main() -> None:
                     record_for_boot(run)
                     # after a switch the last phase always remains: it writes the boot records
                     outcome.update(pending=phase == "switch", moves_paths=phase == "switch" and moves_paths(
-                        remaining(run, node)))
+                        remaining(run, node), node))
             finally:
                 outcome["kernel_reads"] = dict(sorted(reads.reads.items()))
     except StepFailed as exc:

@@ -22,6 +22,7 @@ from typing import Any
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders import (
     CALICO_HOST_SYSCTLS,
+    POD_ALIAS_ROLE,
     UDP_DEVICE,
     subnet_env_text,
 )
@@ -33,6 +34,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects im
     Link,
     Route,
     is_owned_alias,
+    owner_alias,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.ownership import (
     RT_PROTOS_FILE,
@@ -744,14 +746,27 @@ def remaining(run: NodeRun, node: dict[str, Any]) -> list[dict[str, Any]]:
     return [result for result in preview.results if result.get("changed")]
 
 
-def moves_paths(results: list[dict[str, Any]]) -> bool:
-    """Whether these steps change where traffic goes now - a route changed or removed, a device removed (another
-    backend's path, a pod's old veth), podnet's BIRD stopped - rather than only add (a node's first converge)."""
+def moves_paths(results: list[dict[str, Any]], node: dict[str, Any]) -> bool:
+    """Whether these steps move traffic off a path it takes now: a route, fdb or neighbour entry changed, a route
+    removed where another of the node's routes takes its traffic, a device removed (another backend's path, the
+    old veth of a pod rewired), podnet's BIRD stopped. Not: only adding (a node's first converge), nor removing
+    what leads nowhere any more (a removed node's route and entries, a removed pod's veth)."""
+    wanted = [ipaddress.ip_network(dst) for dst in (route_destination(str(r["dst"])) for r in node.get("routes") or [])
+              if dst]
+    pods = {owner_alias(f"{POD_ALIAS_ROLE}:{pod['name']}") for pod in node.get("pods") or []}
     for result in results:
         if result["resource"] == "bird" and result["step"].startswith("no BIRD"):
             return True
         for change in result.get("changes") or []:
-            if change["op"] == "delete" or (change["op"] == "update" and change["object"]["object"] == "route"):
+            obj, op = change["object"], change["op"]
+            if op == "update" and obj["object"] in ("route", "fdbentry", "neighbour"):
+                return True
+            if op == "delete" and obj["object"] == "route" and any(
+                    ipaddress.ip_network(route_destination(obj["dst"]) or "0.0.0.0/0").overlaps(net) for net in wanted):
+                return True
+            if op == "delete" and obj["object"] == "link" and (
+                    not str(obj.get("alias") or "").startswith(owner_alias(POD_ALIAS_ROLE) + ":")
+                    or obj.get("alias") in pods):
                 return True
     return False
 
@@ -764,7 +779,7 @@ def prepare(run: NodeRun, node: dict[str, Any]) -> dict[str, bool]:
     owned_or_refuse(run, node, run.module.params["rt_protos_file"])
     node_steps(run, node)
     left = remaining(run, node)
-    if moves_paths(left):
+    if moves_paths(left, node):
         return {"pending": True, "moves_paths": True}
     finish = NodeRun(run.module, run.take_over)
     finish.aliases, finish.routed = run.aliases, run.routed
