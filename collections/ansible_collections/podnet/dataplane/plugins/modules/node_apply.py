@@ -222,7 +222,7 @@ options:
       - C(prepare) - only additions - the node's new VTEP and static peers, tunnel or WireGuard device, and
         the routes to destinations nothing routes yet (a new node's); no route changes its path, nothing is
         removed, no boot record is written. Then the run reads what the whole run would still change - unless
-        that moves traffic off a path it takes now (a route changed or removed, a device removed: see
+        that moves traffic off a path it takes now (a route changed or removed, a device removed - see
         C(moves_paths)), as on a re-run, a node's first converge, a node added or removed elsewhere, a new pod,
         an MTU change, it finishes the node here and returns C(pending=false).
       - C(switch) - everything of the node's backend (routes moved to the new path in place, pods, rules,
