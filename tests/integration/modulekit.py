@@ -105,7 +105,7 @@ def node_args(lab: Lab, host: str, node: dict[str, Any] | None, state: str = "ov
     assert node is not None
     if (node.get("bgp") or {}).get("mode") == "bird":
         raise ValueError("BIRD's configuration comes from the node role's template: run site.yml for BIRD")
-    return {**args, "node": node, "pod_sysctls": defaults["podnet_pod_sysctls"],
+    return {**args, "node": node, "pod_sysctls": defaults["podnet_pod_sysctls"], "phase": defaults["podnet_node_phase"],
             "policy": node.get("policy") or {}, "wireguard_keys": {}}
 
 

@@ -190,8 +190,9 @@ def bird_running(lab: Lab, host: str) -> bool:
 
 @pytest.mark.parametrize("other", ["calico-vxlan", "flannel-vxlan"])
 def test_switching_away_stops_bird_and_back_starts_it(mesh_lab, other):
-    """A switch to a backend without BIRD (routed or flannel) stops podnet's BIRD before the static routes
-    take the destinations BIRD held; the switch back starts it again."""
+    """A switch to a backend without BIRD (routed or flannel) puts the static routes beside BIRD's (a lower
+    metric: they win at once), then stops podnet's BIRD, which withdraws only its own; the switch back starts
+    it again."""
     lab = mesh_lab
     away = lab.run("playbooks/site.yml", extra_vars={"podnet_backend": other, "podnet_calico_bgp": "static"})
     assert away.rc == 0, away.output

@@ -144,11 +144,21 @@ def test_concurrent_runs_serialize_and_both_finish(lab):
     assert all(again.changed(h) == 0 for h in NODES), again.recap
 
 
+def prepared(lab: Lab, host: str, old: str, new: str) -> bool:
+    """The node holds the new VTEP beside the old one, and its traffic still takes the old one."""
+    try:
+        objects = podnet_objects(lab, host, old)
+    except subprocess.CalledProcessError:
+        return False
+    return objects == {**expected_objects(old), "vxlan": sorted([VXLAN_DEVICE[old], VXLAN_DEVICE[new]])}
+
+
 def test_a_run_waiting_for_one_node_holds_no_other_node(lab):
     """No lock is held while waiting for another: two overlapping runs cannot deadlock.
 
     (In lockstep, a run holding node1 and waiting for node2 while another run holds node2 and waits for
-    node1 would hang both until the lock timeout.)"""
+    node1 would hang both until the lock timeout.) A switch of VTEP moves traffic, so no node switches before
+    every node holds the new path: node1 and node3 are prepared, and unlocked, while node2 waits."""
     converge = lab.run("playbooks/site.yml", extra_vars={"podnet_backend": "calico-vxlan"})
     assert converge.rc == 0, converge.output
     holder = hold_lock(lock_path(lab, "node2"), {"run": "held"})
@@ -156,9 +166,10 @@ def test_a_run_waiting_for_one_node_holds_no_other_node(lab):
     try:
         deadline = time.monotonic() + 300
         free_nodes = ("node1", "node3")
-        while not all(converged(lab, h, "flannel-vxlan") and lock_is_free(lock_path(lab, h)) for h in free_nodes):
+        while not all(prepared(lab, h, "calico-vxlan", "flannel-vxlan") and lock_is_free(lock_path(lab, h))
+                      for h in free_nodes):
             assert proc.poll() is None, "the run ended while node2 was still locked"
-            assert time.monotonic() < deadline, "node1 and node3 were not converged while node2 was locked"
+            assert time.monotonic() < deadline, "node1 and node3 were not prepared while node2 was locked"
             time.sleep(0.5)
         assert podnet_objects(lab, "node2", "calico-vxlan") == expected_objects("calico-vxlan")  # still waiting
         holder.kill()
@@ -170,7 +181,8 @@ def test_a_run_waiting_for_one_node_holds_no_other_node(lab):
             proc.wait()
         holder.kill()
         holder.wait()
-    assert podnet_objects(lab, "node2", "flannel-vxlan") == expected_objects("flannel-vxlan")
+    for host in NODES:
+        assert podnet_objects(lab, host, "flannel-vxlan") == expected_objects("flannel-vxlan")
 
 
 def test_a_live_lock_blocks_and_a_dead_one_does_not(lab):

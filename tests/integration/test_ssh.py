@@ -76,7 +76,9 @@ def test_wrong_known_hosts_entry_fails(ssh_lab: SSHLab):
     # node1's entry holds node2's host key: a man in the middle, as far as the client can tell
     ssh.write_known_hosts({"node1": ssh.host_key("node2")})
     try:
-        bad = ssh.run(ping, connection=ssh.connection)
+        # Without pipelining the first command sends nothing on ssh's stdin, so the client's refusal is read,
+        # never a broken pipe from writing the module to a client that has already quit.
+        bad = ssh.run(ping, connection=ssh.connection, env={"ANSIBLE_PIPELINING": "False"})
     finally:
         ssh.write_known_hosts()
     assert bad.rc != 0, bad.output

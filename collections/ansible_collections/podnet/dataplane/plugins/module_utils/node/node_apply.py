@@ -184,6 +184,10 @@ class NodeRun:
         self.aliases: dict[str, str | None] = {}
         # the destinations routed in the node's main table before the first step (owned_or_refuse)
         self.routed: set[str] = set()
+        # of those, the ones podnet's own BIRD routes (proto bird, podnet's bird.conf): podnet's to replace
+        self.bird_routes: set[str] = set()
+        # devices this phase leaves to a later one (a WireGuard device whose port another still holds)
+        self.deferred: set[str] = set()
         # the files this run wrote (path -> (content, mode)): what the boot restore writes again
         self.files: dict[str, tuple[str, int]] = {}
         # the daemons this run keeps running (BIRD): what the boot restore starts again
@@ -193,6 +197,12 @@ class NodeRun:
     def cleans(self) -> bool:
         """Whether this run removes what the node's backend does not use (the last phase)."""
         return self.phase == "all"
+
+    def sibling(self, module, phase: str = "all") -> "NodeRun":
+        """Another run of the same node that starts from what this one read before its first step."""
+        other = NodeRun(module, self.take_over, phase)
+        other.aliases, other.routed, other.bird_routes = self.aliases, self.routed, self.bird_routes
+        return other
 
     def resource(self, step: str, resource: str, **params: Any) -> dict[str, Any]:
         # the boot records describe a finished run: a reboot between phases brings back the earlier state whole
@@ -369,6 +379,17 @@ def wireguard_steps(run: NodeRun, node: dict[str, Any]) -> dict[str, Any] | None
     w = node.get("wireguard") or {}
     if not w:
         return None
+    # podnet's WireGuard devices all listen on podnet_wireguard_port: another one of podnet's must go before this
+    # one can bind it. Traffic stays on the old device until the switch; the device is made then.
+    holders = [name for name in WIREGUARD_DEVICES if name != w["name"] and is_owned_alias(run.aliases.get(name))]
+    if holders and run.phase == "prepare":
+        run.deferred.add(w["name"])
+        run.keep("WireGuard device and peers", "wireguard_tunnel", {
+            "changed": False, "commands": [],
+            "msg": f"{w['name']} is made at the switch: {', '.join(holders)} holds the port until then"})
+        return None
+    for name in holders:
+        run.resource(f"no WireGuard device {name} (it holds the port)", "wireguard_tunnel", name=name, state="deleted")
     peers, unknown = wireguard_peers(node, run.module.params["wireguard_keys"] or {})
     step = "WireGuard device and peers"
     if unknown and run.rendering:
@@ -433,11 +454,16 @@ def peer_routes(run: NodeRun, node: dict[str, Any], step: str) -> None:
     changes it in one step. The prepare phase adds only the destinations that nothing routes yet: a route
     that exists keeps its path until the switch."""
     if run.phase == "prepare":
-        new = [route for route in node["routes"] if route_destination(str(route["dst"])) not in run.routed]
+        new = [route for route in node["routes"] if route_destination(str(route["dst"])) not in run.routed
+               and route.get("dev") not in run.deferred]
         if new:
             run.resource(step + " (new destinations only)", "pod_route", routes=new, state="merged")
         return
-    run.resource(step, "pod_route", routes=node["routes"], state="overridden", networks=_route_networks(node))
+    # A node leaving BIRD takes over its BIRD's routes: the static route (metric 0) goes in beside BIRD's
+    # (metric 32) and wins at once; BIRD, stopped in the last phase, deletes only its own (proto bird).
+    take_over = run.take_over + sorted(run.bird_routes) if not runs_bird(node) else run.take_over
+    run.resource(step, "pod_route", routes=node["routes"], state="overridden", networks=_route_networks(node),
+                 take_over=take_over)
 
 
 def wanted_devices(node: dict[str, Any]) -> list[str]:
@@ -465,8 +491,9 @@ def owned_or_refuse(run: NodeRun, node: dict[str, Any], rt_protos_file: str | No
     run.aliases = {o.name: o.alias for o in have.of_type(Link) if o.netns is None}
     run.routed = {o.dst for o in have.of_type(Route) if o.netns is None}
     want = [Link(name=name) for name in wanted_devices(node)] + [Route(dst=dst) for dst in wanted_routes(node)]
-    # BIRD's routes are podnet's when podnet's BIRD made them (a node leaving bird mode stops it first)
+    # BIRD's routes are podnet's when podnet's BIRD made them
     bird = (RTPROT_BIRD,) if bird_conf_is_podnets(run.module.params["bird_dir"]) else ()
+    run.bird_routes = {o.dst for o in have.of_type(Route) if o.netns is None and o.proto in bird}
     problems = foreign_conflicts(want, have.objects, run.take_over, bird)
     foreign_port = foreign_fou_port((node.get("tunnel") or {}).get("fou_port"), have.objects)
     if foreign_port:
@@ -506,13 +533,12 @@ def apply_flannel(run: NodeRun, node: dict[str, Any]) -> None:
     VTEP, tunl0, BIRD, proxy-ARP settings)."""
     p = run.module.params
     vtep, tunnel, wireguard = transport_steps(run, node)
-    if run.cleans:
-        # before the routes: podnet's BIRD of a calico-bgp run withdraws its routes as it goes
-        no_bird(run, p["bird_dir"], p["birdc"])
     peer_routes(run, node, "routes to every peer's pod subnet")
     if run.phase == "prepare":
         return
     if run.cleans:
+        # after the routes, which took over BIRD's destinations: BIRD withdraws only its own routes
+        no_bird(run, p["bird_dir"], p["birdc"])
         no_other_paths(run, node)
         run.resource("no proxy-ARP settings of a routed backend", "proxy_arp", interfaces=["cali*"],
                      state_file=p["proxy_arp_state_file"], state="deleted")
@@ -540,12 +566,11 @@ def apply_calico(run: NodeRun, node: dict[str, Any]) -> None:
         run.resource("proxy ARP and forwarding on the pods' host interfaces", "proxy_arp",
                      interfaces=[pod["host_interface"] for pod in node["pods"]], settings=p["pod_sysctls"],
                      state_file=p["proxy_arp_state_file"], state="merged")
-    if not runs_bird(node) and run.cleans:
-        # before the static routes: a BIRD of an earlier bird run withdraws its routes, so the static ones
-        # take destinations that are free, not BIRD's
-        no_bird(run, p["bird_dir"], p["birdc"])
     peer_routes(run, node, "routes to every peer's block")
     if run.cleans:
+        if not runs_bird(node):
+            # after the routes, which took over BIRD's destinations: BIRD withdraws only its own routes
+            no_bird(run, p["bird_dir"], p["birdc"])
         no_other_paths(run, node)
     run.resource("masquerade rules", "iptables_rules", rules=node["iptables"], state="overridden")
     content = subnet_env_text(node["subnet_env"], mtu) if node.get("subnet_env") else None
@@ -740,8 +765,7 @@ class CheckView:
 
 def remaining(run: NodeRun, node: dict[str, Any]) -> list[dict[str, Any]]:
     """The steps a whole run would still change, read after this run's writes (check mode: nothing written)."""
-    preview = NodeRun(CheckView(run.module), run.take_over)
-    preview.aliases, preview.routed = run.aliases, run.routed
+    preview = run.sibling(CheckView(run.module))
     node_steps(preview, node)
     return [result for result in preview.results if result.get("changed")]
 
@@ -781,8 +805,7 @@ def prepare(run: NodeRun, node: dict[str, Any]) -> dict[str, bool]:
     left = remaining(run, node)
     if moves_paths(left, node):
         return {"pending": True, "moves_paths": True}
-    finish = NodeRun(run.module, run.take_over)
-    finish.aliases, finish.routed = run.aliases, run.routed
+    finish = run.sibling(run.module)
     node_steps(finish, node)
     record_for_boot(finish)
     run.results += finish.results

@@ -107,14 +107,16 @@ def input_problems(p: dict[str, Any]) -> list[str]:
     return problems
 
 
-def node_wants(module: AnsibleModule) -> list:
+def node_wants(module: AnsibleModule, host_settings: bool = True) -> list:
+    """The node side of the pods; `host_settings`: with the routed pods' host-side settings (proxy_arp's
+    record, not this module's, keeps those for the boot restore)."""
     p = module.params
     want = sysctl_objects({"net.ipv4.ip_forward": 1}) if p["forwarding"] else []
     if p["bridge"]:
         want += bridge_objects(p["bridge"], p["mtu"])
     for pod in p["pods"]:
         want += pod_objects(pod, p["bridge"]["name"] if p["bridge"] else None, p["mtu"], p["mode"])[0]
-    return want + host_sysctl_objects(p)
+    return want + (host_sysctl_objects(p) if host_settings else [])
 
 
 def host_sysctl_objects(p: dict[str, Any]) -> list:
@@ -277,7 +279,7 @@ class PodNetwork(NetlinkResource):
     def record(self) -> None:
         p = self.p
         bridge = p["bridge"]["name"] if p["bridge"] else None
-        persist_result(self.module, "pod_network", node_wants(self.module) + [
+        persist_result(self.module, "pod_network", node_wants(self.module, host_settings=False) + [
             o for pod in p["pods"] for o in pod_objects(pod, bridge, p["mtu"], p["mode"])[1]])
 
 
