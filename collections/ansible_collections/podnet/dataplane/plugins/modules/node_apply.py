@@ -219,12 +219,12 @@ options:
     description:
       - Which part of the run this is, for a change of path made before it is broken across nodes -
         C(site.yml) runs each phase on every node before any node runs the next.
-      - C(prepare) - only additions - the node's new VTEP and static peers, tunnel or WireGuard device, and
-        the routes to destinations nothing routes yet (a new node's); no route changes its path, nothing is
-        removed, no boot record is written. Then the run reads what the whole run would still change - unless
-        that moves traffic off a path it takes now (a route changed or removed, a device removed - see
-        C(moves_paths)), as on a re-run, a node's first converge, a node added or removed elsewhere, a new pod,
-        an MTU change, it finishes the node here and returns C(pending=false).
+      - C(prepare) - the run first previews what the whole run would change. When that moves traffic off a path
+        it takes now (a route changed or removed, a device removed - see C(moves_paths)), it makes only additions -
+        the node's new VTEP and static peers, tunnel or WireGuard device, and the routes to destinations nothing
+        routes yet (a new node's) - changes no route's path, removes nothing, writes no boot record, and returns
+        C(pending=true). Otherwise (a re-run, a node's first converge, a node added or removed elsewhere, a new
+        pod, an MTU change) it does the whole run here and returns C(pending=false).
       - C(switch) - everything of the node's backend (routes moved to the new path in place, pods, rules,
         files, BIRD) except removing the other paths, which peers not switched yet still send on.
       - C(all) - the whole run; after C(switch) on every node, what remains is removing the old paths and

@@ -797,13 +797,14 @@ def moves_paths(results: list[dict[str, Any]], node: dict[str, Any]) -> bool:
 
 def prepare(run: NodeRun, node: dict[str, Any]) -> dict[str, bool]:
     """The prepare phase (run.phase), then whether later phases are needed (`pending`, `moves_paths`): only when
-    what is left moves traffic off a path it takes now. Otherwise - a re-run, a node's first converge, a new
-    node's routes and peers, a new pod, an MTU or policy change - the whole run is finished here (the node's
-    records written), and site.yml skips the node's later phases: one module run, as before phases existed."""
+    the whole run moves traffic off a path it takes now. Otherwise - a re-run, a node's first converge, a new
+    node's routes and peers, a new pod, an MTU or policy change - the whole run is done here instead (the node's
+    records written), and site.yml skips the node's later phases: one module run, as before phases existed.
+    The whole run is previewed first (check mode, in-process, on the kernel reads the run then shares), so that
+    common case costs one preview and one run, not a prepare on top."""
     owned_or_refuse(run, node, run.module.params["rt_protos_file"])
-    node_steps(run, node)
-    left = remaining(run, node)
-    if moves_paths(left, node):
+    if moves_paths(remaining(run, node), node):
+        node_steps(run, node)
         return {"pending": True, "moves_paths": True}
     finish = run.sibling(run.module)
     node_steps(finish, node)
