@@ -198,7 +198,7 @@ class NodeRun:
         """Whether this run removes what the node's backend does not use (the last phase)."""
         return self.phase == "all"
 
-    def sibling(self, module, phase: str = "all") -> "NodeRun":
+    def sibling(self, module, phase: str = "all") -> NodeRun:
         """Another run of the same node that starts from what this one read before its first step."""
         other = NodeRun(module, self.take_over, phase)
         other.aliases, other.routed, other.bird_routes = self.aliases, self.routed, self.bird_routes
