@@ -163,8 +163,12 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 try:
     from pyroute2 import IPRoute
+    from pyroute2 import config as pyroute2_config
     from pyroute2 import netns as pyroute2_netns
 
+    # pyroute2 makes a namespace in a forked helper and waits 2 s for its answer; in the QEMU guest, on a loaded
+    # machine, the helper once answered later than that and the whole guest lab failed to come up
+    pyroute2_config.default_communicate_timeout = 60
     HAS_PYROUTE2 = True
 except ImportError:  # reported by main() through fail_json
     HAS_PYROUTE2 = False
