@@ -4,7 +4,13 @@ against namespace labs in tests/integration/test_live_changes.py."""
 from __future__ import annotations
 
 import pytest
-from ansible_collections.podnet.dataplane.plugins.module_utils.node.node_apply import moves_paths
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink import KernelState
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import PODNET_RTPROTO, Route
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.ownership import RTPROT_BIRD
+from ansible_collections.podnet.dataplane.plugins.module_utils.node.node_apply import (
+    handed_to_bird,
+    moves_paths,
+)
 
 NODE = {"routes": [{"dst": "10.244.1.0/24", "via": "10.244.1.0", "dev": "flannel.1", "onlink": True},
                    {"dst": "10.244.2.0/24", "via": "10.244.2.0", "dev": "flannel.1", "onlink": True}],
@@ -45,3 +51,27 @@ def test_what_moves_traffic(results):
 ], ids=["nothing", "only-added", "mtu-changed", "node-removed", "pod-removed", "bird-started"])
 def test_what_does_not(results):
     assert not moves_paths(results, NODE)
+
+
+BIRD_NODE = {"routes": [], "pods": [{"name": "pod1"}], "cluster_cidr": "10.244.0.0/16",
+             "bgp": {"mode": "bird", "block": "10.244.0.0/24"}}
+
+
+def test_static_routes_that_bird_takes_over_move_traffic():
+    """A node changing to BGP on BIRD: its static routes to the peers' blocks go once BIRD's carry their traffic
+    (the switch waits for that), so they are a move; a removed pod's /32 in the node's own block is not."""
+    assert moves_paths([step(("delete", ROUTE))], BIRD_NODE)
+    assert not moves_paths([step(("delete", {"object": "route", "dst": "10.244.0.9/32", "dev": "cali9"}))], BIRD_NODE)
+    assert not moves_paths([step(("delete", ROUTE))], {**BIRD_NODE, "bgp": {"mode": "static", "block": "10.244.0.0/24"}})
+
+
+def test_the_switch_to_bird_waits_for_a_bird_route_to_every_static_destination():
+    """Which static routes BIRD takes over, and which of them it has no route to yet (the dump keeps podnet's route
+    as the destination's object and every route's protocol beside it)."""
+    static = [Route(dst=dst, via=via, dev="eth0") for dst, via in
+              (("10.244.1.0/24", "172.30.0.12"), ("10.244.2.0/24", "172.30.0.13"), ("10.244.0.5/32", None))]
+    state = KernelState(objects={r.key(): r for r in static},
+                        route_protos={("route", None, "10.244.1.0/24"): {PODNET_RTPROTO, RTPROT_BIRD},
+                                      ("route", None, "10.244.2.0/24"): {PODNET_RTPROTO},
+                                      ("route", None, "10.244.0.5/32"): {PODNET_RTPROTO}})
+    assert handed_to_bird(BIRD_NODE, state) == (["10.244.1.0/24", "10.244.2.0/24"], ["10.244.2.0/24"])

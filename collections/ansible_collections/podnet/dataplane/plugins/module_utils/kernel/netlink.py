@@ -38,6 +38,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects im
     MAIN_TABLE,
     NUD_PERMANENT,
     PODNET_LINK_GROUP,
+    PODNET_RTPROTO,
     RTNH_F_ONLINK,
     Address,
     FdbEntry,
@@ -155,6 +156,10 @@ class KernelState:
 
     objects: dict[tuple, KObject] = field(default_factory=dict)
     link_index: dict[str, int] = field(default_factory=dict)
+    # the protocols of every main-table route to a destination, by the route's key: a destination can have
+    # routes at several metrics (BIRD's at 32 beside podnet's at 0 while a node changes over), of which
+    # objects holds podnet's own
+    route_protos: dict[tuple, set[int]] = field(default_factory=dict)
 
     def of_type(self, kind: type) -> list[KObject]:
         return [o for o in self.objects.values() if isinstance(o, kind)]
@@ -1059,7 +1064,8 @@ def written_elsewhere() -> None:
 
 def _copy(state: KernelState) -> KernelState:
     """A caller's own view of a shared read (callers and apply() change link_index; objects are frozen)."""
-    return KernelState(objects=dict(state.objects), link_index=dict(state.link_index))
+    return KernelState(objects=dict(state.objects), link_index=dict(state.link_index),
+                       route_protos={key: set(protos) for key, protos in state.route_protos.items()})
 
 
 class Engine:
@@ -1191,7 +1197,12 @@ class Engine:
                 if table != MAIN_TABLE or multipath:
                     continue
                 dst = f"{dst or '0.0.0.0'}/{dst_len}"
-                objects[("route", netns, dst)] = _make(
+                key = ("route", netns, dst)
+                state.route_protos.setdefault(key, set()).add(proto)
+                kept = objects.get(key)
+                if kept is not None and kept.proto == PODNET_RTPROTO:
+                    continue
+                objects[key] = _make(
                     Route, dst=dst, via=gateway, dev=names.get(oif) if oif else None,
                     onlink=bool(flags & RTNH_F_ONLINK), proto=proto, netns=netns)
         if FouPort in kinds:

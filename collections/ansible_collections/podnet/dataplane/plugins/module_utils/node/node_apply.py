@@ -16,6 +16,7 @@ import contextlib
 import ipaddress
 import itertools
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -558,6 +559,9 @@ def apply_calico(run: NodeRun, node: dict[str, Any]) -> None:
     vtep, tunnel, wireguard = transport_steps(run, node)
     if run.phase == "prepare":
         peer_routes(run, node, "routes to every peer's block")
+        if runs_bird(node) and p["bird"]:
+            # BIRD's routes (metric 32) go in beside the static ones, which keep the traffic until the switch
+            with_bird(run, p["bird"])
         return
     mtu = _pod_mtu(node, vtep, tunnel, wireguard)
     run.resource("pods wired the routed way", "pod_network", mode="routed", mtu=mtu, pods=node["pods"],
@@ -566,6 +570,8 @@ def apply_calico(run: NodeRun, node: dict[str, Any]) -> None:
         run.resource("proxy ARP and forwarding on the pods' host interfaces", "proxy_arp",
                      interfaces=[pod["host_interface"] for pod in node["pods"]], settings=p["pod_sysctls"],
                      state_file=p["proxy_arp_state_file"], state="merged")
+    if runs_bird(node) and run.phase == "switch":
+        bird_has_learned(run, node)
     peer_routes(run, node, "routes to every peer's block")
     if run.cleans:
         if not runs_bird(node):
@@ -660,6 +666,47 @@ def bird_refusals(bird_dir: str, config: str) -> list[str]:
 
 def runs_bird(node: dict[str, Any]) -> bool:
     return ((node.get("bgp") or {}).get("mode") or "") == "bird"
+
+
+BIRD_LEARN_TIMEOUT = 60.0  # BGP: a session retries its connect every 2 s, a hold time is 9 s
+
+
+def handed_to_bird(node: dict[str, Any], state) -> tuple[list[str], list[str]]:
+    """The destinations of podnet's static routes that BIRD takes over on a node whose BGP runs on BIRD (every
+    peer block's: in the cluster CIDR, outside the node's own block), and of those the ones BIRD has no route
+    to yet."""
+    cidr, own = node.get("cluster_cidr"), (node.get("bgp") or {}).get("block")
+    if not cidr or not own:
+        return [], []
+    static = sorted(
+        o.dst for o in state.of_type(Route) if o.netns is None and o.proto == PODNET_RTPROTO
+        and ipaddress.ip_network(o.dst).subnet_of(ipaddress.ip_network(cidr))
+        and not ipaddress.ip_network(o.dst).subnet_of(ipaddress.ip_network(own)))
+    return static, [dst for dst in static if RTPROT_BIRD not in state.route_protos.get(("route", None, dst), ())]
+
+
+def bird_has_learned(run: NodeRun, node: dict[str, Any]) -> None:
+    """A node changing from static routes to BIRD's (its BIRD started in the prepare phase, as every peer's):
+    wait until BIRD has installed a route to every destination of a static route before those are removed, so
+    the traffic moves from one route to the other. Too long: the run ends here, the static routes kept."""
+    step = "BIRD has learned every peer's block"
+    if run.rendering or run.module.check_mode:
+        return
+    start = time.monotonic()
+    while True:
+        written_elsewhere()  # BIRD adds routes of its own: every look is a new read
+        with Engine() as engine:
+            static, missing = handed_to_bird(node, engine.gather({Route}))
+        if not missing or time.monotonic() - start > BIRD_LEARN_TIMEOUT:
+            break
+        time.sleep(0.2)
+    if missing:
+        raise StepFailed(step, f"podnet.node_apply: {step}: BIRD has no route to {', '.join(missing)} after "
+                               f"{BIRD_LEARN_TIMEOUT:.0f} s: the static routes stay until it has (see "
+                               f"{run.module.params['bird_dir']}/bird.log and the peers' BGP sessions)",
+                         {"missing": missing})
+    run.keep(step, "bird", {"changed": False, "commands": [], "handed_over": static,
+                            "waited": round(time.monotonic() - start, 3)})
 
 
 def with_bird(run: NodeRun, bird: dict[str, Any]) -> None:
@@ -772,12 +819,16 @@ def remaining(run: NodeRun, node: dict[str, Any]) -> list[dict[str, Any]]:
 
 def moves_paths(results: list[dict[str, Any]], node: dict[str, Any]) -> bool:
     """Whether these steps move traffic off a path it takes now: a route, fdb or neighbour entry changed, a route
-    removed where another of the node's routes takes its traffic, a device removed (another backend's path, the
-    old veth of a pod rewired), podnet's BIRD stopped. Not: only adding (a node's first converge), nor removing
-    what leads nowhere any more (a removed node's route and entries, a removed pod's veth)."""
+    removed where another of the node's routes (or BIRD's) takes its traffic, a device removed (another backend's
+    path, the old veth of a pod rewired), podnet's BIRD stopped. Not: only adding (a node's first converge), nor
+    removing what leads nowhere any more (a removed node's route and entries, a removed pod's veth)."""
     wanted = [ipaddress.ip_network(dst) for dst in (route_destination(str(r["dst"])) for r in node.get("routes") or [])
               if dst]
     pods = {owner_alias(f"{POD_ALIAS_ROLE}:{pod['name']}") for pod in node.get("pods") or []}
+    bgp = node.get("bgp") or {}
+    # on a node whose BGP runs on BIRD, a static route to a peer's block goes because BIRD's takes its traffic
+    to_bird = (ipaddress.ip_network(node["cluster_cidr"]), ipaddress.ip_network(bgp["block"])) \
+        if runs_bird(node) and node.get("cluster_cidr") and bgp.get("block") else None
     for result in results:
         if result["resource"] == "bird" and result["step"].startswith("no BIRD"):
             return True
@@ -785,9 +836,12 @@ def moves_paths(results: list[dict[str, Any]], node: dict[str, Any]) -> bool:
             obj, op = change["object"], change["op"]
             if op == "update" and obj["object"] in ("route", "fdbentry", "neighbour"):
                 return True
-            if op == "delete" and obj["object"] == "route" and any(
-                    ipaddress.ip_network(route_destination(obj["dst"]) or "0.0.0.0/0").overlaps(net) for net in wanted):
-                return True
+            if op == "delete" and obj["object"] == "route":
+                net = ipaddress.ip_network(route_destination(obj["dst"]) or "0.0.0.0/0")
+                if any(net.overlaps(other) for other in wanted):
+                    return True
+                if to_bird and net.subnet_of(to_bird[0]) and not net.subnet_of(to_bird[1]):
+                    return True
             if op == "delete" and obj["object"] == "link" and (
                     not str(obj.get("alias") or "").startswith(owner_alias(POD_ALIAS_ROLE) + ":")
                     or obj.get("alias") in pods):
