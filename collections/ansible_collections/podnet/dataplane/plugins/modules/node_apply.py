@@ -221,12 +221,15 @@ options:
         C(site.yml) runs each phase on every node before any node runs the next.
       - C(prepare) - the run first previews what the whole run would change. When that moves traffic off a path
         it takes now (a route changed or removed, a device removed - see C(moves_paths)), it makes only additions -
-        the node's new VTEP and static peers, tunnel or WireGuard device, and the routes to destinations nothing
-        routes yet (a new node's) - changes no route's path, removes nothing, writes no boot record, and returns
+        the node's new VTEP and static peers, tunnel or WireGuard device, the routes to destinations nothing
+        routes yet (a new node's), and where BGP runs on BIRD, BIRD (its routes go in at metric 32, beside the
+        static ones) - changes no route's path, removes nothing, writes no boot record, and returns
         C(pending=true). Otherwise (a re-run, a node's first converge, a node added or removed elsewhere, a new
         pod, an MTU change) it does the whole run here and returns C(pending=false).
       - C(switch) - everything of the node's backend (routes moved to the new path in place, pods, rules,
-        files, BIRD) except removing the other paths, which peers not switched yet still send on.
+        files, BIRD) except removing the other paths, which peers not switched yet still send on. A node changing
+        to BGP on BIRD first waits (up to 60 s) until its BIRD has a route to every destination of its static
+        routes, then removes those; BIRD's routes take their traffic.
       - C(all) - the whole run; after C(switch) on every node, what remains is removing the old paths and
         writing the boot records.
       - Check mode always previews the whole run (C(all)), whatever the phase.
