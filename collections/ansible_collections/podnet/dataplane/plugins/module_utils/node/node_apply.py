@@ -27,7 +27,11 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders i
     UDP_DEVICE,
     subnet_env_text,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink import Engine, written_elsewhere
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink import (
+    Engine,
+    KernelState,
+    written_elsewhere,
+)
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import (
     IPIP_FALLBACK,
     PODNET_RTPROTO,
@@ -671,7 +675,7 @@ def runs_bird(node: dict[str, Any]) -> bool:
 BIRD_LEARN_TIMEOUT = 60.0  # BGP: a session retries its connect every 2 s, a hold time is 9 s
 
 
-def handed_to_bird(node: dict[str, Any], state) -> tuple[list[str], list[str]]:
+def handed_to_bird(node: dict[str, Any], state: KernelState) -> tuple[list[str], list[str]]:
     """The destinations of podnet's static routes that BIRD takes over on a node whose BGP runs on BIRD (every
     peer block's: in the cluster CIDR, outside the node's own block), and of those the ones BIRD has no route
     to yet."""
@@ -811,7 +815,7 @@ class CheckView:
 
 
 def remaining(run: NodeRun, node: dict[str, Any]) -> list[dict[str, Any]]:
-    """The steps a whole run would still change, read after this run's writes (check mode: nothing written)."""
+    """The steps a whole run would change from the kernel's state now (check mode: nothing written)."""
     preview = run.sibling(CheckView(run.module))
     node_steps(preview, node)
     return [result for result in preview.results if result.get("changed")]
