@@ -675,17 +675,21 @@ def runs_bird(node: dict[str, Any]) -> bool:
 BIRD_LEARN_TIMEOUT = 60.0  # BGP: a session retries its connect every 2 s, a hold time is 9 s
 
 
-def handed_to_bird(node: dict[str, Any], state: KernelState) -> tuple[list[str], list[str]]:
-    """The destinations of podnet's static routes that BIRD takes over on a node whose BGP runs on BIRD (every
-    peer block's: in the cluster CIDR, outside the node's own block), and of those the ones BIRD has no route
-    to yet."""
+def bird_routes_to(node: dict[str, Any], dst: str) -> bool:
+    """Whether BIRD routes `dst` on this node: its BGP runs on BIRD and `dst` lies in a peer's block (in the
+    cluster CIDR, outside the node's own block)."""
     cidr, own = node.get("cluster_cidr"), (node.get("bgp") or {}).get("block")
-    if not cidr or not own:
-        return [], []
-    static = sorted(
-        o.dst for o in state.of_type(Route) if o.netns is None and o.proto == PODNET_RTPROTO
-        and ipaddress.ip_network(o.dst).subnet_of(ipaddress.ip_network(cidr))
-        and not ipaddress.ip_network(o.dst).subnet_of(ipaddress.ip_network(own)))
+    if not runs_bird(node) or not cidr or not own:
+        return False
+    net = ipaddress.ip_network(dst)
+    return net.subnet_of(ipaddress.ip_network(cidr)) and not net.subnet_of(ipaddress.ip_network(own))
+
+
+def handed_to_bird(node: dict[str, Any], state: KernelState) -> tuple[list[str], list[str]]:
+    """The destinations of podnet's static routes that BIRD takes over on a node whose BGP runs on BIRD, and of
+    those the ones BIRD has no route to yet."""
+    static = sorted(o.dst for o in state.of_type(Route)
+                    if o.netns is None and o.proto == PODNET_RTPROTO and bird_routes_to(node, o.dst))
     return static, [dst for dst in static if RTPROT_BIRD not in state.route_protos.get(("route", None, dst), ())]
 
 
@@ -829,10 +833,6 @@ def moves_paths(results: list[dict[str, Any]], node: dict[str, Any]) -> bool:
     wanted = [ipaddress.ip_network(dst) for dst in (route_destination(str(r["dst"])) for r in node.get("routes") or [])
               if dst]
     pods = {owner_alias(f"{POD_ALIAS_ROLE}:{pod['name']}") for pod in node.get("pods") or []}
-    bgp = node.get("bgp") or {}
-    # on a node whose BGP runs on BIRD, a static route to a peer's block goes because BIRD's takes its traffic
-    to_bird = (ipaddress.ip_network(node["cluster_cidr"]), ipaddress.ip_network(bgp["block"])) \
-        if runs_bird(node) and node.get("cluster_cidr") and bgp.get("block") else None
     for result in results:
         if result["resource"] == "bird" and result["step"].startswith("no BIRD"):
             return True
@@ -841,10 +841,9 @@ def moves_paths(results: list[dict[str, Any]], node: dict[str, Any]) -> bool:
             if op == "update" and obj["object"] in ("route", "fdbentry", "neighbour"):
                 return True
             if op == "delete" and obj["object"] == "route":
-                net = ipaddress.ip_network(route_destination(obj["dst"]) or "0.0.0.0/0")
-                if any(net.overlaps(other) for other in wanted):
-                    return True
-                if to_bird and net.subnet_of(to_bird[0]) and not net.subnet_of(to_bird[1]):
+                dst = route_destination(obj["dst"]) or "0.0.0.0/0"
+                # a static route to a peer's block goes because BIRD's takes its traffic
+                if any(ipaddress.ip_network(dst).overlaps(other) for other in wanted) or bird_routes_to(node, dst):
                     return True
             if op == "delete" and obj["object"] == "link" and (
                     not str(obj.get("alias") or "").startswith(owner_alias(POD_ALIAS_ROLE) + ":")
