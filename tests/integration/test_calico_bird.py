@@ -212,6 +212,9 @@ def test_switching_away_stops_bird_and_back_starts_it(mesh_lab, other, tmp_path)
     its BIRD has learned every peer's block. Between two routed backends neither way loses more than a probe per
     pod pair (to flannel-vxlan the pods are rewired as well)."""
     lab = mesh_lab
+    start = lab.run("playbooks/site.yml")  # on BIRD, converged, whichever tests ran before (probes need pods)
+    assert start.rc == 0, start.output
+    wait_for_routes(lab, NODES)
     away, rows = probed_site(lab, tmp_path / "away.json", {"podnet_backend": other, "podnet_calico_bgp": "static"})
     assert away.rc == 0, away.output
     if other == "calico-vxlan":
