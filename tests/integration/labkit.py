@@ -19,6 +19,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import string
 import subprocess
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pyroute2 import netns as pyroute2_netns
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -296,6 +298,19 @@ def unique_prefix() -> str:
         prefix = "pt" + "".join(secrets.choice(alphabet) for _ in range(5))
         if not list_netns(prefix):
             return prefix
+
+
+# The lab inventory's node IPs, and a fourth node's for the tests that add one.
+LAB_NODE_IPS = {"node1": "172.30.0.11", "node2": "172.30.0.12", "node3": "172.30.0.13", "node4": "172.30.0.14"}
+
+
+def lab_inventory(folder: Path, hosts: Sequence[str]) -> Path:
+    """A copy of the lab inventory (in `folder`, which must not exist) whose nodes are these hosts, two pods each."""
+    shutil.copytree(LAB_INVENTORY, folder)
+    nodes = {host: {"podnet_node_ip": LAB_NODE_IPS[host], "podnet_pods": [{"name": "pod1"}, {"name": "pod2"}]}
+             for host in hosts}
+    (folder / "hosts.yml").write_text(yaml.safe_dump({"podnet_nodes": {"hosts": nodes}}))
+    return folder
 
 
 # --- the lab ---------------------------------------------------------------------------------------

@@ -93,6 +93,7 @@ def node_args(lab: Lab, host: str, node: dict[str, Any] | None, state: str = "ov
         "subnet_env": f"{base}/flannel/subnet.env",
         "proxy_arp_state_file": f"{base}/proxy_arp.json",
         "rt_protos_file": f"{base}/iproute2/rt_protos.d/podnet.conf",
+        "node_record": f"{base}/node.json",
         "bird_dir": f"{base}/bird",
         "birdc": defaults["podnet_birdc_binary"],
         "other_vteps": ["flannel.1", "vxlan.calico", "vxlan-6784"],  # the plan role's podnet_other_vteps
@@ -113,7 +114,7 @@ def render_options(lab: Lab, host: str) -> dict[str, Any]:
     """The node options render.yml gives the render (podnet_render_options), for this lab node."""
     args = node_args(lab, host, {})
     keys_file = Path(lab_state_dir(lab)) / "wireguard_keys.json"
-    return {key: args.get(key) for key in ("subnet_env", "rt_protos_file", "pod_sysctls", "bird_dir")} | {
+    return {key: args.get(key) for key in ("subnet_env", "rt_protos_file", "node_record", "pod_sysctls", "bird_dir")} | {
         "bird": None, "wireguard_keys": json.loads(keys_file.read_text()) if keys_file.exists() else {}}
 
 

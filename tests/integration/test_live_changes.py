@@ -6,35 +6,21 @@ change is also checked in the kernel: the new path in place, nothing left of the
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
-from .labkit import LAB_INVENTORY, REPO_ROOT, Lab
+from .labkit import Lab, lab_inventory
 
 pytestmark = pytest.mark.integration
 
 PROBE = "playbooks/probe.yml"
 SITE = "playbooks/site.yml"
-NODE_IPS = {"node1": "172.30.0.11", "node2": "172.30.0.12", "node3": "172.30.0.13", "node4": "172.30.0.14"}
-
-
-def inventory(folder: Path, hosts: list[str]) -> Path:
-    """The lab inventory with these hosts (two pods each)."""
-    shutil.copytree(REPO_ROOT / LAB_INVENTORY, folder)
-    nodes = {host: {"podnet_node_ip": NODE_IPS[host], "podnet_pods": [{"name": "pod1"}, {"name": "pod2"}]}
-             for host in hosts}
-    (folder / "hosts.yml").write_text(yaml.safe_dump({"podnet_nodes": {"hosts": nodes}}))
-    return folder
-
-
 @pytest.fixture(scope="module")
 def inventories(tmp_path_factory) -> dict[int, Path]:
     top = tmp_path_factory.mktemp("inventories")
-    return {3: inventory(top / "three", ["node1", "node2", "node3"]),
-            4: inventory(top / "four", ["node1", "node2", "node3", "node4"])}
+    return {3: lab_inventory(top / "three", ["node1", "node2", "node3"]),
+            4: lab_inventory(top / "four", ["node1", "node2", "node3", "node4"])}
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 # Copyright: podnet contributors
 # Apache License 2.0
-"""podnet.dataplane.preflight's action: where only the node IP and kernel checks are asked for (what the plan
-play asks of every node before any node changes), one shell line on the node answers them - `ip -j -d address
-show` and the kernel probe of kernel/features.py - with no module run, which costs ~0.3 CPU-s of Python and
+"""podnet.dataplane.preflight's action: where only the node IP and kernel checks and the node's record are asked
+for (what the plan play asks of every node before any node changes), one shell line on the node answers them -
+`ip -j -d address show`, the kernel probe of kernel/features.py and the record's text - with no module run, which costs ~0.3 CPU-s of Python and
 Ansible imports on the node and was a third of a no-op converge of a large cluster. Anything else asked, or a
 node whose `ip` gives no JSON, runs the module, which answers the same."""
 from __future__ import annotations
@@ -12,14 +12,15 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.features i
     kernel_report,
     missing_message,
 )
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.node_record import parse_record
 from ansible_collections.podnet.dataplane.plugins.module_utils.plan.underlay import (
     ADDRESS_ONLY,
-    LOOK_COMMAND,
     PREFLIGHT_SPEC,
-    PROBE_SEPARATOR,
     UnderlayProblem,
     interfaces_from_ip_json,
     look,
+    look_command,
+    split_look,
 )
 
 
@@ -33,11 +34,11 @@ class ActionModule(ActionBase):
         asked = {name for name, value in args.items() if value and value != PREFLIGHT_SPEC[name].get("default")}
         if asked - set(ADDRESS_ONLY):
             return {**result, **self._execute_module(task_vars=task_vars)}
-        dump = self._low_level_execute_command(LOOK_COMMAND)
+        dump = self._low_level_execute_command(look_command(args["node_record"]))
         try:
-            if dump["rc"] != 0 or PROBE_SEPARATOR not in dump["stdout"]:
+            if dump["rc"] != 0:
                 raise ValueError(f"rc {dump['rc']}")
-            addresses, probe = dump["stdout"].split(PROBE_SEPARATOR, 1)
+            addresses, probe, record = split_look(dump["stdout"], args["node_record"])
             interfaces = interfaces_from_ip_json(addresses)
         except (ValueError, KeyError, TypeError):
             # no iproute2 with JSON output there: the module reads the same over netlink
@@ -50,4 +51,4 @@ class ActionModule(ActionBase):
         if missing:
             return {**result, "failed": True, "msg": missing_message(missing, kernel["release"]), "kernel": kernel}
         return {**result, "changed": False, **facts, "kernel": kernel, "paths": {}, "persisted": [],
-                "iptables_prefix_present": None}
+                "iptables_prefix_present": None, "node_record": parse_record(record)}

@@ -7,6 +7,10 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders import subnet_env_text
 from ansible_collections.podnet.dataplane.plugins.module_utils.node.loss_probe import merge
 from ansible_collections.podnet.dataplane.plugins.module_utils.node.render import RenderError, node_commands
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.node_record import (
+    LeaseConflict,
+    reconcile,
+)
 from ansible_collections.podnet.dataplane.plugins.module_utils.plan.plan import (
     CLUSTER_KEYS,
     NODE_KEYS,
@@ -33,6 +37,19 @@ def plan(hostvars, hosts, leases=None) -> dict:
     try:
         return plan_cluster(hosts, {h: _node_vars(hostvars, h) for h in hosts}, leases or {})
     except PlanError as exc:
+        raise AnsibleFilterError(str(exc)) from None
+
+
+def node_leases(leases, cluster: dict, hostvars, asked) -> dict:
+    """{{ podnet_leases_in | podnet.dataplane.node_leases(podnet_cluster, hostvars, ansible_play_hosts) }}: the
+    lease file's leases with every subnet a node holds (its record, as the preflight read it) and the file lacks;
+    fails where the file and the nodes disagree."""
+    asked = list(asked or [])
+    records = {host: (hostvars[host].get("podnet_preflight") or {}).get("node_record") for host in asked
+               if host in hostvars}
+    try:
+        return reconcile(dict(leases or {}), cluster, records, asked)
+    except LeaseConflict as exc:
         raise AnsibleFilterError(str(exc)) from None
 
 
@@ -147,6 +164,6 @@ def topology_dot(cluster: dict) -> str:
 
 class FilterModule:
     def filters(self):
-        return {"plan": plan, "commands": commands, "pod_sources": pod_sources, "pod_targets": pod_targets,
+        return {"plan": plan, "node_leases": node_leases, "commands": commands, "pod_sources": pod_sources, "pod_targets": pod_targets,
                 "ping_matrix": ping_matrix, "probe_loss": probe_loss, "drift": drift, "subnet_env": subnet_env,
                 "topology_dot": topology_dot, "ping_surprises": ping_surprises}

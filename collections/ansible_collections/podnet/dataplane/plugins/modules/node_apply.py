@@ -67,7 +67,7 @@ options:
         I(other_vteps), podnet's iptables rules, the IPIP tunnel's configuration, the UDP tunnel and its FOU
         port, the WireGuard devices (C(flannel-wg), C(wireguard.cali)) and podnet's keys in I(wireguard_key_dir),
         the network policy chains,
-        I(subnet_env), I(rt_protos_file) when it is podnet's, and podnet's records in I(persist_dir) (the folder
+        I(subnet_env), I(rt_protos_file) and I(node_record) when they are podnet's, and podnet's records in I(persist_dir) (the folder
         too once empty). I(node) is not needed. This is what C(reset.yml) runs.
     type: str
     choices: [overridden, deleted]
@@ -180,6 +180,18 @@ options:
         name for C(152).
     type: path
     default: /etc/iproute2/rt_protos.d/podnet.conf
+  node_record:
+    description:
+      - The node's own record, written first in every run (mode 0644, its folder 0755 when new) - a JSON object
+        with the node's C(subnet), C(vtep_mac), C(backend), C(node_ip), C(cluster_cidr) and inventory name
+        (C(host)), marked C("podnet": "node-record"). The nodes are the source of truth for their subnets: the plan
+        role reads every node's record (M(podnet.dataplane.preflight)) before it allocates anything, takes the
+        subnets a lost lease file lacks from them, and refuses a lease file that disagrees
+        (P(podnet.dataplane.node_leases#filter)).
+      - An existing file that is not podnet's record makes the run fail before any change; I(state=deleted)
+        removes podnet's record and leaves anything else alone. Empty - do not write it.
+    type: path
+    default: /etc/podnet/node.json
   bird:
     description:
       - For a node whose BGP runs on BIRD (C(node.bgp.mode) is C(bird)) - the BIRD configuration to keep in

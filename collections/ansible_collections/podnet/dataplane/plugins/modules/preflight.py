@@ -74,6 +74,12 @@ options:
     elements: str
     choices: [vxlan, ipip, fou, wireguard]
     default: []
+  node_record:
+    description:
+      - The node's own record, which podnet's run writes there (C(podnet_node_record)); its content is returned as
+        C(node_record) when it is podnet's. The plan role compares it with the lease file before it allocates
+        anything (C(podnet.dataplane.node_leases)).
+    type: path
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 """
@@ -129,6 +135,15 @@ kernel:
   returned: always
   type: dict
   sample: {"release": "6.1.0-28-amd64", "features": {"ipip": {"available": true, "how": "loadable module"}}}
+node_record:
+  description:
+    - The node's record at I(node_record) - its pod subnet, VTEP MAC, backend, node IP and cluster CIDR as
+      podnet's last run on it wrote them - or null where there is none, or what is there is not podnet's.
+  returned: success
+  type: dict
+  sample: {"podnet": "node-record", "format": 1, "host": "node1", "node_ip": "172.30.0.11",
+           "cluster_cidr": "10.244.0.0/16", "subnet": "10.244.0.0/24", "backend": "flannel-vxlan",
+           "vtep_mac": "0e:7a:ac:1e:00:0b"}
 iptables_prefix_present:
   description:
     - Whether I(iptables_prefix) occurs in the I(iptables_table) table; null when I(iptables_prefix) is
@@ -152,6 +167,10 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink im
     Engine,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import Address, Link
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.node_record import (
+    RECORD_MAX,
+    parse_record,
+)
 from ansible_collections.podnet.dataplane.plugins.module_utils.plan.underlay import (
     PREFLIGHT_SPEC,
     Interface,
@@ -223,7 +242,19 @@ def main() -> None:
                      paths={path: describe_path(path) for path in p["paths"]},
                      persisted=persisted_records(p["persist_dir"]),
                      iptables_prefix_present=iptables_prefix_present(module, p["iptables_prefix"],
-                                                                     p["iptables_table"]))
+                                                                     p["iptables_table"]),
+                     node_record=read_record(p["node_record"]))
+
+
+def read_record(path: str | None) -> dict | None:
+    """The node's record when it is podnet's (the action plugin reads the same text with `head -c`)."""
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return parse_record(handle.read(RECORD_MAX + 1))
+    except OSError:
+        return None
 
 
 if __name__ == "__main__":

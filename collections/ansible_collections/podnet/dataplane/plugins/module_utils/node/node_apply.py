@@ -68,6 +68,11 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.node.boot_apply i
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.node.node_lock import LOCK_SPEC
 from ansible_collections.podnet.dataplane.plugins.module_utils.node.persist import PERSIST_OPTION
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.node_record import (
+    NODE_RECORD_FILE,
+    is_podnets,
+    record_text,
+)
 from ansible_collections.podnet.dataplane.plugins.module_utils.resources import (
     ipip_tunnel_resource,
     iptables_rules_resource,
@@ -110,6 +115,7 @@ ARGUMENT_SPEC = {
     "bird_dir": {"type": "path", "default": "/etc/podnet/bird"},
     "birdc": {"type": "str", "default": "birdc"},
     "rt_protos_file": {"type": "path", "default": RT_PROTOS_FILE},
+    "node_record": {"type": "path", "default": NODE_RECORD_FILE},
     "bird": {"type": "dict", "options": {
         "config": {"type": "str", "required": True},
         "binary": {"type": "str", "default": "bird"},
@@ -222,13 +228,14 @@ class NodeRun:
         # every run() ends in exit_json or fail_json; reaching here is a bug in the resource
         raise StepFailed(step, f"podnet.{resource} returned without a result", {})
 
-    def file(self, step: str, path: str, content: str | None) -> dict[str, Any]:
-        """A small text file with exactly this content (mode 0644, its folder 0755); None: no file."""
+    def file(self, step: str, path: str, content: str | None, boot: bool = True) -> dict[str, Any]:
+        """A small text file with exactly this content (mode 0644, its folder 0755); None: no file. `boot`: the
+        boot restore writes it again (a file on tmpfs); a file that outlives a reboot needs no boot record."""
         try:
             result = converge_file(self.module, path, content)
         except OSError as exc:
             raise StepFailed(step, f"podnet.node_apply: {step} ({path}): {exc}", {}) from exc
-        if content is not None:
+        if content is not None and boot:
             self.files[path] = (content, FILE_MODE)
         return self.keep(step, "file", result)
 
@@ -306,7 +313,7 @@ class RenderRun(NodeRun):
                        if not (line.startswith("sysctl -w ") and line in self.lines)]
         return result
 
-    def file(self, step: str, path: str, content: str | None) -> dict[str, Any]:
+    def file(self, step: str, path: str, content: str | None, boot: bool = True) -> dict[str, Any]:
         if content is None:
             return self.keep(step, "file", {"changed": False, "commands": []})
         self.write(path, content, FILE_MODE, SUBNET_ENV_DIR_MODE)
@@ -511,6 +518,10 @@ def owned_or_refuse(run: NodeRun, node: dict[str, Any], rt_protos_file: str | No
         if existing is not None and not is_podnets_rt_protos(existing):
             problems.append(f"{rt_protos_file} exists and is not podnet's (its first line is not "
                             f"{rt_protos_text().splitlines()[0]!r}): podnet will not overwrite it")
+    record_file = run.module.params["node_record"]
+    if record_file and os.path.lexists(record_file) and not is_podnets(files.read_text(record_file)):
+        problems.append(f"{record_file} exists and is not podnet's node record (a JSON object with \"podnet\": "
+                        "\"node-record\"): podnet will not overwrite it; move it away or set podnet_node_record")
     if runs_bird(node) and run.module.params["bird"]:
         problems += bird_refusals(run.module.params["bird_dir"], run.module.params["bird"]["config"])
     unknown = wireguard_peers(node, run.module.params["wireguard_keys"] or {})[1]
@@ -519,6 +530,13 @@ def owned_or_refuse(run: NodeRun, node: dict[str, Any], rt_protos_file: str | No
     if problems:
         raise StepFailed(step, "podnet.node_apply: nothing changed: " + "; ".join(problems), {"foreign": problems})
     run.keep(step, "ownership", {"changed": False, "commands": []})
+
+
+def record_node(run: NodeRun, node: dict[str, Any], path: str | None) -> None:
+    """The node's own record of its subnet, VTEP MAC and backend, first: a node holds its subnet from the first
+    change on, so a controller that lost its leases takes it from here (plan/node_record.py)."""
+    if path:
+        run.file("the node's own record (subnet, VTEP MAC, backend)", path, record_text(node), boot=False)
 
 
 def name_route_protocol(run: NodeRun, rt_protos_file: str | None) -> None:
@@ -793,6 +811,7 @@ def node_steps(run: NodeRun, node: dict[str, Any]) -> None:
     """Everything a node's run does after the ownership check, in order: the one sequence that both a run
     and a render take."""
     p = run.module.params
+    record_node(run, node, p["node_record"])
     name_route_protocol(run, p["rt_protos_file"])
     backend_of(node)(run, node)
     if p["policy"] is not None and run.phase != "prepare":
@@ -909,6 +928,12 @@ def reset_steps(run: NodeRun) -> None:
         no_wireguard_key(run, p["wireguard_key_dir"], name)
     apply_policy(run, {})
     run.file("no subnet.env", p["subnet_env"], None)
+    if p["node_record"]:
+        if is_podnets(files.read_text(p["node_record"])):
+            run.file("no node record", p["node_record"], None)
+        elif os.path.lexists(p["node_record"]):
+            run.keep("no node record", "file", {
+                "changed": False, "commands": [], "msg": f"{p['node_record']} is not podnet's: left alone"})
     if p["rt_protos_file"]:
         if is_podnets_rt_protos(files.read_text(p["rt_protos_file"])):
             run.file("no name for podnet's route protocol", p["rt_protos_file"], None)

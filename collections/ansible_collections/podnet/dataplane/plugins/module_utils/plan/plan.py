@@ -92,7 +92,7 @@ NODE_KEYS = ("podnet_node_ip", "podnet_pod_subnet", "podnet_vtep_mac", "podnet_u
 # these are checked when the inventory sets them). An empty podnet_persist_dir means "record nothing".
 PATH_KEYS = ("podnet_persist_dir", "podnet_boot_lib", "podnet_boot_python", "podnet_bird_dir", "podnet_lock_file",
              "podnet_flannel_subnet_env", "podnet_proxy_arp_state_file", "podnet_rt_protos_file",
-             "podnet_wireguard_key_dir")
+             "podnet_wireguard_key_dir", "podnet_node_record")
 _PATH_RE = re.compile(r"(/[A-Za-z0-9_.+@-]+)+")
 # Far below PATH_MAX (4096): podnet appends file names, and BIRD's control socket (<bird dir>/bird.ctl)
 # must fit a unix socket address (107 bytes) - a longer path fails on the node, after changes.
@@ -125,7 +125,7 @@ def bird_symbol(host: str) -> str:
 def _check_paths(host: str, hv: dict[str, Any], problems: _Problems) -> None:
     for key in PATH_KEYS:
         value = hv.get(key)
-        if value is None or (key == "podnet_persist_dir" and value == ""):
+        if value is None or (key in ("podnet_persist_dir", "podnet_node_record") and value == ""):
             continue
         limit = BIRD_DIR_MAX if key == "podnet_bird_dir" else PATH_MAX
         if isinstance(value, str) and (len(value) > limit

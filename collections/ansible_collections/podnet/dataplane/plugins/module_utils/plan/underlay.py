@@ -6,6 +6,7 @@ needs no Python on the node - a module run costs ~0.3 CPU-s there, mostly Ansibl
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass
 
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.features import (
@@ -13,6 +14,10 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.features i
     FEATURES,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import is_owned_alias
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.node_record import (
+    RECORD_MAX,
+    RECORD_SEPARATOR,
+)
 
 PREFLIGHT_SPEC = {
     "node_ip": {"type": "str", "required": True},
@@ -22,14 +27,38 @@ PREFLIGHT_SPEC = {
     "iptables_prefix": {"type": "str"},
     "iptables_table": {"type": "str", "default": "filter"},
     "kernel_features": {"type": "list", "elements": "str", "default": [], "choices": list(FEATURES)},
+    "node_record": {"type": "path"},
 }
-# What the action plugin can answer from one shell line (LOOK_COMMAND); anything else needs the module.
-ADDRESS_ONLY = ("node_ip", "underlay_interface", "kernel_features")
+# What the action plugin can answer from one shell line (look_command); anything else needs the module.
+ADDRESS_ONLY = ("node_ip", "underlay_interface", "kernel_features", "node_record")
 # /usr/sbin is not on a plain user's PATH on some systems; `ip` lives there on others.
 ADDRESS_DUMP_COMMAND = 'PATH="$PATH:/usr/sbin:/sbin" ip -j -d address show'  # -d: the alias too
 PROBE_SEPARATOR = "--- podnet kernel features ---"
 # The address dump, then (only when it worked) the kernel probe: both fixed text.
 LOOK_COMMAND = f"{ADDRESS_DUMP_COMMAND} && echo '{PROBE_SEPARATOR}' && {{ {FEATURE_PROBE_COMMAND}; }}"
+
+
+def look_command(node_record: str | None) -> str:
+    """LOOK_COMMAND, then the node's record (its first RECORD_MAX bytes; nothing where there is none) after
+    RECORD_SEPARATOR. The path is quoted: it is the only text here that comes from the inventory."""
+    if not node_record:
+        return LOOK_COMMAND
+    return (f"{LOOK_COMMAND} && echo '{RECORD_SEPARATOR}' && "
+            f"{{ head -c {RECORD_MAX + 1} -- {shlex.quote(node_record)} 2>/dev/null; true; }}")
+
+
+def split_look(stdout: str, node_record: str | None) -> tuple[str, str, str | None]:
+    """The address dump, the kernel probe and the record's text (None: none asked or none there) of
+    look_command's output; ValueError where the output is not look_command's."""
+    if PROBE_SEPARATOR not in stdout:
+        raise ValueError("no kernel probe in the output")
+    addresses, probe = stdout.split(PROBE_SEPARATOR, 1)
+    if not node_record:
+        return addresses, probe, None
+    if RECORD_SEPARATOR not in probe:
+        raise ValueError("no node record section in the output")
+    probe, record = probe.split(RECORD_SEPARATOR + "\n", 1)
+    return addresses, probe, record or None
 
 
 class UnderlayProblem(Exception):
