@@ -184,10 +184,10 @@ options:
     description:
       - The node's own record, written first in every run (mode 0644, its folder 0755 when new) - a JSON object
         with the node's C(subnet), C(vtep_mac), C(backend), C(node_ip), C(cluster_cidr) and inventory name
-        (C(host)), marked C("podnet": "node-record"). The nodes are the source of truth for their subnets: the plan
-        role reads every node's record (M(podnet.dataplane.preflight)) before it allocates anything, takes the
-        subnets a lost lease file lacks from them, and refuses a lease file that disagrees
-        (P(podnet.dataplane.node_leases#filter)).
+        (C(host)), marked as podnet's by its key C(podnet) set to C(node-record).
+      - The nodes are the source of truth for their subnets. The plan role reads every node's record
+        (M(podnet.dataplane.preflight)) before it allocates anything, takes the subnets a lost lease file lacks
+        from them, and refuses a lease file that disagrees (P(podnet.dataplane.node_leases#filter)).
       - An existing file that is not podnet's record makes the run fail before any change; I(state=deleted)
         removes podnet's record and leaves anything else alone. Empty - do not write it.
     type: path
