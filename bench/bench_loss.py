@@ -10,14 +10,13 @@ Exits non-zero when a run fails or the probe reports a pair that sent nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.integration.labkit import Lab  # noqa: E402
+from tests.integration.labkit import Lab, probed_runs  # noqa: E402
 
 # In order, so each change starts from where the one before left the lab; the first is the baseline.
 CHANGES = ("flannel-vxlan>flannel-vxlan", "flannel-vxlan>flannel-host-gw", "flannel-host-gw>flannel-vxlan",
@@ -33,13 +32,9 @@ def run(lab: Lab, playbook: str, **extra) -> None:
 
 
 def measure(lab: Lab, before: str, after: str, report: Path) -> list[dict]:
-    run(lab, "playbooks/probe.yml", podnet_backend=before, podnet_probe="start")
-    run(lab, "playbooks/site.yml", podnet_backend=after)
-    run(lab, "playbooks/probe.yml", podnet_backend=after, podnet_probe="stop", podnet_probe_report=str(report))
-    rows = json.loads(report.read_text())
-    silent = [(r["source"], r["target"]) for r in rows if not r["sent"] or not r["target_reported"]]
-    if silent:
-        raise SystemExit(f"{before} -> {after}: pairs without a complete report: {silent}")
+    results, rows = probed_runs(lab, report, [{"podnet_backend": after}], probe_vars={"podnet_backend": before})
+    if results[0].rc != 0:
+        raise SystemExit(f"{before} -> {after}: site.yml failed\n{results[0].output[-4000:]}")
     return rows
 
 

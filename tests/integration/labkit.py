@@ -37,6 +37,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
 ANSIBLE_PLAYBOOK = VENV_BIN / "ansible-playbook"
 LAB_INVENTORY = REPO_ROOT / "inventories" / "lab"
+SITE_PLAYBOOK = "playbooks/site.yml"
+PROBE_PLAYBOOK = "playbooks/probe.yml"
 LAB_UP = REPO_ROOT / "playbooks" / "lab_up.yml"
 LAB_DOWN = REPO_ROOT / "playbooks" / "lab_down.yml"
 PLAYBOOK_TIMEOUT = 900
@@ -409,3 +411,31 @@ def converged_lab(backend: str, **extra_vars: Any) -> Iterator[Lab]:
         result = lab.run("playbooks/site.yml")
         assert result.rc == 0, result.output
         yield lab
+
+
+def probed_runs(lab: Lab, report: Path, changes: Sequence[Mapping[str, Any]], inventory: Path | None = None,
+                probe_vars: Mapping[str, Any] | None = None) -> tuple[list[PlaybookResult], list[dict[str, Any]]]:
+    """site.yml runs while every pod probes every pod on the other nodes (playbooks/probe.yml, started before the
+    first run and stopped after the last, with `probe_vars`): one run per change (its extra vars; the key
+    `_inventory` runs it with another inventory). The runs' results, and the probe's rows (one per pod pair,
+    `report` keeps them). Raises LabError when the probe cannot start or stop, or a pair reported nothing."""
+    where = {"inventory": inventory} if inventory is not None else {}
+    started = lab.run(PROBE_PLAYBOOK, **where, extra_vars={**(probe_vars or {}), "podnet_probe": "start"})
+    if started.rc != 0:
+        raise LabError(f"the probes did not start\n{started.output}")
+    results = []
+    try:
+        for change in changes:
+            extra = dict(change)
+            run_where = {"inventory": extra.pop("_inventory")} if "_inventory" in extra else where
+            results.append(lab.run(SITE_PLAYBOOK, **run_where, extra_vars=extra))
+    finally:
+        stopped = lab.run(PROBE_PLAYBOOK, **where, extra_vars={**(probe_vars or {}), "podnet_probe": "stop",
+                                                               "podnet_probe_report": str(report)})
+    if stopped.rc != 0:
+        raise LabError(f"the probes did not stop\n{stopped.output}")
+    rows = json.loads(report.read_text())
+    silent = [(r["source"], r["target"]) for r in rows if not r["sent"] or not r["target_reported"]]
+    if not rows or silent:
+        raise LabError(f"pairs without a complete probe report: {silent or 'no pairs at all'}")
+    return results, rows

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .labkit import REPO_ROOT, Lab, PlaybookResult, list_netns, netns_exec, netns_json
+from .labkit import REPO_ROOT, Lab, PlaybookResult, list_netns, netns_exec, netns_json, probed_runs
 
 pytestmark = pytest.mark.integration
 
@@ -189,19 +189,9 @@ def bird_running(lab: Lab, host: str) -> bool:
 
 
 def probed_site(lab: Lab, report: Path, extra_vars: dict | None = None) -> tuple[PlaybookResult, list[dict]]:
-    """A site.yml run while every pod probes every pod on the other nodes (playbooks/probe.yml): the run, and the
-    probe's rows (one per pod pair)."""
-    started = lab.run("playbooks/probe.yml", extra_vars={"podnet_probe": "start", **(extra_vars or {})})
-    assert started.rc == 0, started.output
-    try:
-        result = lab.run("playbooks/site.yml", extra_vars=extra_vars)
-    finally:
-        stopped = lab.run("playbooks/probe.yml", extra_vars={"podnet_probe": "stop", "podnet_probe_report": str(report),
-                                                             **(extra_vars or {})})
-    assert stopped.rc == 0, stopped.output
-    rows = json.loads(report.read_text())
-    assert rows and all(r["target_reported"] and r["sent"] > 0 for r in rows), rows
-    return result, rows
+    """A site.yml run while every pod probes every pod on the other nodes: the run, and the probe's rows."""
+    results, rows = probed_runs(lab, report, [extra_vars or {}], probe_vars=extra_vars)
+    return results[0], rows
 
 
 @pytest.mark.parametrize("other", ["calico-vxlan", "flannel-vxlan"])

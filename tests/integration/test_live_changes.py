@@ -5,12 +5,11 @@ pair - site.yml adds the new path on every node, then moves every node's routes,
 change is also checked in the kernel: the new path in place, nothing left of the old one."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from .labkit import Lab, lab_inventory
+from .labkit import Lab, lab_inventory, probed_runs
 
 pytestmark = pytest.mark.integration
 
@@ -40,18 +39,10 @@ def converge(lab: Lab, inventory: Path, **extra) -> None:
 def probed(lab: Lab, inventory: Path, report: Path, *changes: dict) -> dict[tuple[str, str], dict]:
     """Each change a site.yml run (extra vars; `_inventory` picks the inventory), all of them while the probes of
     the three-node cluster run; the probe rows by (source, target)."""
-    started = lab.run(PROBE, inventory=inventory, extra_vars={"podnet_probe": "start"})
-    assert started.rc == 0, started.output
-    try:
-        for change in changes:
-            change = dict(change)
-            converge(lab, change.pop("_inventory", inventory), **change)
-    finally:
-        stopped = lab.run(PROBE, inventory=inventory,
-                          extra_vars={"podnet_probe": "stop", "podnet_probe_report": str(report)})
-    assert stopped.rc == 0, stopped.output
-    rows = json.loads(report.read_text())
-    assert len(rows) == 6 * 4 and all(r["target_reported"] and r["sent"] > 0 for r in rows), rows
+    results, rows = probed_runs(lab, report, changes, inventory=inventory)
+    for result in results:
+        assert result.rc == 0, result.output
+    assert len(rows) == 6 * 4, rows
     return {(r["source"], r["target"]): r for r in rows}
 
 

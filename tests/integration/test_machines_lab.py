@@ -8,6 +8,7 @@ down, nothing of it left afterwards.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import time
 from pathlib import Path
@@ -98,9 +99,14 @@ def test_a_transport_the_kernel_lacks_is_refused_before_any_machine_changes(mach
         assert fatal[0]["kernel"]["features"]["ipip"]["available"] is False, fatal
     assert writes == {host: [] for host in HOSTS}, writes
     after = snapshot(machines)
-    # The subnet leases on the controller are the plan's (written before the preflight, the same for every
-    # backend: the inventory's podnet_cluster_cidr and /24 per node); every machine is as it was.
     assert snapshot_diff({h: before[h] for h in HOSTS}, {h: after[h] for h in HOSTS}) == []
+    # the leases are written after every node's preflight passed: a refused run writes none on the controller
+    assert not leases_file(machines).exists()
+
+
+def leases_file(prefix: str) -> Path:
+    """The controller's lease file of the lab (inventories/lab-machines: podnet_lease_file)."""
+    return Path("/run/podnet-lab", prefix, "leases.json")
 
 
 @pytest.mark.parametrize("backend", [
@@ -160,6 +166,34 @@ def test_all_nodes_rebooted_at_once_are_restored_with_their_bird_routes(machines
     assert bird_routes(machines) == before
     verify = playbook(machines, "verify.yml", *backend)
     assert verify.rc == 0, verify.output
+
+
+def test_the_machines_hold_their_subnets_for_a_controller_that_lost_or_garbled_its_leases(machines: str) -> None:
+    """After the converges above: each machine keeps its own record (/etc/podnet/node.json, on its own disk) of
+    its subnet and backend. A lease file of another controller (node1's and node2's subnets swapped) is refused
+    before any machine changes and is not overwritten; a lost lease file is written again from the machines'
+    records, and the run changes nothing on them."""
+    backend = ("-e", "podnet_backend=calico-bgp", "-e", "podnet_calico_bgp=bird")
+    ours = json.loads(leases_file(machines).read_text())
+    records = {host: json.loads(text) for host, text in ansible(machines, "cat /etc/podnet/node.json").items()}
+    assert {host: (r["subnet"], r["backend"], r["host"]) for host, r in records.items()} == {
+        host: (ours[host], "calico-bgp", host) for host in HOSTS}
+    before = snapshot(machines)
+    theirs = dict(ours, node1=ours["node2"], node2=ours["node1"])
+    leases_file(machines).write_text(json.dumps(theirs))
+    try:
+        refused = playbook(machines, "site.yml", *backend)
+        assert refused.rc != 0 and f"node1 holds {ours['node1']}" in refused.output, refused.output
+        assert json.loads(leases_file(machines).read_text()) == theirs
+        assert snapshot_diff(before, snapshot(machines)) == []
+    finally:
+        leases_file(machines).write_text(json.dumps(ours))
+    leases_file(machines).unlink()
+    recovered = playbook(machines, "site.yml", *backend)
+    assert recovered.rc == 0, recovered.output
+    assert json.loads(leases_file(machines).read_text()) == ours
+    assert all(recovered.changed(host) == 0 for host in HOSTS if host != "node1"), recovered.output
+    assert snapshot_diff(before, snapshot(machines)) == []
 
 
 def test_wireguard_keys_are_made_on_each_machine_and_only_public_keys_come_back(machines: str) -> None:
