@@ -15,7 +15,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.plan.node_record 
     reconcile,
     record_text,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.plan.plan import plan_cluster
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.plan import PlanError, plan_cluster
 from ansible_collections.podnet.dataplane.plugins.modules import preflight
 
 HOSTVARS = {
@@ -130,3 +130,11 @@ def test_the_preflight_line_reads_the_record_or_nothing(tmp_path):
     assert preflight.read_record(str(tmp_path / "missing")) is None and preflight.read_record(None) is None
     with pytest.raises(ValueError):
         underlay.split_look("no separators at all", str(path))
+
+
+@pytest.mark.parametrize("path", ["/etc/podnet/node.json; id", "etc/podnet/node.json", "/etc/podnet/../shadow",
+                                  "/etc/podnet/node.json\n", "/etc/p\u00f6dnet/node.json"])
+def test_the_record_path_is_checked_like_every_path(path):
+    with pytest.raises(PlanError, match="podnet_node_record"):
+        plan({}, {**HOSTVARS, "b": {**HOSTVARS["b"], "podnet_node_record": path}})
+    plan({}, {**HOSTVARS, "b": {**HOSTVARS["b"], "podnet_node_record": ""}})  # empty: no record

@@ -928,19 +928,19 @@ def reset_steps(run: NodeRun) -> None:
         no_wireguard_key(run, p["wireguard_key_dir"], name)
     apply_policy(run, {})
     run.file("no subnet.env", p["subnet_env"], None)
-    if p["node_record"]:
-        if is_podnets(files.read_text(p["node_record"])):
-            run.file("no node record", p["node_record"], None)
-        elif os.path.lexists(p["node_record"]):
-            run.keep("no node record", "file", {
-                "changed": False, "commands": [], "msg": f"{p['node_record']} is not podnet's: left alone"})
-    if p["rt_protos_file"]:
-        if is_podnets_rt_protos(files.read_text(p["rt_protos_file"])):
-            run.file("no name for podnet's route protocol", p["rt_protos_file"], None)
-        elif os.path.lexists(p["rt_protos_file"]):
-            run.keep("no name for podnet's route protocol", "file", {
-                "changed": False, "commands": [], "msg": f"{p['rt_protos_file']} is not podnet's: left alone"})
+    remove_if_podnets(run, "no node record", p["node_record"], is_podnets)
+    remove_if_podnets(run, "no name for podnet's route protocol", p["rt_protos_file"], is_podnets_rt_protos)
     forget_records(run)
+
+
+def remove_if_podnets(run: NodeRun, step: str, path: str | None, podnets: Callable[[str | None], bool]) -> None:
+    """A file of podnet's removed; one that is not podnet's (`podnets` of its text is false) left alone."""
+    if not path:
+        return
+    if podnets(files.read_text(path)):
+        run.file(step, path, None)
+    elif os.path.lexists(path):
+        run.keep(step, "file", {"changed": False, "commands": [], "msg": f"{path} is not podnet's: left alone"})
 
 
 def forget_records(run: NodeRun) -> None:
