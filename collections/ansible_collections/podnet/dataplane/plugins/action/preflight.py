@@ -2,8 +2,9 @@
 # Apache License 2.0
 """podnet.dataplane.preflight's action: where only the node IP and kernel checks and the node's record are asked
 for (what the plan play asks of every node before any node changes), one shell line on the node answers them -
-`ip -j -d address show`, the kernel probe of kernel/features.py and the record's text - with no module run, which costs ~0.3 CPU-s of Python and
-Ansible imports on the node and was a third of a no-op converge of a large cluster. Anything else asked, or a
+`ip -j -d address show`, the kernel probe of kernel/features.py and the record's text - with no module run,
+which costs ~0.3 CPU-s of Python and Ansible imports on the node and was a third of a no-op converge of a large
+cluster. Anything else asked, or a
 node whose `ip` gives no JSON, runs the module, which answers the same."""
 from __future__ import annotations
 

@@ -164,6 +164,6 @@ def topology_dot(cluster: dict) -> str:
 
 class FilterModule:
     def filters(self):
-        return {"plan": plan, "node_leases": node_leases, "commands": commands, "pod_sources": pod_sources, "pod_targets": pod_targets,
-                "ping_matrix": ping_matrix, "probe_loss": probe_loss, "drift": drift, "subnet_env": subnet_env,
+        return {"plan": plan, "node_leases": node_leases, "commands": commands, "pod_sources": pod_sources,
+                "pod_targets": pod_targets, "ping_matrix": ping_matrix, "probe_loss": probe_loss, "drift": drift, "subnet_env": subnet_env,
                 "topology_dot": topology_dot, "ping_surprises": ping_surprises}
