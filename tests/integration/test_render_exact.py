@@ -91,7 +91,7 @@ def _files(lab: Lab, host: str) -> dict[str, Any]:
     base = Path(f"/run/podnet-lab/{lab.prefix}/{host}")
     out = {}
     for path in (base / "flannel" / "subnet.env", base / "iproute2" / "rt_protos.d" / "podnet.conf",
-                 base / "bird" / "bird.conf"):
+                 base / "bird" / "bird.conf", base / "node.json"):
         if path.exists():
             out[str(path)] = (path.read_text(), stat.S_IMODE(path.stat().st_mode))
     return out
@@ -157,3 +157,4 @@ def test_a_cluster_built_from_the_rendered_scripts_is_what_site_yml_converges_to
         node1 = before["node1"]["node"]
         assert [r for r in node1["route"] if r.get("protocol") == "152"], node1["route"]
         assert len({link["ifname"] for link in node1["link"]}) > 3
+        assert any(path.endswith("/node.json") for path in before["node1"]["files"])  # the script wrote the record
