@@ -138,3 +138,15 @@ def test_the_record_path_is_checked_like_every_path(path):
     with pytest.raises(PlanError, match="podnet_node_record"):
         plan({}, {**HOSTVARS, "b": {**HOSTVARS["b"], "podnet_node_record": path}})
     plan({}, {**HOSTVARS, "b": {**HOSTVARS["b"], "podnet_node_record": ""}})  # empty: no record
+
+
+def test_an_explicit_subnet_over_one_a_node_holds_is_refused():
+    # c holds .2 and has no podnet_pod_subnet; the inventory gives .2 to a: c would move without being asked
+    hostvars = {**HOSTVARS, "a": {**HOSTVARS["a"], "podnet_pod_subnet": "10.244.2.0/24"}}
+    records = {"a": None, "b": record_of("b", "10.244.1.0/24"), "c": record_of("c", "10.244.2.0/24")}
+    leases = {"b": "10.244.1.0/24", "c": "10.244.2.0/24"}
+    with pytest.raises(LeaseConflict, match=r"c holds 10\.244\.2\.0/24, but podnet_pod_subnet gives 10\.244\.2\.0/24 to a"):
+        reconcile(leases, plan(leases, hostvars), records, ["a", "b", "c"])
+    # both given explicitly (a swap the inventory asks for): nothing to refuse
+    swapped = {**hostvars, "c": {**HOSTVARS["c"], "podnet_pod_subnet": "10.244.0.0/24"}}
+    assert reconcile(leases, plan(leases, swapped), records, ["a", "b", "c"]) == {"b": "10.244.1.0/24"}

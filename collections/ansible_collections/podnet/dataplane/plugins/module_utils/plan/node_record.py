@@ -75,7 +75,8 @@ def reconcile(leases: dict[str, str], cluster: dict[str, Any], records: dict[str
     """The leases to plan with: the lease file's, plus every subnet a node holds (its record) that the file
     lacks. `cluster` is the plan made from the lease file alone; `records` the records read from the nodes in
     `asked` (None where a node has none). Raises LeaseConflict where the file gives a node another subnet than
-    the node holds, gives one node's subnet to another, or lacks a node this run could not ask."""
+    the node holds, gives one node's subnet to another, or lacks a node this run could not ask, and where a
+    podnet_pod_subnet takes the subnet a node without one holds."""
     nodes = cluster["nodes"]
     cidr = ipaddress.IPv4Network(cluster["settings"]["podnet_cluster_cidr"])
     prefix = cluster["settings"]["podnet_subnet_prefix"]
@@ -107,6 +108,11 @@ def reconcile(leases: dict[str, str], cluster: dict[str, Any], records: dict[str
             others = [host for host in owners if host not in holders]
             problems.append(f"{' and '.join(holders)} hold{'s' if len(holders) == 1 else ''} {subnet}, but the lease "
                             f"file gives it to {', '.join(others) or 'another node too'}")
+    # an explicit subnet (podnet_pod_subnet) over one a node without one holds would move that node unasked
+    for host, subnet in sorted(held.items()):
+        for other in sorted(explicit):
+            if ipaddress.IPv4Network(nodes[other]["subnet"]).overlaps(ipaddress.IPv4Network(subnet)):
+                problems.append(f"{host} holds {subnet}, but podnet_pod_subnet gives {nodes[other]['subnet']} to {other}")
     unasked = [host for host in nodes if host not in explicit and host not in merged and host not in asked]
     if unasked:
         problems.append(f"the lease file has no pod subnet for {', '.join(unasked)}, and this run does not reach "
@@ -119,5 +125,5 @@ def reconcile(leases: dict[str, str], cluster: dict[str, Any], records: dict[str
             + ". The nodes are the source of truth: a lease file of another controller or checkout, or an old copy, "
             "must not re-address them. Remove the wrong entries from the lease file (podnet_lease_file) and podnet "
             "takes each node's subnet from the node; to move a node to another subnet on purpose, set its "
-            "podnet_pod_subnet.")
+            "podnet_pod_subnet (and that of a node whose subnet it takes).")
     return merged
