@@ -4,13 +4,15 @@ probes running through the upgrade.
 
 The upgrade run loses no probe and changes nothing in any node's or pod's kernel state (links with their
 ifindex, addresses, all route tables, permanent neighbours, static fdb, iptables, sysctls: this tree
-wants exactly what the earlier one made, and owns it); it writes the boot records again in the current
-format (the earlier ones carry none); a second run changes nothing; and reset.yml of this tree then
+wants exactly what the earlier one made, and owns it) but for the node's record of its subnet, which the
+earlier release did not write; it writes the boot records again in the current format (the earlier ones
+carry none); a second run changes nothing; and reset.yml of this tree then
 removes everything the earlier release made.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import signal
@@ -108,7 +110,14 @@ def test_a_cluster_converged_by_the_previous_release_upgrades_in_place(previous_
         lost = {f"{s}->{t}": sent - answered for (s, t), (sent, answered) in loss.items() if sent - answered}
         assert all(sent > 20 for sent, _ in loss.values()), loss
         assert lost == {}, f"probes lost during the upgrade: {lost}"
-        assert differences(before, snapshot(lab)) == []
+        after = snapshot(lab)
+        for host in HOSTS:
+            # the one thing the earlier release did not make: the node's record of the subnet it holds
+            text, mode = after[host]["files"].pop(str(Path(f"/run/podnet-lab/{lab.prefix}/{host}/node.json")))
+            record = json.loads(text)
+            assert (record["podnet"], record["host"], record["backend"], mode) == ("node-record", host, backend, 0o644)
+            assert ipaddress.ip_address(address[host]) in ipaddress.ip_network(record["subnet"]), (host, record)
+        assert differences(before, after) == []
 
         for host in HOSTS:
             now = records(lab, host)
