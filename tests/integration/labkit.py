@@ -417,7 +417,7 @@ def probed_runs(lab: Lab, report: Path, changes: Sequence[Mapping[str, Any]], in
                 probe_vars: Mapping[str, Any] | None = None) -> tuple[list[PlaybookResult], list[dict[str, Any]]]:
     """site.yml runs while every pod probes every pod on the other nodes (playbooks/probe.yml, started before the
     first run and stopped after the last, with `probe_vars`): one run per change (its extra vars; the key
-    `_inventory` runs it with another inventory). The runs' results, and the probe's rows (one per pod pair,
+    `_inventory` runs it with another inventory, `_playbook` another playbook than site.yml). The runs' results, and the probe's rows (one per pod pair,
     `report` keeps them). Raises LabError when the probe cannot start or stop, or a pair reported nothing."""
     where = {"inventory": inventory} if inventory is not None else {}
     started = lab.run(PROBE_PLAYBOOK, **where, extra_vars={**(probe_vars or {}), "podnet_probe": "start"})
@@ -428,7 +428,7 @@ def probed_runs(lab: Lab, report: Path, changes: Sequence[Mapping[str, Any]], in
         for change in changes:
             extra = dict(change)
             run_where = {"inventory": extra.pop("_inventory")} if "_inventory" in extra else where
-            results.append(lab.run(SITE_PLAYBOOK, **run_where, extra_vars=extra))
+            results.append(lab.run(extra.pop("_playbook", SITE_PLAYBOOK), **run_where, extra_vars=extra))
     finally:
         stopped = lab.run(PROBE_PLAYBOOK, **where, extra_vars={**(probe_vars or {}), "podnet_probe": "stop",
                                                                "podnet_probe_report": str(report)})

@@ -3,13 +3,17 @@
 """Filters that plan and render podnet's per-node state on the controller (no host access)."""
 from __future__ import annotations
 
+import ipaddress
+
 from ansible.errors import AnsibleFilterError
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders import subnet_env_text
 from ansible_collections.podnet.dataplane.plugins.module_utils.node.loss_probe import merge
 from ansible_collections.podnet.dataplane.plugins.module_utils.node.render import RenderError, node_commands
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.adoption import adopted_record, refuse_foreign
 from ansible_collections.podnet.dataplane.plugins.module_utils.plan.node_record import (
     LeaseConflict,
     reconcile,
+    reconcile_macs,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.plan.plan import (
     CLUSTER_KEYS,
@@ -17,6 +21,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.plan.plan import 
     PATH_KEYS,
     PlanError,
     plan_cluster,
+    vtep_mac_for,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.plan.policy import ping_surprises
 
@@ -31,24 +36,51 @@ def _node_vars(hostvars, host: str) -> dict:
     return out
 
 
-def plan(hostvars, hosts, leases=None) -> dict:
-    """{{ hostvars | podnet.dataplane.plan(groups['podnet_nodes'], leases) }}"""
+def plan(hostvars, hosts, leases=None, vtep_macs=None) -> dict:
+    """{{ hostvars | podnet.dataplane.plan(groups['podnet_nodes'], leases, vtep_macs) }}"""
     hosts = list(hosts or [])
     try:
-        return plan_cluster(hosts, {h: _node_vars(hostvars, h) for h in hosts}, leases or {})
+        return plan_cluster(hosts, {h: _node_vars(hostvars, h) for h in hosts}, leases or {}, vtep_macs or {})
     except PlanError as exc:
         raise AnsibleFilterError(str(exc)) from None
 
 
+def _held(cluster: dict, hostvars, asked: list[str]) -> dict:
+    """What each node asked holds, as the preflight read it: podnet's record, or (adopting) what the node runs."""
+    settings = cluster["settings"]
+    cidr, prefix = ipaddress.IPv4Network(settings["podnet_cluster_cidr"]), settings["podnet_subnet_prefix"]
+    held = {}
+    for host in asked:
+        if host not in hostvars:
+            continue
+        look = hostvars[host].get("podnet_preflight") or {}
+        held[host] = look.get("node_record") or adopted_record(host, look.get("adoptable"), cidr, prefix)
+    return held
+
+
 def node_leases(leases, cluster: dict, hostvars, asked) -> dict:
     """{{ podnet_leases_in | podnet.dataplane.node_leases(podnet_cluster, hostvars, ansible_play_hosts) }}: the
-    lease file's leases with every subnet a node holds (its record, as the preflight read it) and the file lacks;
-    fails where the file and the nodes disagree."""
+    lease file's leases with every subnet a node holds (its record, or what an adoption found there, as the
+    preflight read it) and the file lacks; fails where the file and the nodes disagree."""
     asked = list(asked or [])
-    records = {host: (hostvars[host].get("podnet_preflight") or {}).get("node_record") for host in asked
-               if host in hostvars}
     try:
-        return reconcile(dict(leases or {}), cluster, records, asked)
+        held = _held(cluster, hostvars, asked)
+        refuse_foreign(cluster, {host: hostvars[host].get("podnet_preflight") or {} for host in asked
+                                 if host in hostvars and not held.get(host)})
+        return reconcile(dict(leases or {}), cluster, held, asked)
+    except LeaseConflict as exc:
+        raise AnsibleFilterError(str(exc)) from None
+
+
+def node_vtep_macs(vtep_macs, cluster: dict, hostvars, asked) -> dict:
+    """{{ podnet_vtep_macs_in | podnet.dataplane.node_vtep_macs(podnet_cluster, hostvars, ansible_play_hosts) }}:
+    the VTEP MAC file's MACs with every MAC a node holds that is not podnet's default and the file lacks; fails
+    where the file gives a node another MAC than it holds."""
+    asked = list(asked or [])
+    explicit = {host for host in cluster["nodes"]
+                if host in hostvars and hostvars[host].get("podnet_vtep_mac") not in (None, "")}
+    try:
+        return reconcile_macs(dict(vtep_macs or {}), cluster, _held(cluster, hostvars, asked), explicit, vtep_mac_for)
     except LeaseConflict as exc:
         raise AnsibleFilterError(str(exc)) from None
 
@@ -64,15 +96,41 @@ def commands(node_state: dict, kernel: str | None = None, options: dict | None =
         raise AnsibleFilterError(str(exc)) from None
 
 
-def pod_sources(cluster: dict, host: str) -> list[dict]:
-    """This node's pods as pod_ping sources."""
-    return [{"name": f"{host}/{pod['name']}", "netns": pod["netns"]} for pod in cluster["nodes"][host]["pods"]]
+PROBE_PODS_VAR = "podnet_probe_pods"
 
 
-def pod_targets(cluster: dict, host: str) -> list[dict]:
-    """Every pod on the other nodes, as pod_ping targets."""
+def _pods_of(cluster: dict, host: str, hostvars) -> list[dict]:
+    """The pods of `host` to probe: its podnet_probe_pods where the inventory lists them (pods podnet did not wire,
+    e.g. before adopting a running cluster), else the plan's."""
+    given = hostvars[host].get(PROBE_PODS_VAR) if hostvars is not None and host in hostvars else None
+    if given is None:
+        return [{"name": pod["name"], "netns": pod["netns"], "address": pod["address"]}
+                for pod in cluster["nodes"][host]["pods"]]
+    if not isinstance(given, list) or not all(isinstance(pod, dict) for pod in given):
+        raise AnsibleFilterError(f"{host}: {PROBE_PODS_VAR} must be a list of pods ({{name, netns, address}})")
+    pods = []
+    for pod in given:
+        name, netns, address = pod.get("name"), pod.get("netns"), str(pod.get("address", "")).split("/")[0]
+        try:
+            ipaddress.IPv4Address(address)
+        except ValueError:
+            raise AnsibleFilterError(f"{host}: {PROBE_PODS_VAR}: {address!r} is not an IPv4 address") from None
+        if not isinstance(name, str) or not name or not isinstance(netns, str) or not netns:
+            raise AnsibleFilterError(f"{host}: {PROBE_PODS_VAR}: every pod needs a name and a netns ({pod!r})")
+        pods.append({"name": name, "netns": netns, "address": address})
+    return pods
+
+
+def pod_sources(cluster: dict, host: str, hostvars=None) -> list[dict]:
+    """This node's pods as pod_ping and pod_probe sources (with `hostvars`: its podnet_probe_pods if it has them)."""
+    return [{"name": f"{host}/{pod['name']}", "netns": pod["netns"]} for pod in _pods_of(cluster, host, hostvars)]
+
+
+def pod_targets(cluster: dict, host: str, hostvars=None) -> list[dict]:
+    """Every pod on the other nodes, as pod_ping and pod_probe targets (with `hostvars`: podnet_probe_pods where a
+    node has them)."""
     return [{"name": f"{other}/{pod['name']}", "address": pod["address"].split("/")[0]}
-            for other, node in cluster["nodes"].items() if other != host for pod in node["pods"]]
+            for other in cluster["nodes"] if other != host for pod in _pods_of(cluster, other, hostvars)]
 
 
 def ping_matrix(results: list) -> str:
@@ -164,6 +222,6 @@ def topology_dot(cluster: dict) -> str:
 
 class FilterModule:
     def filters(self):
-        return {"plan": plan, "node_leases": node_leases, "commands": commands, "pod_sources": pod_sources,
+        return {"plan": plan, "node_leases": node_leases, "node_vtep_macs": node_vtep_macs, "commands": commands, "pod_sources": pod_sources,
                 "pod_targets": pod_targets, "ping_matrix": ping_matrix, "probe_loss": probe_loss, "drift": drift, "subnet_env": subnet_env,
                 "topology_dot": topology_dot, "ping_surprises": ping_surprises}

@@ -80,6 +80,21 @@ options:
         C(node_record) when it is podnet's. The plan role compares it with the lease file before it allocates
         anything (C(podnet.dataplane.node_leases)).
     type: path
+  adopt:
+    description:
+      - Look at what a node programmed by someone else (flanneld, calico, hands) runs, to adopt it
+        (C(playbooks/adopt.yml)); returned as C(adoptable). Read-only, like everything here.
+    type: dict
+    suboptions:
+      vtep:
+        description: The VTEP device the node's backend uses (C(flannel.1)); its MAC and addresses are returned.
+        type: str
+      bridge:
+        description: The pod bridge (C(cni0)); its addresses are returned.
+        type: str
+      subnet_env:
+        description: flannel's C(subnet.env); its C(FLANNEL_*) values are returned.
+        type: path
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 """
@@ -144,6 +159,16 @@ node_record:
   sample: {"podnet": "node-record", "format": 1, "host": "node1", "node_ip": "172.30.0.11",
            "cluster_cidr": "10.244.0.0/16", "subnet": "10.244.0.0/24", "backend": "flannel-vxlan",
            "vtep_mac": "0e:7a:ac:1e:00:0b"}
+adoptable:
+  description:
+    - With I(adopt), what the node runs - the VTEP's MAC and addresses, the bridge's addresses, subnet.env's values,
+      and the host routes (/32) to devices that are not podnet's (a calico-style node's pods) - from which the plan
+      role takes the node's subnet and VTEP MAC; null without I(adopt).
+  returned: success
+  type: dict
+  sample: {"vtep": {"name": "flannel.1", "mac": "56:ad:b6:5f:16:d7", "networks": ["10.244.0.0/32"]},
+           "bridge": {"name": "cni0", "mac": "2a:11:5e:00:01:02", "networks": ["10.244.0.1/24"]},
+           "subnet_env": {"FLANNEL_NETWORK": "10.244.0.0/16", "FLANNEL_SUBNET": "10.244.0.1/24"}, "pod_routes": []}
 iptables_prefix_present:
   description:
     - Whether I(iptables_prefix) occurs in the I(iptables_table) table; null when I(iptables_prefix) is
@@ -166,7 +191,8 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.features i
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink import (
     Engine,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import Address, Link
+from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import Address, Link, Route
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.adoption import SUBNET_ENV_MAX, found_on_node
 from ansible_collections.podnet.dataplane.plugins.module_utils.plan.node_record import (
     RECORD_MAX,
     parse_record,
@@ -223,12 +249,14 @@ def iptables_prefix_present(module: AnsibleModule, prefix: str | None, table: st
 def main() -> None:
     module = AnsibleModule(argument_spec=PREFLIGHT_SPEC, supports_check_mode=True)
     p = module.params
+    adopt = p["adopt"]
     with Engine() as engine:
-        have = engine.gather({Address})
+        have = engine.gather({Address, Route} if adopt else {Address})
     addresses: dict[str, list[str]] = {}
     for address in have.of_type(Address):
-        addresses.setdefault(address.dev, []).append(address.cidr.split("/")[0])
-    interfaces = [Interface(link.name, link.mtu, link.alias, tuple(addresses.get(link.name, ())))
+        addresses.setdefault(address.dev, []).append(address.cidr)
+    interfaces = [Interface(link.name, link.mtu, link.alias, tuple(a.split("/")[0] for a in addresses.get(link.name, ())),
+                            link.mac, tuple(a for a in addresses.get(link.name, ()) if ":" not in a))
                   for link in have.of_type(Link)]
     try:
         facts = look(interfaces, p["node_ip"], p["underlay_interface"])
@@ -243,18 +271,26 @@ def main() -> None:
                      persisted=persisted_records(p["persist_dir"]),
                      iptables_prefix_present=iptables_prefix_present(module, p["iptables_prefix"],
                                                                      p["iptables_table"]),
-                     node_record=read_record(p["node_record"]))
+                     node_record=read_record(p["node_record"]),
+                     adoptable=found_on_node([i.seen() for i in interfaces],
+                                             [{"dst": r.dst, "dev": r.dev} for r in have.of_type(Route)],
+                                             read_text(adopt.get("subnet_env"), SUBNET_ENV_MAX), adopt) if adopt else None)
 
 
-def read_record(path: str | None) -> dict | None:
-    """The node's record when it is podnet's (the action plugin reads the same text with `head -c`)."""
+def read_text(path: str | None, limit: int) -> str | None:
+    """A file's first limit + 1 characters (the action plugin reads the same with `head -c`); None: none there."""
     if not path:
         return None
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
-            return parse_record(handle.read(RECORD_MAX + 1))
+            return handle.read(limit + 1)
     except OSError:
         return None
+
+
+def read_record(path: str | None) -> dict | None:
+    """The node's record when it is podnet's."""
+    return parse_record(read_text(path, RECORD_MAX))
 
 
 if __name__ == "__main__":

@@ -97,8 +97,8 @@ def reconcile(leases: dict[str, str], cluster: dict[str, Any], records: dict[str
         if lease is None:
             merged[host] = str(subnet)
         elif _subnet(lease) != subnet:
-            problems.append(f"{host} holds {subnet} (its record, written by a podnet run: backend "
-                            f"{record.get('backend')}), but the lease file gives it {lease}")
+            origin = record.get("source") or f"its record, written by a podnet run: backend {record.get('backend')}"
+            problems.append(f"{host} holds {subnet} ({origin}), but the lease file gives it {lease}")
     by_subnet: dict[str, list[str]] = {}
     for host, subnet in merged.items():
         by_subnet.setdefault(str(_subnet(subnet) or subnet), []).append(host)
@@ -126,4 +126,32 @@ def reconcile(leases: dict[str, str], cluster: dict[str, Any], records: dict[str
             "must not re-address them. Remove the wrong entries from the lease file (podnet_lease_file) and podnet "
             "takes each node's subnet from the node; to move a node to another subnet on purpose, set its "
             "podnet_pod_subnet (and that of a node whose subnet it takes).")
+    return merged
+
+
+def reconcile_macs(macs: dict[str, str], cluster: dict[str, Any], records: dict[str, dict[str, Any] | None],
+                   explicit: set[str], default_mac: Any) -> dict[str, str]:
+    """The VTEP MACs to plan with where they are not podnet's default for the node (default_mac(node_ip)): the
+    controller's file (`macs`), plus the MAC a node holds (its record, or the VTEP an adoption found) that the file
+    lacks. Nodes in `explicit` (podnet_vtep_mac) keep the inventory's. Raises LeaseConflict where the file gives a
+    node another MAC than the node holds: every peer's fdb and neighbour entries point at the MAC the node holds."""
+    nodes = cluster["nodes"]
+    merged = {host: mac for host, mac in macs.items() if host in nodes and host not in explicit}
+    problems = []
+    for host, record in sorted(records.items()):
+        held = (record or {}).get("vtep_mac")
+        if host not in nodes or host in explicit or not isinstance(held, str) or not held:
+            continue
+        kept = merged.get(host)
+        if kept is None:
+            if held != default_mac(nodes[host]["node_ip"]):
+                merged[host] = held
+        elif kept != held:
+            problems.append(f"{host}'s VTEP has MAC {held}, but the VTEP MAC file gives it {kept}")
+    if problems:
+        raise LeaseConflict(
+            "the VTEP MACs disagree with the nodes, so no node was changed: " + "; ".join(problems)
+            + ". Every peer reaches a node's VTEP by the MAC the node holds: remove the wrong entries from the VTEP "
+            "MAC file (podnet_vtep_macs_file) and podnet takes each node's MAC from the node; to change a node's "
+            "MAC on purpose, set its podnet_vtep_mac.")
     return merged

@@ -85,9 +85,14 @@ CLUSTER_KEYS = ("podnet_backend", "podnet_transport", "podnet_pod_wiring", "podn
                 "podnet_vxlan_port", "podnet_udp_port", "podnet_mtu", "podnet_underlay_mtu", "podnet_ipmasq", "podnet_bridge",
                 "podnet_calico_bgp", "podnet_bgp_as", "podnet_flannel_directrouting", "podnet_calico_crosssubnet",
                 "podnet_network_policies", "podnet_wireguard_port", "podnet_wireguard_key_epoch")
+# Adopt what the node runs (playbooks/adopt.yml sets it): the preflight reads the node's subnet and VTEP MAC, and
+# the node's run takes over its devices and routes to the other nodes.
+ADOPT_VAR = "podnet_adopt"
+# The controller's copy of the VTEP MACs the nodes hold where they are not podnet's default (adopted ones).
+VTEP_MACS_VAR = "podnet_vtep_macs_file"
 NODE_KEYS = ("podnet_node_ip", "podnet_pod_subnet", "podnet_vtep_mac", "podnet_underlay_interface",
              "podnet_pods", "podnet_pod_netns_prefix", "podnet_bgp_route_reflector",
-             "podnet_vxlan_tx_checksum_offload", "podnet_pod_sysctls", TAKE_OVER_VAR)
+             "podnet_vxlan_tx_checksum_offload", "podnet_pod_sysctls", TAKE_OVER_VAR, ADOPT_VAR)
 # Paths on the node that reach a systemd unit, bird.conf or a command line (the roles' defaults are safe;
 # these are checked when the inventory sets them). An empty podnet_persist_dir means "record nothing".
 PATH_KEYS = ("podnet_persist_dir", "podnet_boot_lib", "podnet_boot_python", "podnet_bird_dir", "podnet_lock_file",
@@ -394,11 +399,14 @@ def _allocate(names: list[str], explicit: dict[str, ipaddress.IPv4Network],
     return result
 
 
-def plan_cluster(hosts: list[str], hostvars: dict[str, dict], leases: dict[str, str] | None = None
-                 ) -> dict[str, Any]:
-    """Return {"settings": ..., "nodes": {host: node_state}, "leases": {host: subnet}}."""
+def plan_cluster(hosts: list[str], hostvars: dict[str, dict], leases: dict[str, str] | None = None,
+                 vtep_macs: dict[str, str] | None = None) -> dict[str, Any]:
+    """Return {"settings": ..., "nodes": {host: node_state}, "leases": {host: subnet}, "vtep_macs": {host: mac}}.
+    `vtep_macs` are the VTEP MACs the nodes hold where they are not podnet's default (adopted from flanneld):
+    a node's podnet_vtep_mac wins over them; "vtep_macs" returns the ones in use."""
     problems = _Problems([])
     leases = dict(leases or {})
+    vtep_macs = dict(vtep_macs or {})
     if not hosts:
         raise PlanError(["group podnet_nodes: no hosts; add nodes with podnet_node_ip"])
     settings = _cluster_settings(hosts, hostvars, problems)
@@ -410,6 +418,7 @@ def plan_cluster(hosts: list[str], hostvars: dict[str, dict], leases: dict[str, 
     node_nets: dict[str, ipaddress.IPv4Network] = {}
     explicit: dict[str, ipaddress.IPv4Network] = {}
     macs: dict[str, str] = {}
+    kept_macs: dict[str, str] = {}
     for host in hosts:
         hv = hostvars[host]
         raw_ip = hv.get("podnet_node_ip")
@@ -447,13 +456,20 @@ def plan_cluster(hosts: list[str], hostvars: dict[str, dict], leases: dict[str, 
                         problems.add(host, "podnet_pod_subnet", f"{net} overlaps {other_net} of {other}")
                 explicit[host] = net
         raw_mac = hv.get("podnet_vtep_mac")
+        mac_var = "podnet_vtep_mac"
+        if raw_mac in (None, "") and host in vtep_macs:
+            raw_mac, mac_var = vtep_macs[host], VTEP_MACS_VAR
         if raw_mac not in (None, ""):
-            mac = _check_mac(problems, host, "podnet_vtep_mac", raw_mac)
+            mac = _check_mac(problems, host, mac_var, raw_mac)
             if mac:
                 for other, other_mac in macs.items():
                     if other_mac == mac:
-                        problems.add(host, "podnet_vtep_mac", f"{mac} is also the VTEP MAC of {other}")
+                        problems.add(host, mac_var, f"{mac} is also the VTEP MAC of {other}")
                 macs[host] = mac
+                if mac_var == VTEP_MACS_VAR:
+                    kept_macs[host] = mac
+        if hv.get(ADOPT_VAR) not in (None, "") and _bool(hv.get(ADOPT_VAR)) is None:
+            problems.add(host, ADOPT_VAR, f"{hv[ADOPT_VAR]!r} is not a boolean")
         _check_paths(host, hv, problems)
         problems.extend(host, take_over_problems(hv.get(TAKE_OVER_VAR)))
         if hv.get("podnet_pod_sysctls") is not None:  # the calico role's default is safe
@@ -495,7 +511,7 @@ def plan_cluster(hosts: list[str], hostvars: dict[str, dict], leases: dict[str, 
         raise PlanError(problems.items)
     new_leases = {h: str(subnets[h]) for h in hosts if h not in explicit}
     public = {k: (str(v) if isinstance(v, ipaddress.IPv4Network) else v) for k, v in settings.items()}
-    return {"settings": public, "nodes": nodes, "leases": new_leases}
+    return {"settings": public, "nodes": nodes, "leases": new_leases, "vtep_macs": kept_macs}
 
 
 def _compile_policies(settings: dict[str, Any], nodes: dict[str, dict], problems: _Problems) -> None:
@@ -700,6 +716,12 @@ def _node_state(host: str, hosts: list[str], hostvars: dict[str, dict], settings
     else:
         state["iptables"] = []
         state["subnet_env"] = None
+    if _bool(hv.get(ADOPT_VAR)):
+        # adopting a node someone else programmed: what the backend makes may be there already, unmarked - the
+        # devices and the routes to the other nodes are taken over in place (marked, routes replaced atomically)
+        devices = [part["name"] for part in (state["vtep"], state["bridge"], state["tunnel"], state["wireguard"])
+                   if part]
+        state["take_over"] = list(dict.fromkeys(state["take_over"] + devices + [r["dst"] for r in state["routes"]]))
     return state
 
 

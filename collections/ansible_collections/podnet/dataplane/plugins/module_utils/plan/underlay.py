@@ -14,6 +14,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.features i
     FEATURES,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import is_owned_alias
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.adoption import ADOPT_OPTIONS, SUBNET_ENV_MAX
 from ansible_collections.podnet.dataplane.plugins.module_utils.plan.node_record import (
     RECORD_MAX,
     RECORD_SEPARATOR,
@@ -28,37 +29,68 @@ PREFLIGHT_SPEC = {
     "iptables_table": {"type": "str", "default": "filter"},
     "kernel_features": {"type": "list", "elements": "str", "default": [], "choices": list(FEATURES)},
     "node_record": {"type": "path"},
+    "adopt": {"type": "dict", "options": ADOPT_OPTIONS},
 }
 # What the action plugin can answer from one shell line (look_command); anything else needs the module.
-ADDRESS_ONLY = ("node_ip", "underlay_interface", "kernel_features", "node_record")
+ADDRESS_ONLY = ("node_ip", "underlay_interface", "kernel_features", "node_record", "adopt")
 # /usr/sbin is not on a plain user's PATH on some systems; `ip` lives there on others.
 ADDRESS_DUMP_COMMAND = 'PATH="$PATH:/usr/sbin:/sbin" ip -j -d address show'  # -d: the alias too
 PROBE_SEPARATOR = "--- podnet kernel features ---"
 # The address dump, then (only when it worked) the kernel probe: both fixed text.
 LOOK_COMMAND = f"{ADDRESS_DUMP_COMMAND} && echo '{PROBE_SEPARATOR}' && {{ {FEATURE_PROBE_COMMAND}; }}"
+ROUTES_SEPARATOR = "--- podnet routes ---"
+ROUTE_DUMP_COMMAND = 'PATH="$PATH:/usr/sbin:/sbin" ip -j route show'
+SUBNET_ENV_SEPARATOR = "--- podnet subnet.env ---"
 
 
-def look_command(node_record: str | None) -> str:
-    """LOOK_COMMAND, then the node's record (its first RECORD_MAX bytes; nothing where there is none) after
-    RECORD_SEPARATOR. The path is quoted: it is the only text here that comes from the inventory."""
-    if not node_record:
-        return LOOK_COMMAND
-    return (f"{LOOK_COMMAND} && echo '{RECORD_SEPARATOR}' && "
-            f"{{ head -c {RECORD_MAX + 1} -- {shlex.quote(node_record)} 2>/dev/null; true; }}")
+def _head(path: str, limit: int) -> str:
+    # the paths are the only text here that comes from the inventory: quoted
+    return f"{{ head -c {limit + 1} -- {shlex.quote(path)} 2>/dev/null; true; }}"
 
 
-def split_look(stdout: str, node_record: str | None) -> tuple[str, str, str | None]:
-    """The address dump, the kernel probe and the record's text (None: none asked or none there) of
-    look_command's output; ValueError where the output is not look_command's."""
+def look_command(node_record: str | None, adopt: dict | None = None) -> str:
+    """LOOK_COMMAND; when adopting, the main table's routes after ROUTES_SEPARATOR; then the node's record (its
+    first RECORD_MAX bytes; nothing where there is none) after RECORD_SEPARATOR; then, when adopting, subnet.env
+    after SUBNET_ENV_SEPARATOR. Fixed-format sections first: a file's text can hold anything."""
+    command = LOOK_COMMAND
+    if adopt:
+        command += f" && echo '{ROUTES_SEPARATOR}' && {ROUTE_DUMP_COMMAND}"
+    if node_record:
+        command += f" && echo '{RECORD_SEPARATOR}' && {_head(node_record, RECORD_MAX)}"
+    if adopt and adopt.get("subnet_env"):
+        command += f" && echo '{SUBNET_ENV_SEPARATOR}' && {_head(adopt['subnet_env'], SUBNET_ENV_MAX)}"
+    return command
+
+
+@dataclass(frozen=True)
+class Look:
+    """look_command's output in its sections (None: not asked, or no file there)."""
+    addresses: str
+    probe: str
+    routes: str | None = None
+    record: str | None = None
+    subnet_env: str | None = None
+
+
+def split_look(stdout: str, node_record: str | None, adopt: dict | None = None) -> Look:
+    """look_command's output in its sections; ValueError where the output is not look_command's."""
     if PROBE_SEPARATOR not in stdout:
         raise ValueError("no kernel probe in the output")
-    addresses, probe = stdout.split(PROBE_SEPARATOR, 1)
-    if not node_record:
-        return addresses, probe, None
-    if RECORD_SEPARATOR not in probe:
-        raise ValueError("no node record section in the output")
-    probe, record = probe.split(RECORD_SEPARATOR + "\n", 1)
-    return addresses, probe, record or None
+    addresses, rest = stdout.split(PROBE_SEPARATOR, 1)
+    subnet_env = record = routes = None
+    if adopt and adopt.get("subnet_env"):
+        if SUBNET_ENV_SEPARATOR not in rest:
+            raise ValueError("no subnet.env section in the output")
+        rest, subnet_env = rest.rsplit(SUBNET_ENV_SEPARATOR + "\n", 1)
+    if node_record:
+        if RECORD_SEPARATOR not in rest:
+            raise ValueError("no node record section in the output")
+        rest, record = rest.split(RECORD_SEPARATOR + "\n", 1)
+    if adopt:
+        if ROUTES_SEPARATOR not in rest:
+            raise ValueError("no routes section in the output")
+        rest, routes = rest.split(ROUTES_SEPARATOR + "\n", 1)
+    return Look(addresses, rest, routes, record or None, subnet_env or None)
 
 
 class UnderlayProblem(Exception):
@@ -71,6 +103,13 @@ class Interface:
     mtu: int
     alias: str | None
     addresses: tuple[str, ...]  # without prefix length
+    mac: str | None = None
+    networks: tuple[str, ...] = ()  # IPv4 addresses with their prefix length ("10.244.1.1/24")
+
+    def seen(self) -> dict:
+        """As adoption.found_on_node takes a link."""
+        return {"name": self.name, "mac": self.mac, "networks": list(self.networks),
+                "owned": is_owned_alias(self.alias)}
 
 
 def interfaces_from_ip_json(text: str) -> list[Interface]:
@@ -82,8 +121,12 @@ def interfaces_from_ip_json(text: str) -> list[Interface]:
     for entry in data:
         if not entry:  # iproute2 prints {} for links it could not describe
             continue
-        addresses = tuple(str(a["local"]) for a in entry.get("addr_info", []) if "local" in a)
-        interfaces.append(Interface(str(entry["ifname"]), int(entry["mtu"]), entry.get("ifalias"), addresses))
+        infos = entry.get("addr_info", [])
+        addresses = tuple(str(a["local"]) for a in infos if "local" in a)
+        networks = tuple(f"{a['local']}/{a['prefixlen']}" for a in infos
+                         if a.get("family") == "inet" and "local" in a and "prefixlen" in a)
+        interfaces.append(Interface(str(entry["ifname"]), int(entry["mtu"]), entry.get("ifalias"), addresses,
+                                    entry.get("address"), networks))
     return interfaces
 
 
