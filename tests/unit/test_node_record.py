@@ -120,13 +120,14 @@ def test_the_preflight_line_reads_the_record_or_nothing(tmp_path):
             pytest.skip("no iproute2 with JSON output")
         return underlay.split_look(out.stdout, str(record_path))
 
-    assert look(path)[2] is None
+    assert look(path).record is None
     path.write_text(record_text(node))
-    addresses, probe, text = look(path)
-    assert parse_record(text)["subnet"] == node["subnet"] and "ifname" in addresses and probe
-    assert preflight.read_record(str(path)) == parse_record(text)
+    sections = look(path)
+    assert parse_record(sections.record)["subnet"] == node["subnet"] and "ifname" in sections.addresses
+    assert sections.probe and sections.routes is None and sections.subnet_env is None
+    assert preflight.read_record(str(path)) == parse_record(sections.record)
     path.write_text("x" * (RECORD_MAX + 10))
-    assert parse_record(look(path)[2]) is None and preflight.read_record(str(path)) is None
+    assert parse_record(look(path).record) is None and preflight.read_record(str(path)) is None
     assert preflight.read_record(str(tmp_path / "missing")) is None and preflight.read_record(None) is None
     with pytest.raises(ValueError):
         underlay.split_look("no separators at all", str(path))
