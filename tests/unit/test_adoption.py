@@ -19,8 +19,15 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.plan.adoption imp
     routes_from_ip_json,
     subnet_env_values,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.plan.node_record import LeaseConflict, reconcile_macs
-from ansible_collections.podnet.dataplane.plugins.module_utils.plan.plan import PlanError, plan_cluster, vtep_mac_for
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.node_record import (
+    LeaseConflict,
+    reconcile_macs,
+)
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.plan import (
+    PlanError,
+    plan_cluster,
+    vtep_mac_for,
+)
 
 CIDR = ipaddress.IPv4Network("10.244.0.0/16")
 HOSTVARS = {

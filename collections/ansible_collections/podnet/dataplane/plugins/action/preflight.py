@@ -14,7 +14,10 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.features i
     kernel_report,
     missing_message,
 )
-from ansible_collections.podnet.dataplane.plugins.module_utils.plan.adoption import found_on_node, routes_from_ip_json
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.adoption import (
+    found_on_node,
+    routes_from_ip_json,
+)
 from ansible_collections.podnet.dataplane.plugins.module_utils.plan.node_record import parse_record
 from ansible_collections.podnet.dataplane.plugins.module_utils.plan.underlay import (
     ADDRESS_ONLY,

@@ -9,7 +9,10 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.builders import subnet_env_text
 from ansible_collections.podnet.dataplane.plugins.module_utils.node.loss_probe import merge
 from ansible_collections.podnet.dataplane.plugins.module_utils.node.render import RenderError, node_commands
-from ansible_collections.podnet.dataplane.plugins.module_utils.plan.adoption import adopted_record, refuse_foreign
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.adoption import (
+    adopted_record,
+    refuse_foreign,
+)
 from ansible_collections.podnet.dataplane.plugins.module_utils.plan.node_record import (
     LeaseConflict,
     reconcile,

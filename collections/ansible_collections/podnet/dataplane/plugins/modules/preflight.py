@@ -192,7 +192,10 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.netlink im
     Engine,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import Address, Link, Route
-from ansible_collections.podnet.dataplane.plugins.module_utils.plan.adoption import SUBNET_ENV_MAX, found_on_node
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.adoption import (
+    SUBNET_ENV_MAX,
+    found_on_node,
+)
 from ansible_collections.podnet.dataplane.plugins.module_utils.plan.node_record import (
     RECORD_MAX,
     parse_record,

@@ -14,7 +14,10 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.features i
     FEATURES,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.objects import is_owned_alias
-from ansible_collections.podnet.dataplane.plugins.module_utils.plan.adoption import ADOPT_OPTIONS, SUBNET_ENV_MAX
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.adoption import (
+    ADOPT_OPTIONS,
+    SUBNET_ENV_MAX,
+)
 from ansible_collections.podnet.dataplane.plugins.module_utils.plan.node_record import (
     RECORD_MAX,
     RECORD_SEPARATOR,
