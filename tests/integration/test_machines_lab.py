@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -226,6 +227,61 @@ def test_wireguard_keys_are_made_on_each_machine_and_only_public_keys_come_back(
     assert all(r["changed"] for r in gone.values())
     assert set(ansible(machines, "sh -c 'test -e /etc/podnet/wireguard && echo kept || echo gone'").values()) == {
         "gone"}
+
+
+def test_a_flannel_cluster_set_up_by_hand_on_the_machines_is_adopted(machines: str) -> None:
+    """playbooks/adopt.yml over SSH on nodes that share nothing with the controller: machines set up by hand as
+    seed 003 does (flannel.1 with a random MAC, permanent neighbour and fdb entries, routes `proto boot`, cni0,
+    flanneld's /run/flannel/subnet.env), on subnets podnet would not pick. site.yml refuses them before any machine
+    changes; adopt.yml keeps each machine's subnet and VTEP - same device, same MAC - and marks it podnet's; the
+    controller's files then hold what the machines hold, and site.yml after it changes nothing."""
+    backend = ("-e", "podnet_backend=flannel-vxlan")
+    reset = playbook(machines, "reset.yml", *backend)
+    assert reset.rc == 0, reset.output
+    state = leases_file(machines).parent
+    for name in ("leases.json", "vtep_macs.json"):
+        (state / name).unlink(missing_ok=True)
+    subnets = {"node1": "10.244.5.0/24", "node2": "10.244.9.0/24", "node3": "10.244.2.0/24"}
+    macs = {host: ":".join(f"{b:02x}" for b in [0x02, *os.urandom(5)]) for host in HOSTS}
+    for host in HOSTS:
+        base = subnets[host].split(".0/")[0]
+        lines = [f"dev=$(ip -o -4 address show to {machinekit.NODE_IPS[host]} | cut -d' ' -f2)",
+                 f"ip link add flannel.1 address {macs[host]} type vxlan id 1 local {machinekit.NODE_IPS[host]} "
+                 'dev "$dev" dstport 8472 nolearning',
+                 "ip link set flannel.1 up", f"ip address add {base}.0/32 dev flannel.1",
+                 "ip link add cni0 type bridge", f"ip address add {base}.1/24 dev cni0", "ip link set cni0 up",
+                 "mkdir -p /run/flannel",
+                 f"printf 'FLANNEL_NETWORK=10.244.0.0/16\\nFLANNEL_SUBNET={base}.1/24\\nFLANNEL_MTU=1450\\n' "
+                 "> /run/flannel/subnet.env"]
+        for peer in HOSTS:
+            if peer != host:
+                vtep = subnets[peer].split("/")[0]
+                lines += [f"ip neigh add {vtep} dev flannel.1 lladdr {macs[peer]} nud permanent",
+                          f"bridge fdb add {macs[peer]} dst {machinekit.NODE_IPS[peer]} dev flannel.1",
+                          f"ip route add {subnets[peer]} via {vtep} dev flannel.1 onlink"]
+        done = subprocess.run(machinekit.ssh_argv(machines, host, "set -e; " + "; ".join(lines)),
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+
+    refused = playbook(machines, "site.yml", *backend)
+    assert refused.rc != 0 and "playbooks/adopt.yml" in refused.output, refused.output
+    assert not leases_file(machines).exists()
+
+    adopted = playbook(machines, "adopt.yml", *backend)
+    assert adopted.rc == 0, adopted.output
+    assert json.loads(leases_file(machines).read_text()) == subnets
+    assert json.loads((state / "vtep_macs.json").read_text()) == macs
+    vteps = ansible(machines, "ip -j -d link show flannel.1")
+    assert {host: (json.loads(text)[0]["address"], json.loads(text)[0].get("ifalias")) for host, text in vteps.items()} \
+        == {host: (macs[host], "podnet:vtep") for host in HOSTS}
+    routes = ansible(machines, "ip -j route show proto 152")
+    assert {host: sorted(r["dst"] for r in json.loads(text)) for host, text in routes.items()} == {
+        host: sorted(subnets[peer] for peer in HOSTS if peer != host) for host in HOSTS}
+    records = {host: json.loads(text) for host, text in ansible(machines, "cat /etc/podnet/node.json").items()}
+    assert {host: (r["subnet"], r["vtep_mac"]) for host, r in records.items()} == {
+        host: (subnets[host], macs[host]) for host in HOSTS}
+    again = playbook(machines, "site.yml", *backend)
+    assert again.rc == 0 and again.changed() == 0, again.output
 
 
 def test_down_leaves_nothing(machines: str) -> None:
