@@ -113,7 +113,7 @@ def _pods_of(cluster: dict, host: str, hostvars) -> list[dict]:
         raise AnsibleFilterError(f"{host}: {PROBE_PODS_VAR} must be a list of pods ({{name, netns, address}})")
     pods = []
     for pod in given:
-        name, netns, address = pod.get("name"), pod.get("netns"), str(pod.get("address", "")).split("/")[0]
+        name, netns, address = pod.get("name"), pod.get("netns"), str(pod.get("address", "")).split("/", maxsplit=1)[0]
         try:
             ipaddress.IPv4Address(address)
         except ValueError:
