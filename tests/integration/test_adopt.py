@@ -122,6 +122,14 @@ def hand_pods_reach_each_other(lab: Lab) -> None:
                 netns_exec(hand_pod_ns(lab, host), ["ping", "-c", "1", "-W", "2", host_ip(peer, 200)], check=True)
 
 
+def adopt_while_probing(lab: Lab, inventory: Path, report: Path) -> None:
+    """adopt.yml while every hand-made pod probes the others: it succeeds and loses no probe."""
+    results, rows = probed_runs(lab, report, [{"_playbook": "playbooks/adopt.yml"}], inventory=inventory)
+    assert results[0].rc == 0, results[0].output
+    assert len(rows) == 6 and all(row["sent"] > 20 for row in rows), rows
+    assert [row for row in rows if row["lost"]] == [], rows
+
+
 def routes(lab: Lab, host: str) -> dict[str, dict]:
     return {r["dst"]: r for r in lab.json(host, "route", "show") if r["dst"] in SUBNETS.values()}
 
@@ -142,11 +150,7 @@ def test_a_flannel_cluster_programmed_by_hand_is_adopted_without_losing_a_probe(
         assert all(r.get("protocol", "boot") == "boot" for host in HOSTS for dst, r in routes(lab, host).items()
                    if dst != SUBNETS[host])
 
-        results, rows = probed_runs(lab, tmp_path / "adopt.json", [{"_playbook": "playbooks/adopt.yml"}],
-                                    inventory=inventory)
-        assert results[0].rc == 0, results[0].output
-        assert len(rows) == 6 and all(row["sent"] > 20 for row in rows), rows
-        assert [row for row in rows if row["lost"]] == [], rows
+        adopt_while_probing(lab, inventory, tmp_path / "adopt.json")
 
         for host in HOSTS:
             vtep = lab.json(host, "-d", "link", "show", "flannel.1")[0]
@@ -189,11 +193,7 @@ def test_a_flannel_cluster_programmed_by_hand_is_adopted_without_losing_a_probe(
 def test_a_calico_style_cluster_is_adopted_without_losing_a_probe(tmp_path):
     with hand_programmed(tmp_path, "calico-bgp") as (lab, inventory, _macs):
         hand_pods_reach_each_other(lab)
-        results, rows = probed_runs(lab, tmp_path / "adopt.json", [{"_playbook": "playbooks/adopt.yml"}],
-                                    inventory=inventory)
-        assert results[0].rc == 0, results[0].output
-        assert len(rows) == 6 and all(row["sent"] > 20 for row in rows), rows
-        assert [row for row in rows if row["lost"]] == [], rows
+        adopt_while_probing(lab, inventory, tmp_path / "adopt.json")
         for host in HOSTS:
             assert {dst: (r.get("gateway"), r.get("protocol")) for dst, r in routes(lab, host).items()} == \
                 {SUBNETS[peer]: (LAB_NODE_IPS[peer], "152") for peer in HOSTS if peer != host}
