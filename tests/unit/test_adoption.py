@@ -175,3 +175,7 @@ def test_probes_take_the_pods_the_inventory_lists_where_podnet_did_not_wire_them
     assert [t["name"] for t in pod_targets(cluster, "a", hostvars)] == ["b/p"]  # b lists none: the plan's
     with pytest.raises(AnsibleFilterError, match="is not an IPv4 address"):
         pod_sources(cluster, "a", {"a": {"podnet_probe_pods": [{"name": "x", "netns": "y", "address": "z"}]}})
+    for hostile in ("../../etc/cron.d", "ns; id", "ns\n", None):
+        with pytest.raises(AnsibleFilterError, match=r"podnet_probe_pods\[0\]\.netns"):
+            pod_sources(cluster, "a", {"a": {"podnet_probe_pods": [{"name": "x", "netns": hostile,
+                                                                    "address": "10.244.7.2"}]}})

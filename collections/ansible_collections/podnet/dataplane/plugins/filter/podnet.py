@@ -27,6 +27,10 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.plan.plan import 
     vtep_mac_for,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.plan.policy import ping_surprises
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.validate import (
+    check_ipv4,
+    check_netns_name,
+)
 
 
 def _node_vars(hostvars, host: str) -> dict:
@@ -112,15 +116,14 @@ def _pods_of(cluster: dict, host: str, hostvars) -> list[dict]:
     if not isinstance(given, list) or not all(isinstance(pod, dict) for pod in given):
         raise AnsibleFilterError(f"{host}: {PROBE_PODS_VAR} must be a list of pods ({{name, netns, address}})")
     pods = []
-    for pod in given:
-        name, netns, address = pod.get("name"), pod.get("netns"), str(pod.get("address", "")).split("/", maxsplit=1)[0]
-        try:
-            ipaddress.IPv4Address(address)
-        except ValueError:
-            raise AnsibleFilterError(f"{host}: {PROBE_PODS_VAR}: {address!r} is not an IPv4 address") from None
-        if not isinstance(name, str) or not name or not isinstance(netns, str) or not netns:
-            raise AnsibleFilterError(f"{host}: {PROBE_PODS_VAR}: every pod needs a name and a netns ({pod!r})")
-        pods.append({"name": name, "netns": netns, "address": address})
+    for at, pod in enumerate(given):
+        field = f"{host}: {PROBE_PODS_VAR}[{at}]"
+        address = str(pod.get("address", "")).split("/", maxsplit=1)[0]
+        problems = (check_netns_name(f"{field}.name", pod.get("name")) + check_netns_name(f"{field}.netns", pod.get("netns"))
+                    + check_ipv4(f"{field}.address", address))
+        if problems:
+            raise AnsibleFilterError("; ".join(problems))
+        pods.append({"name": pod["name"], "netns": pod["netns"], "address": address})
     return pods
 
 
