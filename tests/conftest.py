@@ -33,6 +33,7 @@ SLOW_FIRST = (
     "tests/integration/test_calico_bird.py",
     "tests/integration/test_render_exact.py",
     "tests/integration/test_canal_transports.py",
+    "tests/integration/test_adopt.py",
     "tests/integration/test_upgrade.py",
     "tests/integration/test_molecule.py",
     "tests/integration/test_drift.py",
