@@ -138,6 +138,12 @@ def adopted_record(host: str, found: dict[str, Any] | None, cidr: ipaddress.IPv4
             "cluster_cidr": str(cidr), "source": "adopted: " + ", ".join(told)}
 
 
+def backend_devices(node: dict[str, Any]) -> list[str]:
+    """The devices the node's backend makes, by name: VTEP, bridge, tunnel, WireGuard device."""
+    return [part["name"] for part in (node.get("vtep"), node.get("bridge"), node.get("tunnel"), node.get("wireguard"))
+            if part]
+
+
 def foreign_devices(node: dict[str, Any], look: dict[str, Any]) -> list[str]:
     """The devices the node's plan makes that exist on the node (as the preflight saw it) without podnet's mark and
     are not handed over (podnet_take_over, or adopting): the node's run would refuse them - found here, before the
@@ -145,9 +151,7 @@ def foreign_devices(node: dict[str, Any], look: dict[str, Any]) -> list[str]:
     changes no node at all."""
     links, owned = set(look.get("links") or []), set(look.get("owned_links") or [])
     fallback = {name for _kind, name in KERNEL_FALLBACK_DEVICES}
-    planned = [part["name"] for part in (node.get("vtep"), node.get("bridge"), node.get("tunnel"), node.get("wireguard"))
-               if part]
-    return [name for name in planned
+    return [name for name in backend_devices(node)
             if name in links and name not in owned and name not in node.get("take_over", []) and name not in fallback]
 
 

@@ -32,6 +32,7 @@ from ansible_collections.podnet.dataplane.plugins.module_utils.kernel.wireguard_
     DEFAULT_FOLDER as WIREGUARD_KEY_DIR,
 )
 from ansible_collections.podnet.dataplane.plugins.module_utils.plan import policy
+from ansible_collections.podnet.dataplane.plugins.module_utils.plan.adoption import backend_devices
 from ansible_collections.podnet.dataplane.plugins.module_utils.plan.backends import (
     KNOWN_BACKENDS,
     PROFILES,
@@ -719,9 +720,8 @@ def _node_state(host: str, hosts: list[str], hostvars: dict[str, dict], settings
     if _bool(hv.get(ADOPT_VAR)):
         # adopting a node someone else programmed: what the backend makes may be there already, unmarked - the
         # devices and the routes to the other nodes are taken over in place (marked, routes replaced atomically)
-        devices = [part["name"] for part in (state["vtep"], state["bridge"], state["tunnel"], state["wireguard"])
-                   if part]
-        state["take_over"] = list(dict.fromkeys(state["take_over"] + devices + [r["dst"] for r in state["routes"]]))
+        state["take_over"] = list(dict.fromkeys(state["take_over"] + backend_devices(state)
+                                                + [r["dst"] for r in state["routes"]]))
     return state
 
 
