@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -128,16 +129,30 @@ def test_flannel_udp_converges_carries_pod_traffic_and_reruns_unchanged(lab):
     assert changed(converge(lab, FLANNEL_UDP, check=True)) == {host: False for host in NODES}
 
 
-def start_capture(lab: Lab, seconds: float) -> subprocess.Popen:
+CAPTURE_LIMIT = 120  # seconds; a capture ends when the test has what it waits for, this only bounds a failure
+
+
+def start_capture(lab: Lab) -> subprocess.Popen:
     capture = subprocess.Popen(["ip", "netns", "exec", lab.underlay_ns, sys.executable, str(WIRE), "capture",
-                                str(seconds)], stdout=subprocess.PIPE, text=True)
+                                str(CAPTURE_LIMIT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert capture.stdout is not None and json.loads(capture.stdout.readline()) == {"ready": True}
     return capture
 
 
-def captured(capture: subprocess.Popen) -> list[dict]:
-    out, _ = capture.communicate(timeout=120)
-    return [json.loads(line) for line in out.splitlines()]
+def captured(capture: subprocess.Popen, until: Callable[[dict], bool] | None = None) -> list[dict]:
+    """The datagrams the capture saw: once `until` holds for one of them (or at once, without `until`; the
+    frames that already crossed the underlay are queued and still read), the capture is stopped."""
+    assert capture.stdin is not None and capture.stdout is not None
+    seen: list[dict] = []
+    while until is not None and (line := capture.stdout.readline()):
+        seen.append(json.loads(line))
+        if until(seen[-1]):
+            time.sleep(0.5)  # room for a duplicate, which must not come
+            break
+    capture.stdin.close()
+    seen += [json.loads(line) for line in capture.stdout.read().splitlines()]
+    capture.wait(timeout=CAPTURE_LIMIT)
+    return seen
 
 
 def test_on_the_wire_it_is_flanneld_udp_format_both_ways(lab):
@@ -147,7 +162,7 @@ def test_on_the_wire_it_is_flanneld_udp_format_both_ways(lab):
     that there is one is checked here). And a datagram sent as flanneld sends one (from a UDP socket on 8285, the raw IPv4 packet as
     payload) is taken in: the pod it is addressed to answers, through the UDP transport."""
     source, target = pod_address(lab, "node1", "pod1"), pod_address(lab, "node2", "pod1")
-    capture = start_capture(lab, 8)
+    capture = start_capture(lab)
     ping = netns_exec(lab.pod_ns("node1", "pod1"), ["ping", "-n", "-q", "-c", "2", "-s", "1400", "-W", "3", target])
     assert ping.returncode == 0, ping.stdout + ping.stderr
     seen = [d for d in captured(capture) if d["inner"].get("proto") == 1]
@@ -167,12 +182,15 @@ def test_on_the_wire_it_is_flanneld_udp_format_both_ways(lab):
     subnets = json.loads(Path(f"/run/podnet-lab/{lab.prefix}/leases.json").read_text())
     stranger = str(ipaddress.ip_network(subnets["node3"]).network_address + 200)
     target = pod_address(lab, "node1", "pod1")
-    capture = start_capture(lab, 6)
-    time.sleep(0.2)
+    capture = start_capture(lab)
     sent = subprocess.run(["ip", "netns", "exec", lab.underlay_ns, sys.executable, str(WIRE), "send",
                            NODES["node1"], str(PORT), stranger, target], capture_output=True, text=True, timeout=60)
     assert sent.returncode == 0, sent.stderr
-    answers = [d for d in captured(capture) if d["inner"].get("icmp_type") == 0 and d["inner"]["dst"] == stranger]
+
+    def answer(datagram: dict) -> bool:
+        return datagram["inner"].get("icmp_type") == 0 and datagram["inner"]["dst"] == stranger
+
+    answers = [d for d in captured(capture, until=answer) if answer(d)]
     # node1's pod answers the stranger of node3's subnet: back through flannel0, to node3's port 8285
     assert [(d["src"], d["dst"], d["dport"], d["inner"]["src"]) for d in answers] == \
         [(NODES["node1"], NODES["node3"], PORT, target)], answers

@@ -6,7 +6,9 @@ every datagram it receives on that port to the TUN device. So on the wire: outer
 the inner IPv4 packet as the whole payload.
 
     python udp_wire.py capture <seconds>                JSON lines, one per UDP datagram that enters any device
-                                                        of the namespace (each frame once: as it comes in)
+                                                        of the namespace (each frame once: as it comes in), until
+                                                        its stdin closes (then what is queued is still read) or
+                                                        <seconds> pass
     python udp_wire.py send <dst> <port> <inner src> <inner dst>
                                                         one ICMP echo request (id 0x5044) from <inner src> to
                                                         <inner dst>, sent as flanneld sends it (a UDP socket
@@ -76,20 +78,35 @@ def parse(frame: bytes) -> dict | None:
             "udp_length": length, "payload_length": len(payload), "udp_checksum": udp_sum, "inner": inner}
 
 
+def report(sock: socket.socket) -> None:
+    frame, address = sock.recvfrom(65535)
+    if address[2] == socket.PACKET_OUTGOING:
+        return  # the copy leaving by another port is the same frame
+    described = parse(frame)
+    if described is not None:
+        print(json.dumps(described), flush=True)
+
+
 def capture(seconds: float) -> None:
     # unbound: every device (a bridge's own device does not see what it forwards between its ports)
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
     print(json.dumps({"ready": True}), flush=True)
+    # The caller ends the capture by closing stdin once it has what it waits for: a fixed window either wastes
+    # time or, on a loaded machine (a QEMU guest beside other tests), ends before the traffic it should see.
     deadline = time.monotonic() + seconds
     while (left := deadline - time.monotonic()) > 0:
-        if not select.select([sock], [], [], left)[0]:
+        ready = select.select([sock, sys.stdin], [], [], left)[0]
+        if sys.stdin in ready and not sys.stdin.buffer.raw.read(4096):
             break
-        frame, address = sock.recvfrom(65535)
-        if address[2] == socket.PACKET_OUTGOING:
-            continue  # the copy leaving by another port is the same frame
-        described = parse(frame)
-        if described is not None:
-            print(json.dumps(described), flush=True)
+        if sock in ready:
+            report(sock)
+    # A frame is queued on the socket as it crosses a device: what crossed before the caller stopped is here.
+    sock.setblocking(False)
+    while True:
+        try:
+            report(sock)
+        except BlockingIOError:
+            break
 
 
 def send(dst: str, port: int, inner_src: str, inner_dst: str) -> None:
