@@ -417,3 +417,18 @@ print(sorted(m for m in sys.modules if m.startswith("pyroute2")))
     assert done.stdout.strip() == "[]"
     assert "10.89.0.0/24 via 10.88.0.2 dev br8 proto 152" in sh("ip", "-n", ns, "route", "show")
     assert json.loads(sh("ip", "-n", ns, "-j", "link", "show", "br8"))[0]["ifalias"] == "podnet:bridge"
+
+
+def test_wait_operational_returns_once_a_veth_end_can_send(ns):
+    """A veth end brought up before its peer has no carrier; once the peer comes up, the kernel's link watcher
+    turns its operational state up (and only then attaches its transmit queue): wait_operational waits for that,
+    gives up after its timeout, and finds nothing to wait for on a device that is not there."""
+    sh("ip", "-n", ns, "link", "add", "host9", "type", "veth", "peer", "name", "pod9")
+    sh("ip", "-n", ns, "link", "set", "host9", "up")
+    with Engine(ns) as engine:
+        assert engine.wait_operational("host9", timeout=0.2) is False
+        assert json.loads(sh("ip", "-n", ns, "-j", "link", "show", "host9"))[0]["operstate"] != "UP"
+        sh("ip", "-n", ns, "link", "set", "pod9", "up")
+        assert engine.wait_operational("host9") is True
+        assert json.loads(sh("ip", "-n", ns, "-j", "link", "show", "host9"))[0]["operstate"] == "UP"
+        assert engine.wait_operational("nosuch9", timeout=0.2) is False

@@ -30,6 +30,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
@@ -258,6 +259,7 @@ RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_GROUP, IFLA_EXT_MASK = (
     1, 3, 4, 10, 18, 20, 27, 29)
 IFLA_NET_NS_FD = 28
+IFLA_OPERSTATE, IF_OPER_UP = 16, 6
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 VETH_INFO_PEER = 1
 IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING, IFLA_VXLAN_PORT = 1, 3, 4, 7, 15
@@ -293,6 +295,7 @@ _BE16 = struct.Struct("!H")
 _U16 = struct.Struct("=H")
 _GENLMSGHDR = struct.Struct("=BBxx")  # cmd, version
 _IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
+OPERATIONAL_WAIT = 1.0  # seconds; the link watcher takes milliseconds, a pod's unanswered ARP costs a second
 _IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 _NDMSG = struct.Struct("=BxxxiHBB")  # family, ifindex, state, flags, type
 _RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, proto, scope, type, flags
@@ -1259,6 +1262,28 @@ class Engine:
             change, exc = fatal[0]
             more = f" (and {len(fatal) - 1} more failed in the same batch)" if len(fatal) > 1 else ""
             raise EngineError(f"{'; '.join(change.commands)}: {exc}{more}") from exc
+
+    def wait_operational(self, name: str, timeout: float = OPERATIONAL_WAIT) -> bool:
+        """Wait until the device's operational state is up; whether it came up within `timeout` seconds.
+
+        A device brought up while it has no carrier (a veth end whose peer is still down) has its transmit
+        queue attached only when the kernel's link watcher handles the carrier coming on, which waits for the
+        rtnl lock: until then it drops every packet it sends. A pod answered by proxy ARP through such a veth
+        loses that first answer and asks again a second later, its queued packets overflowing meanwhile; the
+        operational state turns up in the same step that attaches the queue."""
+        query = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _nla_text(IFLA_IFNAME, name)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                buf, off, end = self._nl.request(RTM_GETLINK, query)
+            except NetlinkError:
+                return False  # gone: nothing to wait for
+            state = _attrs(buf, off + _IFINFOMSG.size, end).get(IFLA_OPERSTATE)
+            if state is not None and state[0] == IF_OPER_UP:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)
 
     def _index(self, state: KernelState, name: str) -> int:
         if name not in state.link_index:

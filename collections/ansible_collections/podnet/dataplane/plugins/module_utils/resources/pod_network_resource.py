@@ -164,10 +164,14 @@ def ensure_netns(module: AnsibleModule) -> list[str]:
     return missing
 
 
-def configure_pod(module: AnsibleModule, pod: dict, missing_netns: list[str]) -> list[Change]:
-    """Bring the pod's end of the veth, its address and default route in line (inside the pod)."""
+def configure_pod(module: AnsibleModule, pod: dict, missing_netns: list[str],
+                  node: Engine | None = None) -> list[Change]:
+    """Bring the pod's end of the veth, its address and default route in line (inside the pod). With `node`
+    (the node's namespace), a pod end brought up here gets its address and routes only once the node's end
+    passes traffic: the pod sends as soon as it has a route, and its first ARP must be answered."""
     p = module.params
-    pod_side = pod_objects(pod, p["bridge"]["name"] if p["bridge"] else None, p["mtu"], p["mode"])[1]
+    (host_veth, *_routes), pod_side = pod_objects(pod, p["bridge"]["name"] if p["bridge"] else None, p["mtu"],
+                                                  p["mode"])
     if module.check_mode and pod["netns"] in missing_netns:
         return [_as_update(Change("add", o, None)) for o in pod_side]
     with Engine(pod["netns"]) as engine:
@@ -175,7 +179,11 @@ def configure_pod(module: AnsibleModule, pod: dict, missing_netns: list[str]) ->
         # The veth's pod end comes from the node side: configure it, never create it here.
         changes = [_as_update(c) for c in plan_owned(module, pod_side, have)]
         if changes and not module.check_mode:
-            fail_on_engine_error(module, engine.apply, changes, have)
+            links = [c for c in changes if isinstance(c.obj, Link)]
+            fail_on_engine_error(module, engine.apply, links, have)
+            if links and node is not None:
+                node.wait_operational(host_veth.name)
+            fail_on_engine_error(module, engine.apply, [c for c in changes if not isinstance(c.obj, Link)], have)
     return changes
 
 
@@ -256,7 +264,7 @@ class PodNetwork(NetlinkResource):
         super().write(have, first)
         for pod in self.p["pods"] if self.state != "deleted" else []:
             super().write(have, mine[pod["name"]])
-            self.configured[pod["name"]] = configure_pod(self.module, pod, self.missing_netns)
+            self.configured[pod["name"]] = configure_pod(self.module, pod, self.missing_netns, self.engine)
         super().write(have, later)
 
     def result(self, planned: list[Change]) -> dict[str, Any]:
