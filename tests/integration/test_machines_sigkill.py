@@ -169,8 +169,9 @@ def kill_trial(prefix: str, trial: Trial, rng: random.Random, log: Path) -> None
         running: dict[str, dict[int, str]] = {}
         watch = LiveWrites(prefix)
         try:
-            seen: dict[str, tuple[float, int]] = {}  # host -> when its node_apply was first seen, its pid
-            done: set[str] = set()  # nodes whose node_apply ended before the kill reached it
+            # host -> when its node_apply was first seen, its pid; a node runs one node_apply per play of site.yml
+            # that it takes part in (prepare, switch, the rest)
+            seen: dict[str, tuple[float, int]] = {}
             deadline = time.monotonic() + 120
             while kill_time is None and time.monotonic() < deadline and proc.poll() is None:
                 for host in HOSTS:
@@ -179,7 +180,7 @@ def kill_trial(prefix: str, trial: Trial, rng: random.Random, log: Path) -> None
                         if pids:
                             seen[host] = (time.time(), pids[0])
                 # writes from half a second before node_apply was seen: it may have begun just before
-                writing = [h for h in seen if h not in done and watch.since(h, seen[h][0] - 0.5)]
+                writing = [h for h in seen if watch.since(h, seen[h][0] - 0.5)]
                 if not writing:
                     time.sleep(0.02)
                     continue
@@ -194,8 +195,9 @@ def kill_trial(prefix: str, trial: Trial, rng: random.Random, log: Path) -> None
                 elif machinekit.kill_pid(seen[host][1]):
                     trial.killed = f"node_apply@{host}"
                 else:
+                    # that node_apply ended before the kill reached it (a short phase): wait for the node's next
                     kill_time = None
-                    done.add(host)
+                    del seen[host]
                 running = {h: machinekit.module_processes(prefix, h) for h in HOSTS}
             if kill_time is None:
                 trial.killed = "none (no node_apply seen writing)"
