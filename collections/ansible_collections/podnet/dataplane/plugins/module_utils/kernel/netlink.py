@@ -260,6 +260,7 @@ IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS, I
     1, 3, 4, 10, 18, 20, 27, 29)
 IFLA_NET_NS_FD = 28
 IFLA_OPERSTATE, IF_OPER_UP = 16, 6
+OPERATIONAL_WAIT = 1.0  # seconds; the link watcher takes milliseconds, a pod's unanswered ARP costs a second
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 VETH_INFO_PEER = 1
 IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING, IFLA_VXLAN_PORT = 1, 3, 4, 7, 15
@@ -295,7 +296,6 @@ _BE16 = struct.Struct("!H")
 _U16 = struct.Struct("=H")
 _GENLMSGHDR = struct.Struct("=BBxx")  # cmd, version
 _IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
-OPERATIONAL_WAIT = 1.0  # seconds; the link watcher takes milliseconds, a pod's unanswered ARP costs a second
 _IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 _NDMSG = struct.Struct("=BxxxiHBB")  # family, ifindex, state, flags, type
 _RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, proto, scope, type, flags
